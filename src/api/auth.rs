@@ -1,0 +1,75 @@
+//! Who is asking, and may they: client certificates (CN = user, O = groups, as upstream)
+//! and static bearer tokens; `system:masters` may do everything.
+//!
+//! Finer rules (a node only touching its own Node, Lease and pods) arrive with the agent.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::status::ApiError;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+impl User {
+    pub fn is_admin(&self) -> bool {
+        self.groups.iter().any(|g| g == "system:masters")
+    }
+}
+
+/// The identity a verified client certificate carries.
+pub fn user_from_cert(der: &[u8]) -> Option<User> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(String::from)).collect();
+    Some(User { name, groups })
+}
+
+/// Bearer tokens, from a file in the upstream `--token-auth-file` format:
+/// `token,user,uid,"group1,group2"` per line.
+#[derive(Default)]
+pub struct Tokens(HashMap<String, User>);
+
+impl Tokens {
+    pub fn load(path: &Path) -> std::io::Result<Tokens> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tokens::default()),
+            Err(e) => return Err(e),
+        };
+        let mut m = HashMap::new();
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let mut parts = line.splitn(4, ',');
+            let (Some(token), Some(user)) = (parts.next(), parts.next()) else { continue };
+            let _uid = parts.next();
+            let groups = parts.next().unwrap_or("").trim_matches('"').split(',').filter(|g| !g.is_empty()).map(String::from).collect();
+            m.insert(token.to_string(), User { name: user.to_string(), groups });
+        }
+        Ok(Tokens(m))
+    }
+
+    pub fn user(&self, header: Option<&str>) -> Option<User> {
+        let token = header?.strip_prefix("Bearer ")?.trim();
+        self.0.get(token).cloned()
+    }
+}
+
+/// Allows `user` to perform `verb` on `resource`, or says why not.
+pub fn authorize(user: &User, verb: &str, group: &str, resource: &str, namespace: Option<&str>) -> Result<(), ApiError> {
+    if user.is_admin() {
+        return Ok(());
+    }
+    let scope = match namespace {
+        Some(ns) => format!(" in the namespace \"{ns}\""),
+        None => " at the cluster scope".into(),
+    };
+    Err(ApiError::forbidden(format!(
+        "{resource} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{group}\"{scope}",
+        user.name
+    )))
+}

@@ -1,0 +1,264 @@
+//! The Kubernetes API over HTTPS: discovery, OpenAPI, CRUD, patch, watch and the
+//! subresources, for the resources in [`resources`].
+//!
+//! Owns request handling only; objects live in the [`Store`]. Called by the HTTPS server in
+//! [`server`] (and, later, by in-process controllers through the same `handle`).
+
+mod alloc;
+pub mod auth;
+mod discovery;
+mod http;
+mod kinds;
+mod objects;
+mod openapi;
+mod patch;
+pub mod resources;
+mod selector;
+pub mod server;
+mod status;
+mod table;
+mod watch;
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Weak};
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::{Value, json};
+
+use crate::store::Store;
+use auth::{Tokens, User};
+use http::{Body, Query, error_response, json_response};
+use objects::Target;
+use patch::PatchType;
+use status::ApiError;
+
+/// Cluster-wide settings the API needs.
+pub struct ApiOptions {
+    /// Where Service ClusterIPs come from (`--service-cidr`).
+    pub service_cidr: (Ipv4Addr, u8),
+    /// NodePort range, inclusive.
+    pub node_port_range: (u16, u16),
+    /// `https://host:port` clients should use.
+    pub advertise: String,
+}
+
+/// The API handler state.
+pub struct Api {
+    pub store: Store,
+    pub opts: ApiOptions,
+    tokens: Tokens,
+    me: Weak<Api>,
+}
+
+/// Parses `a.b.c.d/n`.
+pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, bits) = s.split_once('/')?;
+    let bits: u8 = bits.parse().ok()?;
+    (bits <= 30).then_some(())?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let mask = u32::MAX.checked_shl(32 - bits as u32).unwrap_or(0);
+    Some((Ipv4Addr::from(u32::from(ip) & mask), bits))
+}
+
+fn warning_header(resp: &mut Response<Body>, warnings: &[String]) {
+    for w in warnings {
+        if let Ok(v) = format!("299 - \"{}\"", w.replace('"', "'")).parse() {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+}
+
+impl Api {
+    pub fn new(store: Store, opts: ApiOptions, tokens: Tokens) -> Arc<Api> {
+        Arc::new_cyclic(|me| Api { store, opts, tokens, me: me.clone() })
+    }
+
+    /// Creates what every cluster has: the system namespaces and the `kubernetes` Service.
+    pub async fn bootstrap(&self) -> Result<(), ApiError> {
+        let ns = resources::find("", "v1", "namespaces").expect("namespaces are served");
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let t = Target { res: ns, namespace: None, name: None, sub: None };
+            match self.create(&t, &Query::default(), json!({"metadata": {"name": name}})).await {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let svc = resources::find("", "v1", "services").expect("services are served");
+        let (net, _) = self.opts.service_cidr;
+        let ip = Ipv4Addr::from(u32::from(net) + 1).to_string();
+        let port: u16 = self.opts.advertise.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6443);
+        let t = Target { res: svc, namespace: Some("default".into()), name: None, sub: None };
+        let body = json!({"metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}});
+        match self.create(&t, &Query::default(), body).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Answers one request from `user` (None: no credentials presented).
+    pub async fn handle(self: Arc<Self>, cert_user: Option<User>, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().as_str().to_string();
+        let path = req.uri().path().to_string();
+        let started = std::time::Instant::now();
+        let resp = match self.clone().route(cert_user, req).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+        tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+        resp
+    }
+
+    async fn route(self: Arc<Self>, cert_user: Option<User>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let path = req.uri().path().trim_end_matches('/').to_string();
+        let path = if path.is_empty() { "/".to_string() } else { path };
+        match path.as_str() {
+            "/livez" | "/readyz" | "/healthz" => return Ok(Response::new(http::full("ok"))),
+            "/version" => return Ok(json_response(200, &discovery::version())),
+            _ => {}
+        }
+        let user = cert_user
+            .or_else(|| self.tokens.user(req.headers().get("authorization").and_then(|v| v.to_str().ok())))
+            .ok_or_else(ApiError::unauthorized)?;
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        match segs.as_slice() {
+            ["api"] => return Ok(json_response(200, &discovery::core_versions(&self.opts.advertise))),
+            ["apis"] => return Ok(json_response(200, &discovery::group_list())),
+            ["api", "v1"] => return discovery::resource_list("", "v1").map(|v| json_response(200, &v)).ok_or_else(|| ApiError::not_found_path(&path)),
+            ["apis", g] => return discovery::group(g).map(|v| json_response(200, &v)).ok_or_else(|| ApiError::not_found_path(&path)),
+            ["apis", g, v] => return discovery::resource_list(g, v).map(|v| json_response(200, &v)).ok_or_else(|| ApiError::not_found_path(&path)),
+            ["openapi", ..] => return openapi::serve(&segs[1..]).map(|v| json_response(200, &v)).ok_or_else(|| ApiError::not_found_path(&path)),
+            _ => {}
+        }
+        let (group, version, rest) = match segs.as_slice() {
+            ["api", "v1", rest @ ..] => ("", "v1", rest),
+            ["apis", g, v, rest @ ..] => (*g, *v, rest),
+            _ => return Err(ApiError::not_found_path(&path)),
+        };
+        let target = parse_target(group, version, rest).ok_or_else(|| ApiError::not_found_path(&path))?;
+        let q = Query::parse(req.uri().query());
+        let method = req.method().clone();
+        let verb = match (method.as_str(), target.name.is_some()) {
+            ("GET", false) if q.flag("watch") && q.get("watch").is_some() => "watch",
+            ("GET", false) => "list",
+            ("GET", true) => "get",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", false) => "deletecollection",
+            ("DELETE", true) => "delete",
+            _ => return Err(ApiError::method_not_allowed(format!("{method} is not supported on {path}"))),
+        };
+        auth::authorize(&user, verb, group, target.res.plural, target.namespace.as_deref())?;
+        let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let as_table = table::wants_table(&accept);
+        let (parts, body) = http::read_body(req).await?;
+        let ct = http::content_type(&parts);
+        let body_value = |required: bool| -> Result<Value, ApiError> {
+            if body.iter().all(u8::is_ascii_whitespace) && !required {
+                return Ok(json!({}));
+            }
+            http::decode_body(&ct, &body)
+        };
+        let sub = target.sub.as_deref();
+        let res = target.res;
+        match (verb, sub) {
+            ("watch", None) => watch::watch(self.clone(), &target, &q, as_table),
+            ("list", None) => Ok(json_response(200, &self.list(&target, &q, as_table)?)),
+            ("create", None) if target.name.is_none() => {
+                let (code, obj, warnings) = self.create(&target, &q, body_value(true)?).await?;
+                let mut r = json_response(code, &obj);
+                warning_header(&mut r, &warnings);
+                Ok(r)
+            }
+            ("deletecollection", None) => Ok(json_response(200, &self.delete_collection(&target, &q, body_value(false)?).await?)),
+            ("get", None | Some("status")) => {
+                let obj = self.get_object(&target)?;
+                if as_table && sub.is_none() {
+                    let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+                    return Ok(json_response(200, &table::table(res.plural, &[obj], table::IncludeObject::parse(q.get("includeObject")), json!({"resourceVersion": rv}))));
+                }
+                Ok(json_response(200, &obj))
+            }
+            ("update", None) | ("update", Some("status")) if sub.is_none() || res.status => {
+                let (obj, warnings) = self.update(&target, &q, body_value(true)?).await?;
+                let mut r = json_response(200, &obj);
+                warning_header(&mut r, &warnings);
+                Ok(r)
+            }
+            ("patch", None) | ("patch", Some("status")) if sub.is_none() || res.status => {
+                let ptype = PatchType::from_content_type(&ct).ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
+                let ct_for_body = if ptype == PatchType::Apply { "application/apply-patch+yaml" } else { "application/json" };
+                let patch_body = http::decode_body(ct_for_body, &body)?;
+                let (code, obj) = self.patch(&target, &q, ptype, patch_body).await?;
+                Ok(json_response(code, &obj))
+            }
+            ("delete", None) => {
+                let (code, obj) = self.delete(&target, &q, body_value(false)?).await?;
+                Ok(json_response(code, &obj))
+            }
+            ("get", Some("scale")) if res.scale => Ok(json_response(200, &self.scale(&target, &q, "GET", None).await?)),
+            ("update", Some("scale")) if res.scale => Ok(json_response(200, &self.scale(&target, &q, "PUT", Some((None, body_value(true)?))).await?)),
+            ("patch", Some("scale")) if res.scale => {
+                let ptype = PatchType::from_content_type(&ct).ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
+                let patch_body = http::decode_body("application/json", &body)?;
+                Ok(json_response(200, &self.scale(&target, &q, "PATCH", Some((Some(ptype), patch_body))).await?))
+            }
+            ("create", Some("binding")) if res.kind == "Pod" => Ok(json_response(201, &self.bind(&target, body_value(true)?).await?)),
+            ("create", Some("eviction")) if res.kind == "Pod" => Ok(json_response(201, &self.evict(&target, &q, body_value(false)?).await?)),
+            (_, Some("log" | "exec" | "attach" | "portforward")) if res.kind == "Pod" => {
+                self.get_object(&target)?;
+                Err(ApiError::bad_request(format!("pod {} has no container running on an agent yet: streams need the node's agent", target.name.as_deref().unwrap_or(""))))
+            }
+            _ => Err(ApiError::method_not_allowed(format!("{} is not supported on {path}", parts.method))),
+        }
+    }
+}
+
+/// Maps the path after the group-version to a resource target.
+fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let own = |s: &Option<&&str>| s.map(|x| x.to_string());
+    if let ["namespaces", ns, plural, tail @ ..] = rest
+        && let Some(res) = resources::find(group, version, plural).filter(|r| r.namespaced)
+    {
+        if tail.len() > 2 {
+            return None;
+        }
+        return Some(Target { res, namespace: Some(ns.to_string()), name: own(&tail.first()), sub: own(&tail.get(1)) });
+    }
+    let (plural, tail) = rest.split_first()?;
+    let res = resources::find(group, version, plural)?;
+    if tail.len() > 2 || (res.namespaced && !tail.is_empty()) {
+        return None;
+    }
+    Some(Target { res, namespace: None, name: own(&tail.first()), sub: own(&tail.get(1)) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_targets() {
+        let t = parse_target("", "v1", &["namespaces", "default", "pods", "web", "status"]).unwrap();
+        assert_eq!((t.res.plural, t.namespace.as_deref(), t.name.as_deref(), t.sub.as_deref()), ("pods", Some("default"), Some("web"), Some("status")));
+        let t = parse_target("", "v1", &["namespaces", "kube-system"]).unwrap();
+        assert_eq!((t.res.plural, t.name.as_deref()), ("namespaces", Some("kube-system")));
+        let t = parse_target("", "v1", &["namespaces", "x", "status"]).unwrap();
+        assert_eq!((t.res.plural, t.name.as_deref(), t.sub.as_deref()), ("namespaces", Some("x"), Some("status")));
+        let t = parse_target("apps", "v1", &["deployments"]).unwrap();
+        assert!(t.namespace.is_none() && t.name.is_none());
+        assert!(parse_target("", "v1", &["pods", "x"]).is_none());
+        assert!(parse_target("", "v1", &["nope"]).is_none());
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        assert_eq!(parse_cidr("10.43.0.0/16"), Some((Ipv4Addr::new(10, 43, 0, 0), 16)));
+        assert_eq!(parse_cidr("10.43.5.7/16"), Some((Ipv4Addr::new(10, 43, 0, 0), 16)));
+        assert_eq!(parse_cidr("bad"), None);
+    }
+}

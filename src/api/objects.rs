@@ -1,0 +1,678 @@
+//! The object handlers: create, get, list, update, patch, delete and the `status`,
+//! `scale`, `binding` and `eviction` subresources, with upstream semantics for
+//! resourceVersion, generation, finalizers, graceful deletion and dry runs.
+//!
+//! Every write is one compare-and-swap transaction in the store; on a lost race an update
+//! without an explicit resourceVersion (patches, subresources) is retried against the
+//! fresh object, and one with a resourceVersion is answered 409 Conflict.
+
+use serde_json::{Value, json};
+
+use super::alloc;
+use super::http::Query;
+use super::kinds;
+use super::patch::{self, PatchType};
+use super::resources::{self, Resource};
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::{ApiError, Cause};
+use super::table;
+use super::Api;
+use crate::store::{Expect, Op, Record, TxnResult};
+
+/// The object a request addresses.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub res: &'static Resource,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+}
+
+impl Target {
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+    fn ns(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("")
+    }
+    fn key(&self) -> String {
+        self.res.key(self.ns(), self.name())
+    }
+    fn not_found(&self) -> ApiError {
+        ApiError::not_found(self.res.plural, self.res.group, self.name())
+    }
+}
+
+/// RFC 3339 now, second precision, as upstream metadata timestamps.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn rfc3339_in(secs: i64) -> String {
+    let t = jiff::Timestamp::now().as_second() + secs;
+    jiff::Timestamp::from_second(t).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_else(|_| now_rfc3339())
+}
+
+/// A stored record as the object clients see (resourceVersion filled in).
+pub fn to_object(rec: &Record) -> Result<Value, ApiError> {
+    object_at(&rec.value, rec.mod_rev)
+}
+
+/// Parses stored bytes and stamps them with `rev`.
+pub fn object_at(bytes: &[u8], rev: u64) -> Result<Value, ApiError> {
+    let mut v: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("stored object is unreadable: {e}")))?;
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.insert("resourceVersion".into(), json!(rev.to_string()));
+    }
+    Ok(v)
+}
+
+fn encode(v: &Value) -> Result<Vec<u8>, ApiError> {
+    let mut v = v.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+        m.remove("selfLink");
+    }
+    serde_json::to_vec(&v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn random_suffix(n: usize) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    bytes.iter().take(n).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+fn meta_str<'a>(o: &'a Value, field: &str) -> &'a str {
+    o.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str).unwrap_or("")
+}
+
+fn has_finalizers(o: &Value) -> bool {
+    o.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
+}
+
+fn spec_part(o: &Value) -> Value {
+    let mut v = o.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    v
+}
+
+impl Api {
+    /// Decodes and checks an incoming object for `t`: apiVersion/kind, typed decoding,
+    /// unknown fields per `fieldValidation`. Returns the object and warnings.
+    fn admit_body(&self, t: &Target, mut body: Value, q: &Query, kind: &str, api_version: &str) -> Result<(Value, Vec<String>), ApiError> {
+        let Some(m) = body.as_object_mut() else {
+            return Err(ApiError::bad_request(format!("the body must be a JSON object describing a {kind}")));
+        };
+        match m.get("kind").and_then(Value::as_str) {
+            None | Some("") => {
+                m.insert("kind".into(), json!(kind));
+            }
+            Some(k) if k == kind => {}
+            Some(k) => {
+                return Err(ApiError::bad_request(format!("the body is a {k}, but this endpoint takes a {kind} ({api_version})")));
+            }
+        }
+        match m.get("apiVersion").and_then(Value::as_str) {
+            None | Some("") => {
+                m.insert("apiVersion".into(), json!(api_version));
+            }
+            Some(v) if v == api_version => {}
+            Some(v) if kind == "Eviction" && v == "policy/v1beta1" => {
+                m.insert("apiVersion".into(), json!(api_version));
+            }
+            Some(v) => {
+                return Err(ApiError::bad_request(format!("the API version in the data ({v}) does not match the expected API version ({api_version})")));
+            }
+        }
+        let (obj, unknown) = kinds::decode(kind, body)
+            .map_err(|e| ApiError::bad_request(format!("{kind} in version \"{}\" cannot be handled as a {kind}: {e}", t.res.version)))?;
+        let mut warnings = Vec::new();
+        if !unknown.is_empty() {
+            match q.get("fieldValidation").unwrap_or("Warn") {
+                "Strict" => {
+                    let fields: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+                    return Err(ApiError::bad_request(format!(
+                        "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
+                        t.res.version,
+                        fields.join(", ")
+                    )));
+                }
+                "Ignore" => {}
+                _ => warnings.extend(unknown.iter().map(|f| format!("unknown field \"{f}\""))),
+            }
+        }
+        Ok((obj, warnings))
+    }
+
+    fn check_namespace_exists(&self, t: &Target) -> Result<(), ApiError> {
+        if !t.res.namespaced {
+            return Ok(());
+        }
+        let ns_res = resources::find("", "v1", "namespaces").expect("namespaces are always served");
+        match self.store.get(&ns_res.key("", t.ns()))? {
+            None => Err(ApiError::not_found("namespaces", "", t.ns())),
+            Some(rec) => {
+                let ns = to_object(&rec)?;
+                if !meta_str(&ns, "deletionTimestamp").is_empty() {
+                    Err(ApiError::forbidden(format!(
+                        "unable to create new content in namespace {} because it is being terminated",
+                        t.ns()
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn validate_full(&self, t: &Target, kind: &str, obj: &Value) -> Result<(), ApiError> {
+        let mut causes = Vec::new();
+        let name = meta_str(obj, "name");
+        kinds::validate_name(kind, name, &mut causes);
+        causes.extend(kinds::validate(kind, obj));
+        if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid(kind, t.res.group, name, causes)) }
+    }
+
+    /// POST to a collection.
+    pub async fn create(&self, t: &Target, q: &Query, body: Value) -> Result<(u16, Value, Vec<String>), ApiError> {
+        let res = t.res;
+        let (mut obj, warnings) = self.admit_body(t, body, q, res.kind, &res.api_version())?;
+        let meta = obj.as_object_mut().and_then(|m| {
+            m.entry("metadata").or_insert(json!({}));
+            m.get_mut("metadata")
+        });
+        let Some(meta) = meta.and_then(Value::as_object_mut) else {
+            return Err(ApiError::bad_request("metadata must be an object"));
+        };
+        let mut name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        if name.is_empty() {
+            let gen_name = meta.get("generateName").and_then(Value::as_str).unwrap_or("");
+            if gen_name.is_empty() {
+                return Err(ApiError::invalid(res.kind, res.group, "", vec![Cause::required("metadata.name")]));
+            }
+            name = format!("{gen_name}{}", random_suffix(5));
+            meta.insert("name".into(), json!(name));
+        }
+        if res.namespaced {
+            let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("");
+            if !body_ns.is_empty() && body_ns != t.ns() {
+                return Err(ApiError::bad_request(format!(
+                    "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({})",
+                    t.ns()
+                )));
+            }
+            meta.insert("namespace".into(), json!(t.ns()));
+        } else {
+            meta.remove("namespace");
+        }
+        for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"] {
+            meta.remove(k);
+        }
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        meta.insert("generation".into(), json!(1));
+        let t = Target { name: Some(name.clone()), ..t.clone() };
+        if res.status && !matches!(res.kind, "Node" | "Namespace" | "PersistentVolume") {
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+        }
+        if res.kind == "Secret" {
+            kinds::fold_string_data(&mut obj);
+        }
+        kinds::apply_defaults(res.kind, &mut obj);
+        self.validate_full(&t, res.kind, &obj)?;
+        self.check_namespace_exists(&t)?;
+        let mut ops = vec![];
+        if res.kind == "Service" {
+            ops.extend(alloc::allocate_service(&self.store, &self.opts, &mut obj, None)?);
+        }
+        if q.dry_run() {
+            return Ok((201, obj, warnings));
+        }
+        let key = t.key();
+        ops.insert(0, Op { key: key.clone(), expect: Expect::Absent, value: Some(encode(&obj)?) });
+        match self.store.commit(ops).await? {
+            TxnResult::Applied { revision } => {
+                obj["metadata"]["resourceVersion"] = json!(revision.to_string());
+                Ok((201, obj, warnings))
+            }
+            TxnResult::Failed { key: failed, .. } if failed == key => Err(ApiError::already_exists(res.plural, res.group, &name)),
+            TxnResult::Failed { .. } => Err(ApiError::invalid(
+                res.kind,
+                res.group,
+                &name,
+                vec![Cause::invalid("spec", "", "an address or port was allocated concurrently; try again")],
+            )),
+        }
+    }
+
+    /// GET one object.
+    pub fn get_object(&self, t: &Target) -> Result<Value, ApiError> {
+        let rec = self.store.get(&t.key())?.ok_or_else(|| t.not_found())?;
+        to_object(&rec)
+    }
+
+    /// GET a collection, as a list or a Table.
+    pub fn list(&self, t: &Target, q: &Query, as_table: bool) -> Result<Value, ApiError> {
+        let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?;
+        let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))?;
+        let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+        let prefix = t.res.list_prefix(t.namespace.as_deref());
+        let mut start = match q.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => Some(decode_continue(token)?),
+            None => None,
+        };
+        // A field selector on metadata.name reads one key instead of scanning.
+        if let (Some(name), true) = (fields.equals("metadata.name"), t.namespace.is_some() || !t.res.namespaced) {
+            let rev = self.store.revision();
+            let items = match self.store.get(&t.res.key(t.ns(), name))? {
+                Some(rec) => {
+                    let o = to_object(&rec)?;
+                    if labels.matches_object(&o) && fields.matches(&o) { vec![o] } else { vec![] }
+                }
+                None => vec![],
+            };
+            return Ok(self.list_body(t, items, rev, None, q, as_table));
+        }
+        let mut items = Vec::new();
+        let mut rev = None;
+        let mut next = None;
+        let chunk = limit.map_or(1000, |l| (l + 1).max(100));
+        'scan: loop {
+            let (records, at) = self.store.list(&prefix, start.as_deref(), chunk)?;
+            rev.get_or_insert(at);
+            let exhausted = records.len() < chunk;
+            for rec in &records {
+                if let Some(l) = limit
+                    && items.len() >= l
+                {
+                    next = start.clone();
+                    break 'scan;
+                }
+                start = Some(rec.key.clone());
+                let o = to_object(rec)?;
+                if labels.matches_object(&o) && fields.matches(&o) {
+                    items.push(o);
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        Ok(self.list_body(t, items, rev.unwrap_or(0), next, q, as_table))
+    }
+
+    fn list_body(&self, t: &Target, items: Vec<Value>, rev: u64, next: Option<String>, q: &Query, as_table: bool) -> Value {
+        let mut meta = json!({"resourceVersion": rev.to_string()});
+        if let Some(k) = next {
+            meta["continue"] = json!(encode_continue(&k, rev));
+            meta["remainingItemCount"] = Value::Null;
+            if let Some(m) = meta.as_object_mut() {
+                m.remove("remainingItemCount");
+            }
+        }
+        if as_table {
+            return table::table(t.res.plural, &items, table::IncludeObject::parse(q.get("includeObject")), meta);
+        }
+        json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": meta, "items": items})
+    }
+
+    /// Writes `new` over `current` (compare-and-swap on its revision). Handles status
+    /// preservation, generation, immutable fields, and deletion once the last finalizer of a
+    /// deleting object is removed.
+    async fn write_update(&self, t: &Target, current: &Record, mut new: Value, q: &Query, status_only: bool) -> Result<Value, ApiError> {
+        let res = t.res;
+        let old = to_object(current)?;
+        if status_only {
+            let status = new.get("status").cloned().unwrap_or(Value::Null);
+            new = old.clone();
+            new["status"] = status;
+        } else if res.status && !matches!(res.kind, "Namespace") {
+            match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        }
+        // Server-owned metadata.
+        for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "name", "namespace"] {
+            match old.pointer(&format!("/metadata/{field}")) {
+                Some(v) => new["metadata"][field] = v.clone(),
+                None => {
+                    if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.remove(field);
+                    }
+                }
+            }
+        }
+        if res.kind == "Secret" {
+            kinds::fold_string_data(&mut new);
+        }
+        kinds::apply_defaults(res.kind, &mut new);
+        let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+        let generation = if spec_part(&old) != spec_part(&new) { generation + 1 } else { generation };
+        new["metadata"]["generation"] = json!(generation);
+        self.validate_full(t, res.kind, &new)?;
+        let causes = kinds::validate_update(res.kind, &old, &new);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(res.kind, res.group, t.name(), causes));
+        }
+        let mut extra = Vec::new();
+        if res.kind == "Service" {
+            extra = alloc::allocate_service(&self.store, &self.opts, &mut new, Some(&old))?;
+        }
+        if q.dry_run() {
+            return Ok(new);
+        }
+        let deleting = !meta_str(&new, "deletionTimestamp").is_empty() && !has_finalizers(&new);
+        let key = t.key();
+        if deleting {
+            let mut ops = vec![Op { key: key.clone(), expect: Expect::ModRev(current.mod_rev), value: None }];
+            ops.extend(alloc::release(res.kind, &new));
+            return match self.store.commit(ops).await? {
+                TxnResult::Applied { revision } => {
+                    new["metadata"]["resourceVersion"] = json!(revision.to_string());
+                    Ok(new)
+                }
+                TxnResult::Failed { .. } => Err(ApiError::conflict(res.plural, res.group, t.name())),
+            };
+        }
+        if new == old {
+            return Ok(old);
+        }
+        let mut ops = vec![Op { key, expect: Expect::ModRev(current.mod_rev), value: Some(encode(&new)?) }];
+        ops.extend(extra);
+        match self.store.commit(ops).await? {
+            TxnResult::Applied { revision } => {
+                new["metadata"]["resourceVersion"] = json!(revision.to_string());
+                Ok(new)
+            }
+            TxnResult::Failed { .. } => Err(ApiError::conflict(res.plural, res.group, t.name())),
+        }
+    }
+
+    /// PUT an object (or its status).
+    pub async fn update(&self, t: &Target, q: &Query, body: Value) -> Result<(Value, Vec<String>), ApiError> {
+        let res = t.res;
+        let (new, warnings) = self.admit_body(t, body, q, res.kind, &res.api_version())?;
+        let body_name = meta_str(&new, "name");
+        if !body_name.is_empty() && body_name != t.name() {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({})",
+                t.name()
+            )));
+        }
+        let want_rev = meta_str(&new, "resourceVersion").to_string();
+        let status_only = t.sub.as_deref() == Some("status");
+        loop {
+            let current = self.store.get(&t.key())?.ok_or_else(|| t.not_found())?;
+            if !want_rev.is_empty() && want_rev != current.mod_rev.to_string() {
+                return Err(ApiError::conflict(res.plural, res.group, t.name()));
+            }
+            match self.write_update(t, &current, new.clone(), q, status_only).await {
+                Err(e) if e.reason == "Conflict" && want_rev.is_empty() => continue,
+                r => return r.map(|v| (v, warnings)),
+            }
+        }
+    }
+
+    /// PATCH an object (or its status), retrying on concurrent writes unless the patch
+    /// pins a resourceVersion.
+    pub async fn patch(&self, t: &Target, q: &Query, ptype: PatchType, patch_body: Value) -> Result<(u16, Value), ApiError> {
+        let res = t.res;
+        let status_only = t.sub.as_deref() == Some("status");
+        let pinned = patch_body.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from);
+        for _ in 0..16 {
+            let current = match self.store.get(&t.key())? {
+                Some(c) => c,
+                None if ptype == PatchType::Apply => {
+                    let mut obj = patch_body.clone();
+                    obj["metadata"]["name"] = json!(t.name());
+                    let (code, o, _) = self.create(&Target { name: None, sub: None, ..t.clone() }, q, obj).await?;
+                    return Ok((code, o));
+                }
+                None => return Err(t.not_found()),
+            };
+            if let Some(p) = &pinned
+                && *p != current.mod_rev.to_string()
+            {
+                return Err(ApiError::conflict(res.plural, res.group, t.name()));
+            }
+            let old = to_object(&current)?;
+            let patched = patch::apply(ptype, &old, &patch_body, res.kind == "Service")?;
+            let (new, _) = self.admit_body(t, patched, &Query::default(), res.kind, &res.api_version())?;
+            match self.write_update(t, &current, new, q, status_only).await {
+                Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
+                r => return r.map(|v| (200, v)),
+            }
+        }
+        Err(ApiError::conflict(res.plural, res.group, t.name()))
+    }
+
+    /// DELETE one object: immediately, or by marking it (finalizers, graceful pod stop).
+    pub async fn delete(&self, t: &Target, q: &Query, options: Value) -> Result<(u16, Value), ApiError> {
+        let res = t.res;
+        let grace_opt = options
+            .get("gracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .or_else(|| q.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+        let dry = q.dry_run() || options.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|x| x == "All"));
+        loop {
+            let current = self.store.get(&t.key())?.ok_or_else(|| t.not_found())?;
+            let mut obj = to_object(&current)?;
+            if let Some(uid) = options.pointer("/preconditions/uid").and_then(Value::as_str)
+                && uid != meta_str(&obj, "uid")
+            {
+                return Err(ApiError::conflict_msg(format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&obj, "uid")
+                )));
+            }
+            if let Some(rv) = options.pointer("/preconditions/resourceVersion").and_then(Value::as_str)
+                && rv != current.mod_rev.to_string()
+            {
+                return Err(ApiError::conflict(res.plural, res.group, t.name()));
+            }
+            let already_deleting = !meta_str(&obj, "deletionTimestamp").is_empty();
+            let graceful_pod = res.kind == "Pod"
+                && !obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").is_empty()
+                && !matches!(obj.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+            let grace = grace_opt.unwrap_or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30));
+            let mark = has_finalizers(&obj) || res.kind == "Namespace" || (graceful_pod && grace > 0);
+            if dry {
+                return Ok((200, obj));
+            }
+            if mark {
+                if already_deleting && !(graceful_pod && grace == 0) {
+                    return Ok((200, obj));
+                }
+                if already_deleting && graceful_pod && grace == 0 && !has_finalizers(&obj) {
+                    // Force deletion of a pod already stopping.
+                } else {
+                    obj["metadata"]["deletionTimestamp"] = json!(if graceful_pod { rfc3339_in(grace) } else { now_rfc3339() });
+                    obj["metadata"]["deletionGracePeriodSeconds"] = json!(if graceful_pod { grace } else { 0 });
+                    if res.kind == "Namespace" {
+                        obj["status"]["phase"] = json!("Terminating");
+                    }
+                    let op = Op { key: t.key(), expect: Expect::ModRev(current.mod_rev), value: Some(encode(&obj)?) };
+                    match self.store.commit(vec![op]).await? {
+                        TxnResult::Applied { revision } => {
+                            obj["metadata"]["resourceVersion"] = json!(revision.to_string());
+                            if res.kind == "Namespace" {
+                                self.spawn_namespace_cleanup(t.name().to_string());
+                            }
+                            return Ok((200, obj));
+                        }
+                        TxnResult::Failed { .. } => continue,
+                    }
+                }
+            }
+            let mut ops = vec![Op { key: t.key(), expect: Expect::ModRev(current.mod_rev), value: None }];
+            ops.extend(alloc::release(res.kind, &obj));
+            match self.store.commit(ops).await? {
+                TxnResult::Applied { .. } => return Ok((200, obj)),
+                TxnResult::Failed { .. } => continue,
+            }
+        }
+    }
+
+    /// DELETE on a collection: every selected object, one by one.
+    pub async fn delete_collection(&self, t: &Target, q: &Query, options: Value) -> Result<Value, ApiError> {
+        let list = self.list(t, q, false)?;
+        let mut deleted = Vec::new();
+        for item in list["items"].as_array().into_iter().flatten() {
+            let one = Target {
+                name: Some(meta_str(item, "name").to_string()),
+                namespace: Some(meta_str(item, "namespace").to_string()).filter(|n| !n.is_empty()),
+                ..t.clone()
+            };
+            match self.delete(&one, q, options.clone()).await {
+                Ok((_, o)) => deleted.push(o),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": {}, "items": deleted}))
+    }
+
+    /// The namespace lifecycle until the namespace controller lands: once a namespace is
+    /// Terminating, delete what it holds (finalizers aside) and then the namespace itself.
+    fn spawn_namespace_cleanup(&self, ns: String) {
+        let Some(api) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            for attempt in 0..600 {
+                let mut remaining = 0;
+                for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
+                    let (records, _) = match api.store.list(&res.list_prefix(Some(&ns)), None, usize::MAX) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(namespace = %ns, error = %e, "namespace cleanup");
+                            continue;
+                        }
+                    };
+                    for rec in records {
+                        remaining += 1;
+                        let name = rec.key.rsplit('/').next().unwrap_or("").to_string();
+                        let t = Target { res, namespace: Some(ns.clone()), name: Some(name), sub: None };
+                        let _ = api.delete(&t, &Query::default(), json!({"gracePeriodSeconds": 0})).await;
+                    }
+                }
+                if remaining == 0 {
+                    let ns_res = resources::find("", "v1", "namespaces").expect("namespaces are always served");
+                    if let Ok(Some(rec)) = api.store.get(&ns_res.key("", &ns)) {
+                        let _ = api.store.commit(vec![Op { key: rec.key, expect: Expect::ModRev(rec.mod_rev), value: None }]).await;
+                    }
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(if attempt < 10 { 100 } else { 1000 })).await;
+            }
+        });
+    }
+
+    /// GET/PUT/PATCH `.../scale`.
+    pub async fn scale(&self, t: &Target, q: &Query, method: &str, body: Option<(Option<PatchType>, Value)>) -> Result<Value, ApiError> {
+        let res = t.res;
+        for _ in 0..16 {
+            let current = self.store.get(&t.key())?.ok_or_else(|| t.not_found())?;
+            let obj = to_object(&current)?;
+            let scale = scale_of(&obj, current.mod_rev);
+            let Some((ptype, body)) = body.clone() else { return Ok(scale) };
+            let wanted = match ptype {
+                Some(p) => patch::apply(p, &scale, &body, false)?,
+                None => body,
+            };
+            if method == "PUT"
+                && let Some(rv) = wanted.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                && !rv.is_empty()
+                && rv != current.mod_rev.to_string()
+            {
+                return Err(ApiError::conflict(res.plural, res.group, t.name()));
+            }
+            let replicas = wanted.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+            if replicas < 0 {
+                return Err(ApiError::invalid("Scale", "autoscaling", t.name(), vec![Cause::invalid("spec.replicas", replicas, "must be greater than or equal to 0")]));
+            }
+            let mut new = obj.clone();
+            new["spec"]["replicas"] = json!(replicas);
+            let plain = Target { sub: None, ..t.clone() };
+            match self.write_update(&plain, &current, new, q, false).await {
+                Ok(v) => {
+                    let rev = v.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse().ok()).unwrap_or(current.mod_rev);
+                    return Ok(scale_of(&v, rev));
+                }
+                Err(e) if e.reason == "Conflict" => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::conflict(res.plural, res.group, t.name()))
+    }
+
+    /// POST `pods/<name>/binding`: set the node of a pod that has none.
+    pub async fn bind(&self, t: &Target, body: Value) -> Result<Value, ApiError> {
+        let node = body.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
+        if node.is_empty() {
+            return Err(ApiError::invalid("Binding", "", t.name(), vec![Cause::required("target.name")]));
+        }
+        loop {
+            let current = self.store.get(&t.key())?.ok_or_else(|| t.not_found())?;
+            let mut pod = to_object(&current)?;
+            if !pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").is_empty() {
+                return Err(ApiError::conflict_msg(format!("Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{}\"", t.name(), t.name(), pod["spec"]["nodeName"].as_str().unwrap_or(""))));
+            }
+            pod["spec"]["nodeName"] = json!(node);
+            let conds = pod["status"].get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut conds: Vec<Value> = conds.into_iter().filter(|c| c.get("type") != Some(&json!("PodScheduled"))).collect();
+            conds.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339(), "lastProbeTime": null}));
+            pod["status"]["conditions"] = json!(conds);
+            let op = Op { key: t.key(), expect: Expect::ModRev(current.mod_rev), value: Some(encode(&pod)?) };
+            if let TxnResult::Applied { .. } = self.store.commit(vec![op]).await? {
+                return Ok(crate::api::status::success_status(json!({"name": t.name(), "kind": "pods"})));
+            }
+        }
+    }
+
+    /// POST `pods/<name>/eviction`: a delete with the eviction's options.
+    pub async fn evict(&self, t: &Target, q: &Query, body: Value) -> Result<Value, ApiError> {
+        let pod_t = Target { sub: None, ..t.clone() };
+        let options = body.get("deleteOptions").cloned().unwrap_or(json!({}));
+        self.delete(&pod_t, q, options).await?;
+        Ok(crate::api::status::success_status(json!({"name": t.name(), "kind": "pods"})))
+    }
+}
+
+fn scale_of(obj: &Value, rev: u64) -> Value {
+    let sel = obj.pointer("/spec/selector").map(LabelSelector::from_object).map(|_| {
+        let labels = obj.pointer("/spec/selector/matchLabels").and_then(Value::as_object);
+        labels.map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")).unwrap_or_default()
+    });
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta_str(obj, "name"), "namespace": meta_str(obj, "namespace"), "uid": meta_str(obj, "uid"),
+            "resourceVersion": rev.to_string(), "creationTimestamp": meta_str(obj, "creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {"replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": sel.unwrap_or_default()},
+    })
+}
+
+fn encode_continue(key: &str, rev: u64) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"v": 1, "start": key, "rv": rev}).to_string())
+}
+
+fn decode_continue(token: &str) -> Result<String, ApiError> {
+    use base64::Engine;
+    let bad = || ApiError::bad_request("continue key is not valid: list again without `continue`");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    v.get("start").and_then(Value::as_str).map(String::from).ok_or_else(bad)
+}

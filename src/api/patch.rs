@@ -1,0 +1,274 @@
+//! PATCH bodies: JSON patch (RFC 6902), JSON merge patch (RFC 7386) and Kubernetes
+//! strategic merge patch.
+//!
+//! Strategic merge differs from merge patch on lists: a list whose field has a patch merge
+//! key (containers by `name`, ports by `containerPort`, ...) is merged element by element;
+//! other lists are replaced. Directives: `$patch: delete|replace|merge` on maps and list
+//! elements, `$deleteFromPrimitiveList/<field>`, `$setElementOrder/<field>`, `$retainKeys`.
+//! The merge keys are the upstream `patchMergeKey` tags of the served types.
+
+use serde_json::{Map, Value};
+
+use super::status::ApiError;
+
+/// Which PATCH dialect a request uses, from its Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchType {
+    Json,
+    Merge,
+    Strategic,
+    Apply,
+}
+
+impl PatchType {
+    pub fn from_content_type(ct: &str) -> Option<PatchType> {
+        match ct.split(';').next().unwrap_or("").trim() {
+            "application/json-patch+json" => Some(PatchType::Json),
+            "application/merge-patch+json" => Some(PatchType::Merge),
+            "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
+            "application/apply-patch+yaml" | "application/apply-patch+json" => Some(PatchType::Apply),
+            _ => None,
+        }
+    }
+}
+
+/// The merge key of a list field, by field name. Field names are unambiguous enough across
+/// the served types that the name alone decides (as in the upstream tags).
+fn merge_key(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
+        | "volumeClaimTemplates" | "resourceClaims" | "readinessGates" => match field {
+            "readinessGates" => "conditionType",
+            _ => "name",
+        },
+        "ports" => "containerPort",
+        "volumeMounts" => "mountPath",
+        "volumeDevices" => "devicePath",
+        "conditions" => "type",
+        "ownerReferences" => "uid",
+        "hostAliases" => "ip",
+        "topologySpreadConstraints" => "topologyKey",
+        "taints" => "key",
+        "addresses" => "type",
+        _ => return None,
+    })
+}
+
+/// Lists that merge as sets of primitives (strategic `merge` strategy without a key).
+fn is_primitive_set(field: &str) -> bool {
+    field == "finalizers"
+}
+
+/// Applies a patch of `kind` to `target`. `service_ports` tells whether a `ports` list is a
+/// Service's (merged by `port`) rather than a container's.
+pub fn apply(kind: PatchType, target: &Value, patch: &Value, service_ports: bool) -> Result<Value, ApiError> {
+    match kind {
+        PatchType::Json => {
+            let p: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            let mut doc = target.clone();
+            json_patch::patch(&mut doc, &p).map_err(|e| ApiError::bad_request(format!("the JSON patch could not be applied: {e}")))?;
+            Ok(doc)
+        }
+        PatchType::Merge => {
+            if !patch.is_object() {
+                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+            }
+            let mut doc = target.clone();
+            json_patch::merge(&mut doc, patch);
+            Ok(doc)
+        }
+        PatchType::Strategic | PatchType::Apply => {
+            let Value::Object(p) = patch else { return Err(ApiError::bad_request("a strategic merge patch must be a JSON object")) };
+            let mut doc = target.clone();
+            strategic_map(&mut doc, p, service_ports)?;
+            Ok(doc)
+        }
+    }
+}
+
+fn strategic_map(target: &mut Value, patch: &Map<String, Value>, service_ports: bool) -> Result<(), ApiError> {
+    match patch.get("$patch").and_then(Value::as_str) {
+        Some("replace") => {
+            let mut p = patch.clone();
+            p.remove("$patch");
+            *target = Value::Object(p);
+            return Ok(());
+        }
+        Some("delete") => {
+            *target = Value::Null;
+            return Ok(());
+        }
+        _ => {}
+    }
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let t = target.as_object_mut().expect("made an object above");
+    if let Some(Value::Array(keep)) = patch.get("$retainKeys") {
+        let keep: Vec<&str> = keep.iter().filter_map(Value::as_str).collect();
+        t.retain(|k, _| keep.contains(&k.as_str()));
+    }
+    for (k, v) in patch {
+        if k == "$patch" || k == "$retainKeys" || k.starts_with("$setElementOrder/") {
+            continue;
+        }
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            if let (Some(Value::Array(list)), Value::Array(del)) = (t.get_mut(field), v) {
+                list.retain(|x| !del.contains(x));
+            }
+            continue;
+        }
+        match v {
+            Value::Null => {
+                t.remove(k);
+            }
+            Value::Object(pm) => {
+                let slot = t.entry(k.clone()).or_insert(Value::Null);
+                strategic_map(slot, pm, service_ports)?;
+                if slot.is_null() {
+                    t.remove(k);
+                }
+            }
+            Value::Array(pl) => {
+                let key = if k == "ports" && service_ports { Some("port") } else { merge_key(k) };
+                let slot = t.entry(k.clone()).or_insert(Value::Array(Vec::new()));
+                match key {
+                    Some(key) => merge_list(slot, pl, key, service_ports)?,
+                    None if is_primitive_set(k) => {
+                        let list = slot.as_array_mut().map(std::mem::take).unwrap_or_default();
+                        let mut merged = list;
+                        for x in pl {
+                            if !merged.contains(x) {
+                                merged.push(x.clone());
+                            }
+                        }
+                        *slot = Value::Array(merged);
+                    }
+                    None => *slot = Value::Array(pl.iter().filter(|x| !is_directive(x)).cloned().collect()),
+                }
+                if let Some(Value::Array(order)) = patch.get(&format!("$setElementOrder/{k}")) {
+                    order_list(slot, order, key);
+                }
+            }
+            other => {
+                t.insert(k.clone(), other.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_directive(v: &Value) -> bool {
+    v.get("$patch").is_some()
+}
+
+fn merge_list(slot: &mut Value, patch: &[Value], key: &str, service_ports: bool) -> Result<(), ApiError> {
+    if !slot.is_array() {
+        *slot = Value::Array(Vec::new());
+    }
+    if patch.iter().any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace")) {
+        *slot = Value::Array(patch.iter().filter(|p| !is_directive(p)).cloned().collect());
+        return Ok(());
+    }
+    let list = slot.as_array_mut().expect("made an array above");
+    for p in patch {
+        let Some(pm) = p.as_object() else {
+            list.push(p.clone());
+            continue;
+        };
+        let Some(kv) = pm.get(key) else {
+            return Err(ApiError::bad_request(format!("map in a list with merge key `{key}` has no `{key}` field: {p}")));
+        };
+        let pos = list.iter().position(|x| x.get(key) == Some(kv));
+        match (pm.get("$patch").and_then(Value::as_str), pos) {
+            (Some("delete"), Some(i)) => {
+                list.remove(i);
+            }
+            (Some("delete"), None) => {}
+            (_, Some(i)) => strategic_map(&mut list[i], pm, service_ports)?,
+            (_, None) => {
+                let mut fresh = Value::Null;
+                strategic_map(&mut fresh, pm, service_ports)?;
+                list.push(fresh);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn order_list(slot: &mut Value, order: &[Value], key: Option<&str>) {
+    let Some(list) = slot.as_array_mut() else { return };
+    let rank = |x: &Value| {
+        let id = match key {
+            Some(k) => x.get(k),
+            None => Some(x),
+        };
+        order.iter().position(|o| match key {
+            Some(k) => o.get(k) == id,
+            None => Some(o) == id,
+        })
+        .unwrap_or(usize::MAX)
+    };
+    list.sort_by_key(rank);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment() -> Value {
+        json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [
+            {"name": "web", "image": "nginx:1", "ports": [{"containerPort": 80}], "env": [{"name": "A", "value": "1"}]},
+            {"name": "side", "image": "busybox"}
+        ]}}}})
+    }
+
+    #[test]
+    fn strategic_merges_containers_by_name() {
+        let p = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:2", "env": [{"name": "B", "value": "2"}]}]}}}});
+        let out = apply(PatchType::Strategic, &deployment(), &p, false).unwrap();
+        let cs = &out["spec"]["template"]["spec"]["containers"];
+        assert_eq!(cs.as_array().unwrap().len(), 2);
+        assert_eq!(cs[0]["image"], "nginx:2");
+        assert_eq!(cs[0]["ports"][0]["containerPort"], 80);
+        assert_eq!(cs[0]["env"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn strategic_delete_and_replace_directives() {
+        let p = json!({"spec": {"template": {"spec": {"containers": [{"name": "side", "$patch": "delete"}]}}}});
+        let out = apply(PatchType::Strategic, &deployment(), &p, false).unwrap();
+        assert_eq!(out["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
+        let p = json!({"spec": {"template": {"spec": {"containers": [{"name": "only", "image": "x"}, {"$patch": "replace"}]}}}});
+        let out = apply(PatchType::Strategic, &deployment(), &p, false).unwrap();
+        assert_eq!(out["spec"]["template"]["spec"]["containers"], json!([{"name": "only", "image": "x"}]));
+        let p = json!({"spec": {"replicas": null}});
+        let out = apply(PatchType::Strategic, &deployment(), &p, false).unwrap();
+        assert!(out["spec"].get("replicas").is_none());
+    }
+
+    #[test]
+    fn merge_patch_replaces_lists() {
+        let p = json!({"spec": {"template": {"spec": {"containers": [{"name": "x", "image": "y"}]}}}});
+        let out = apply(PatchType::Merge, &deployment(), &p, false).unwrap();
+        assert_eq!(out["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn json_patch_ops_and_errors() {
+        let p = json!([{"op": "replace", "path": "/spec/replicas", "value": 3}]);
+        assert_eq!(apply(PatchType::Json, &deployment(), &p, false).unwrap()["spec"]["replicas"], 3);
+        let bad = json!([{"op": "test", "path": "/spec/replicas", "value": 9}]);
+        assert_eq!(apply(PatchType::Json, &deployment(), &bad, false).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn service_ports_merge_by_port() {
+        let svc = json!({"spec": {"ports": [{"port": 80, "name": "http"}]}});
+        let p = json!({"spec": {"ports": [{"port": 443, "name": "https"}]}});
+        let out = apply(PatchType::Strategic, &svc, &p, true).unwrap();
+        assert_eq!(out["spec"]["ports"].as_array().unwrap().len(), 2);
+    }
+}

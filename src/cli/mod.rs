@@ -1,0 +1,99 @@
+//! The command tree. `bramble server` runs the control plane (API + store, and the agent
+//! once it exists); flags mirror k3s's names where the idea is the same.
+
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bramble", version, about = "Kubernetes for fleets of small ARM boards, in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server: the Kubernetes API over a Raft-replicated store.
+    Server(ServerArgs),
+}
+
+/// `bramble server` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Where the store, certificates and tokens live.
+    #[arg(long, short = 'd', default_value = "/var/lib/bramble")]
+    pub data_dir: PathBuf,
+    /// HTTPS port of the API.
+    #[arg(long, default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: String,
+    /// Where to write the admin kubeconfig (mode 0600).
+    #[arg(long, short = 'o', default_value = "/etc/bramble/bramble.yaml")]
+    pub write_kubeconfig: PathBuf,
+    /// Extra names or addresses for the serving certificate.
+    #[arg(long)]
+    pub tls_san: Vec<String>,
+    /// Run without the node agent on this machine.
+    #[arg(long)]
+    pub disable_agent: bool,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The join token agents present (default: generated once and kept in
+    /// `<data-dir>/server/node-token`).
+    #[arg(long, env = "BRAMBLE_TOKEN")]
+    pub token: Option<String>,
+    /// Service ClusterIP range.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+    /// Pod address range (a /24 per node).
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// NodePort range.
+    #[arg(long, default_value = "30000-32767")]
+    pub service_node_port_range: String,
+    /// Store page cache in MiB (sled's own default of 1 GiB is too big for a board).
+    #[arg(long, default_value_t = 16)]
+    pub store_cache_mb: u64,
+    /// Watch history kept in memory, in events.
+    #[arg(long, default_value_t = 10_000)]
+    pub watch_history: usize,
+    /// Bearer tokens in the upstream `--token-auth-file` format.
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
+}
+
+/// Parses the command line (or behaves as `kubectl` when invoked by that name) and runs.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bramble: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Server(args) => rt.block_on(server::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bramble: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BRAMBLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

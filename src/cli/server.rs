@@ -1,0 +1,131 @@
+//! `bramble server`: certificates, kubeconfig, join token, store, API, and a clean stop on
+//! SIGTERM (systemd `Type=notify` is told when the API is ready).
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use tokio::net::TcpListener;
+
+use super::ServerArgs;
+use crate::api::{self, Api, ApiOptions, auth::Tokens};
+use crate::pki::{self, Pki};
+use crate::store::{Store, StoreOptions};
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// The address this host uses for its default route, if it has one (no packet is sent).
+fn primary_ip() -> Option<String> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    Some(s.local_addr().ok()?.ip().to_string())
+}
+
+fn random_token() -> Result<String> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 24];
+    ring::rand::SystemRandom::new().fill(&mut b).map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Tells systemd we are ready, when run under `Type=notify`.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(abs) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abs).and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", std::path::Path::new(&path))
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
+pub async fn run(args: ServerArgs) -> Result<()> {
+    let server_dir = args.data_dir.join("server");
+    std::fs::create_dir_all(&server_dir).with_context(|| format!("creating {}", server_dir.display()))?;
+    let service_cidr = api::parse_cidr(&args.service_cidr)
+        .with_context(|| format!("--service-cidr {:?} is not an IPv4 CIDR such as 10.43.0.0/16", args.service_cidr))?;
+    if api::parse_cidr(&args.cluster_cidr).is_none() {
+        bail!("--cluster-cidr {:?} is not an IPv4 CIDR such as 10.42.0.0/16", args.cluster_cidr);
+    }
+    let node_ports = args
+        .service_node_port_range
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+        .filter(|(a, b)| a < b)
+        .with_context(|| format!("--service-node-port-range {:?} is not a range such as 30000-32767", args.service_node_port_range))?;
+    let node_name = args.node_name.clone().unwrap_or_else(host_name);
+
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), host_name(), "kubernetes".into(), "kubernetes.default".into(), "kubernetes.default.svc".into()];
+    sans.push(Ipv4Addr::from(u32::from(service_cidr.0) + 1).to_string());
+    if let Some(ip) = primary_ip() {
+        sans.push(ip);
+    }
+    if args.bind_address != "0.0.0.0" && args.bind_address != "::" {
+        sans.push(args.bind_address.clone());
+    }
+    sans.extend(args.tls_san.iter().cloned());
+    let pki = Pki::load_or_create(&server_dir.join("tls"), &sans).context("preparing certificates")?;
+    let admin = pki.admin().context("issuing the admin certificate")?;
+
+    let token_path = server_dir.join("node-token");
+    let token = match (&args.token, std::fs::read_to_string(&token_path)) {
+        (Some(t), _) => t.clone(),
+        (None, Ok(t)) => t.trim().to_string(),
+        (None, Err(_)) => random_token()?,
+    };
+    pki::write_private(&token_path, format!("{token}\n").as_bytes(), 0o600)?;
+
+    let host = if args.bind_address == "0.0.0.0" || args.bind_address == "::" { "127.0.0.1".to_string() } else { args.bind_address.clone() };
+    let advertise = format!("{host}:{}", args.https_listen_port);
+    let kubeconfig = pki::kubeconfig(&format!("https://{advertise}"), &pki.ca.cert_pem, &admin);
+    pki::write_private(&args.write_kubeconfig, kubeconfig.as_bytes(), 0o600)
+        .with_context(|| format!("writing the kubeconfig to {} (choose another place with --write-kubeconfig)", args.write_kubeconfig.display()))?;
+
+    let store = Store::open(StoreOptions {
+        dir: server_dir.join("store"),
+        cache_bytes: args.store_cache_mb * 1024 * 1024,
+        sealed_prefixes: vec!["secrets/".into()],
+        watch_events: args.watch_history,
+        watch_bytes: 32 * 1024 * 1024,
+        node_id: 1,
+        advertise: advertise.clone(),
+    })
+    .await
+    .context("opening the store")?;
+    let tokens = match &args.token_auth_file {
+        Some(p) => Tokens::load(p).with_context(|| format!("reading {}", p.display()))?,
+        None => Tokens::default(),
+    };
+    let api = Api::new(store, ApiOptions { service_cidr, node_port_range: node_ports, advertise: advertise.clone() }, tokens);
+    api.bootstrap().await.map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
+
+    let tls = api::server::tls_config(&pki.serving.cert_pem, &pki.serving.key_pem, &pki.ca.cert_pem).map_err(anyhow::Error::msg)?;
+    let listener = TcpListener::bind((args.bind_address.as_str(), args.https_listen_port))
+        .await
+        .with_context(|| format!("listening on {}:{} (is another server running?)", args.bind_address, args.https_listen_port))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(api::server::serve(Arc::clone(&api), listener, tls, stop_rx));
+    tracing::info!(node = %node_name, addr = %advertise, kubeconfig = %args.write_kubeconfig.display(), agent = !args.disable_agent, "bramble server is ready");
+    notify_ready();
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    let _ = serving.await;
+    api.store.shutdown().await;
+    Ok(())
+}

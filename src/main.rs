@@ -1,0 +1,13 @@
+//! bramble: a Kubernetes-style orchestrator for fleets of small ARM boards, in one binary.
+//!
+//! `main` only picks the command: the binary is multi-call, so when it is run through a link
+//! named `kubectl` it behaves as `bramble kubectl`.
+
+mod api;
+mod cli;
+mod pki;
+mod store;
+
+fn main() -> std::process::ExitCode {
+    cli::run()
+}

@@ -1,0 +1,192 @@
+//! The cluster's certificates: a CA made on first start, the API serving certificate, and
+//! client certificates (the admin's now, agents' later), all with rcgen; plus the admin
+//! kubeconfig that points clients at them.
+//!
+//! Files live in `<data-dir>/server/tls/`; keys are written 0600. The serving certificate is
+//! re-issued when the wanted subject alternative names change (new `--tls-san`, new address).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+/// What can go wrong making or reading certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+fn io(ctx: impl Into<String>) -> impl FnOnce(std::io::Error) -> PkiError {
+    let ctx = ctx.into();
+    move |e| PkiError::Io(ctx, e)
+}
+
+/// Writes `bytes` to `path` atomically with `mode`.
+pub fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io(format!("creating {}", tmp.display())))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))
+}
+
+/// A PEM certificate and its PEM private key.
+pub struct CertPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The cluster CA and the serving certificate, loaded or made.
+pub struct Pki {
+    dir: PathBuf,
+    pub ca: CertPair,
+    pub serving: CertPair,
+}
+
+fn read_pair(cert: &Path, key: &Path) -> Result<Option<CertPair>, PkiError> {
+    match (std::fs::read_to_string(cert), std::fs::read_to_string(key)) {
+        (Ok(cert_pem), Ok(key_pem)) => Ok(Some(CertPair { cert_pem, key_pem })),
+        (Err(e), _) | (_, Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(PkiError::Io(format!("reading {}", cert.display()), e))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn name(cn: &str, orgs: &[&str]) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    for o in orgs {
+        dn.push(DnType::OrganizationName, *o);
+    }
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
+impl Pki {
+    /// Loads the CA and serving certificate from `dir`, making whatever is missing; the
+    /// serving certificate covers `sans` (DNS names or IP addresses).
+    pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
+        let ca = match read_pair(&dir.join("ca.crt"), &dir.join("ca.key"))? {
+            Some(p) => p,
+            None => {
+                let key = KeyPair::generate()?;
+                let mut params = CertificateParams::new(Vec::<String>::new())?;
+                params.distinguished_name = name("bramble-ca", &["bramble"]);
+                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+                validity(&mut params, 3650);
+                let cert = params.self_signed(&key)?;
+                let pair = CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
+                write_private(&dir.join("ca.key"), pair.key_pem.as_bytes(), 0o600)?;
+                write_private(&dir.join("ca.crt"), pair.cert_pem.as_bytes(), 0o644)?;
+                pair
+            }
+        };
+        let mut want: Vec<String> = sans.to_vec();
+        want.sort();
+        want.dedup();
+        let sans_file = dir.join("serving.sans");
+        let have = std::fs::read_to_string(&sans_file).unwrap_or_default();
+        let existing = read_pair(&dir.join("serving.crt"), &dir.join("serving.key"))?;
+        let serving = match existing {
+            Some(p) if have == want.join("\n") => p,
+            _ => {
+                let mut pki = Pki { dir: dir.to_path_buf(), ca, serving: CertPair { cert_pem: String::new(), key_pem: String::new() } };
+                let pair = pki.issue("bramble-apiserver", &[], &want, true)?;
+                write_private(&dir.join("serving.key"), pair.key_pem.as_bytes(), 0o600)?;
+                write_private(&dir.join("serving.crt"), pair.cert_pem.as_bytes(), 0o644)?;
+                write_private(&sans_file, want.join("\n").as_bytes(), 0o644)?;
+                pki.serving = pair;
+                return Ok(pki);
+            }
+        };
+        Ok(Pki { dir: dir.to_path_buf(), ca, serving })
+    }
+
+    /// Issues a certificate signed by the CA: a server certificate for `sans`, or a client
+    /// certificate whose CN is the user and whose O entries are the groups.
+    pub fn issue(&self, cn: &str, orgs: &[&str], sans: &[String], server: bool) -> Result<CertPair, PkiError> {
+        let ca_key = KeyPair::from_pem(&self.ca.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca.cert_pem, ca_key)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(cn, orgs);
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| match s.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(s.as_str().try_into()?)),
+            })
+            .collect::<Result<_, rcgen::Error>>()?;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages =
+            vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+        validity(&mut params, 3650);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
+    /// The admin client certificate (O=system:masters), made once and kept.
+    pub fn admin(&self) -> Result<CertPair, PkiError> {
+        let (c, k) = (self.dir.join("client-admin.crt"), self.dir.join("client-admin.key"));
+        if let Some(p) = read_pair(&c, &k)? {
+            return Ok(p);
+        }
+        let pair = self.issue("system:admin", &["system:masters"], &[], false)?;
+        write_private(&k, pair.key_pem.as_bytes(), 0o600)?;
+        write_private(&c, pair.cert_pem.as_bytes(), 0o644)?;
+        Ok(pair)
+    }
+}
+
+/// A kubeconfig for `server` authenticating with a client certificate.
+pub fn kubeconfig(server: &str, ca_pem: &str, client: &CertPair) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority-data: {ca}
+    server: {server}
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+preferences: {{}}
+users:
+- name: default
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+",
+        ca = b64(ca_pem),
+        cert = b64(&client.cert_pem),
+        key = b64(&client.key_pem),
+    )
+}

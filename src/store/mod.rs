@@ -1,0 +1,145 @@
+//! The store: versioned objects whose every write is an entry of a Raft log.
+//!
+//! Owns the data directory's `raft/` (log + vote, fsynced, group commit) and `db/` (sled state
+//! machine). The API is its only caller: it reads (`get`, `list`), writes compare-and-swap
+//! transactions (`commit`) and follows changes through the watch hub. The revision of an
+//! object is the Raft index of the entry that last wrote it, so it is monotonic across the
+//! whole store and, later, across all servers.
+
+mod crypt;
+mod log;
+mod raft;
+mod state;
+pub mod watch;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::Raft;
+
+pub use state::{Expect, Op, Record, TxnResult};
+pub use watch::{Event, Expired, WatchHub};
+
+use crypt::SecretCipher;
+use raft::TypeConfig;
+use state::{Shared, StateMachine, Txn};
+
+/// Everything that can go wrong below the API.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("state machine database: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("encryption: {0}")]
+    Crypto(String),
+}
+
+/// How to open a store.
+pub struct StoreOptions {
+    /// Holds `raft/`, `db/` and the encryption key.
+    pub dir: PathBuf,
+    /// sled's page cache; sled's own default (1 GiB) is far too big for a board.
+    pub cache_bytes: u64,
+    /// Key prefixes whose values are encrypted at rest.
+    pub sealed_prefixes: Vec<String>,
+    /// Watch history bounds.
+    pub watch_events: usize,
+    pub watch_bytes: usize,
+    /// This server's Raft id and advertised address.
+    pub node_id: u64,
+    pub advertise: String,
+}
+
+/// The open store.
+pub struct Store {
+    raft: Raft<TypeConfig>,
+    shared: Arc<Shared>,
+    cipher: SecretCipher,
+    sealed_prefixes: Vec<String>,
+}
+
+impl Store {
+    /// Opens the store, replays what the state machine had not yet persisted, and waits
+    /// until this server leads its Raft group.
+    pub async fn open(opts: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&opts.dir).map_err(|e| StoreError::Io(format!("creating {}", opts.dir.display()), e))?;
+        let db = sled::Config::new()
+            .path(opts.dir.join("db"))
+            .cache_capacity(opts.cache_bytes)
+            .flush_every_ms(Some(2000))
+            .open()?;
+        let tree = db.open_tree("state")?;
+        let log = log::LogStore::open(&opts.dir.join("raft"))
+            .map_err(|e| StoreError::Io(format!("opening raft log in {}", opts.dir.display()), e))?;
+        let cipher = SecretCipher::load_or_create(&opts.dir.join("encryption.key"))?;
+        let applied = state::applied_revision(&tree);
+        let hub = Arc::new(WatchHub::new(applied, opts.watch_events, opts.watch_bytes));
+        let shared = Arc::new(Shared { tree, db, apply_lock: Default::default(), hub });
+        let sm = StateMachine { shared: shared.clone() };
+        let raft = raft::start(opts.node_id, &opts.advertise, log, sm).await?;
+        Ok(Store { raft, shared, cipher, sealed_prefixes: opts.sealed_prefixes })
+    }
+
+    fn sealed(&self, key: &str) -> bool {
+        self.sealed_prefixes.iter().any(|p| key.starts_with(p.as_str()))
+    }
+
+    /// Decrypts a stored value of `key` (a no-op for keys that are not sealed).
+    pub fn open_value(&self, key: &str, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if self.sealed(key) { self.cipher.open(key, stored) } else { Ok(stored.to_vec()) }
+    }
+
+    fn open_record(&self, mut r: Record) -> Result<Record, StoreError> {
+        if self.sealed(&r.key) {
+            r.value = self.cipher.open(&r.key, &r.value)?;
+        }
+        Ok(r)
+    }
+
+    /// The current version of `key`.
+    pub fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        self.shared.get(key)?.map(|r| self.open_record(r)).transpose()
+    }
+
+    /// Up to `limit` records under `prefix` after `start_after`, and the revision of the read.
+    pub fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<(Vec<Record>, u64), StoreError> {
+        let (records, rev) = self.shared.list(prefix, start_after, limit)?;
+        let records = records.into_iter().map(|r| self.open_record(r)).collect::<Result<_, _>>()?;
+        Ok((records, rev))
+    }
+
+    /// Proposes `ops` as one atomic compare-and-swap transaction and waits until it is
+    /// durable and applied.
+    pub async fn commit(&self, mut ops: Vec<Op>) -> Result<TxnResult, StoreError> {
+        for op in &mut ops {
+            if let (true, Some(v)) = (self.sealed(&op.key), op.value.as_ref()) {
+                op.value = Some(self.cipher.seal(&op.key, v)?);
+            }
+        }
+        let resp = self.raft.client_write(Txn { ops }).await.map_err(|e| StoreError::Raft(e.to_string()))?;
+        Ok(resp.data)
+    }
+
+    /// Change history and notifications for watches.
+    pub fn hub(&self) -> &WatchHub {
+        &self.shared.hub
+    }
+
+    /// The last applied revision.
+    pub fn revision(&self) -> u64 {
+        self.shared.hub.revision()
+    }
+
+    /// Stops Raft and flushes the state machine so the next start replays nothing.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        if let Err(e) = self.shared.db.flush_async().await {
+            tracing::warn!(error = %e, "flushing state machine");
+        }
+    }
+}
