@@ -17,6 +17,14 @@ macro_rules! typed_kinds {
                 _ => Ok(v),
             }
         }
+
+        /// Adds the schema of `kind` (and everything it uses) to `generator`.
+        pub fn add_schema(kind: &str, generator: &mut k8s_openapi::schemars::SchemaGenerator) -> bool {
+            match kind {
+                $($kind => { generator.subschema_for::<$ty>(); true })*
+                _ => false,
+            }
+        }
     };
 }
 

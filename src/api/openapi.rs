@@ -1,14 +1,17 @@
-//! `/openapi/v2` and `/openapi/v3`: documents built from the served resources, so that
-//! `kubectl apply`/`edit` find the operations and know that the server validates fields
-//! itself (`fieldValidation` among each write's parameters).
+//! `/openapi/v2` and `/openapi/v3`: real schemas generated from the same `k8s-openapi`
+//! types we serve (through their `schemars` implementations), plus the operations of every
+//! served path. `kubectl apply`, `edit` and `explain` read them; each write operation lists
+//! `fieldValidation`, which tells kubectl the server validates fields itself.
 //!
-//! Definitions carry `x-kubernetes-group-version-kind` and the patch merge keys; full
-//! property schemas are not generated yet (kubectl falls back to its compiled-in types for
-//! strategic-merge metadata, and validation is done server-side).
+//! Documents are built per request and not cached: kubectl caches them on disk, and a board
+//! should not hold megabytes of schema in memory for a request made once.
 
+use k8s_openapi::schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-use super::resources::{RESOURCES, Resource};
+use super::kinds;
+use super::patch;
+use super::resources::{RESOURCES, Resource, group_versions};
 
 fn def_name(r: &Resource) -> String {
     let pkg = match r.group {
@@ -22,38 +25,86 @@ fn def_name(r: &Resource) -> String {
 }
 
 fn gvk(r: &Resource) -> Value {
-    json!([{"group": r.group, "version": r.version, "kind": r.kind}])
+    json!({"group": r.group, "version": r.version, "kind": r.kind})
 }
 
-fn params(names: &[&str]) -> Vec<Value> {
-    names.iter().map(|n| json!({"name": n, "in": "query", "type": "string", "uniqueItems": true})).collect()
+/// The definitions of `resources` (and all they reference) under `path_prefix`, annotated
+/// with group-version-kinds and patch merge keys.
+fn definitions(resources: &[&Resource], v3: bool) -> Map<String, Value> {
+    let mut settings = if v3 { SchemaSettings::openapi3() } else { SchemaSettings::draft07() };
+    settings.meta_schema = None;
+    let mut generator = settings.into_generator();
+    for r in resources {
+        kinds::add_schema(r.kind, &mut generator);
+    }
+    let mut defs = generator.take_definitions(true);
+    for r in resources {
+        if let Some(d) = defs.get_mut(&def_name(r)).and_then(Value::as_object_mut) {
+            d.insert("x-kubernetes-group-version-kind".into(), json!([gvk(r)]));
+        }
+    }
+    for def in defs.values_mut() {
+        annotate_lists(def);
+    }
+    defs
+}
+
+/// Marks list properties that merge by key, as upstream's `patchMergeKey`/`listMapKeys`.
+fn annotate_lists(def: &mut Value) {
+    let Some(props) = def.get_mut("properties").and_then(Value::as_object_mut) else { return };
+    for (name, prop) in props.iter_mut() {
+        let Some(p) = prop.as_object_mut() else { continue };
+        if p.get("type").and_then(Value::as_str) != Some("array") {
+            continue;
+        }
+        if let Some(key) = patch::merge_key(name) {
+            p.insert("x-kubernetes-patch-merge-key".into(), json!(key));
+            p.insert("x-kubernetes-patch-strategy".into(), json!("merge"));
+            p.insert("x-kubernetes-list-type".into(), json!("map"));
+            p.insert("x-kubernetes-list-map-keys".into(), json!([key]));
+        }
+    }
+}
+
+fn strip_key(v: &mut Value, key: &str) {
+    match v {
+        Value::Object(m) => {
+            m.remove(key);
+            m.values_mut().for_each(|x| strip_key(x, key));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| strip_key(x, key)),
+        _ => {}
+    }
+}
+
+fn param(name: &str, v3: bool) -> Value {
+    if v3 {
+        json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}})
+    } else {
+        json!({"name": name, "in": "query", "type": "string", "uniqueItems": true})
+    }
 }
 
 fn paths_for(r: &Resource, v3: bool) -> Map<String, Value> {
     let base = if r.group.is_empty() { format!("/api/{}", r.version) } else { format!("/apis/{}/{}", r.group, r.version) };
     let coll = if r.namespaced { format!("{base}/namespaces/{{namespace}}/{}", r.plural) } else { format!("{base}/{}", r.plural) };
     let item = format!("{coll}/{{name}}");
-    let write = ["dryRun", "fieldManager", "fieldValidation", "pretty"];
     let reference = if v3 { format!("#/components/schemas/{}", def_name(r)) } else { format!("#/definitions/{}", def_name(r)) };
-    let op = |action: &str, id: &str, p: &[&str]| {
-        let mut o = json!({
+    let response = if v3 {
+        json!({"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": reference}}}}})
+    } else {
+        json!({"200": {"description": "OK", "schema": {"$ref": reference}}})
+    };
+    let op = |action: &str, id: &str, names: &[&str]| {
+        json!({
             "operationId": format!("{id}{}", r.kind),
             "x-kubernetes-action": action,
-            "x-kubernetes-group-version-kind": gvk(r)[0],
-            "responses": {"200": {"description": "OK", "schema": {"$ref": reference}}},
-        });
-        let mut ps = params(p);
-        if v3 {
-            for pv in &mut ps {
-                pv["schema"] = json!({"type": "string"});
-                if let Some(m) = pv.as_object_mut() {
-                    m.remove("type");
-                }
-            }
-        }
-        o["parameters"] = json!(ps);
-        o
+            "x-kubernetes-group-version-kind": gvk(r),
+            "parameters": names.iter().map(|n| param(n, v3)).collect::<Vec<_>>(),
+            "responses": response,
+        })
     };
+    let write = ["dryRun", "fieldManager", "fieldValidation", "pretty"];
     let mut m = Map::new();
     m.insert(coll, json!({
         "get": op("list", "list", &["labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "watch", "timeoutSeconds"]),
@@ -72,35 +123,30 @@ fn paths_for(r: &Resource, v3: bool) -> Map<String, Value> {
     m
 }
 
-fn definitions() -> Map<String, Value> {
-    let mut d = Map::new();
-    for r in RESOURCES {
-        d.insert(def_name(r), json!({
-            "description": format!("{} is a {} {} object.", r.kind, r.group, r.version),
-            "type": "object",
-            "properties": {
-                "apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                "metadata": {"type": "object"}, "spec": {"type": "object"}, "status": {"type": "object"},
-            },
-            "x-kubernetes-group-version-kind": gvk(r),
-        }));
+fn document(resources: &[&Resource], v3: bool) -> Value {
+    let mut paths = Map::new();
+    for r in resources {
+        paths.extend(paths_for(r, v3));
     }
-    d
+    let info = json!({"title": "Kubernetes", "version": format!("v1.33.0+bramble.{}", env!("CARGO_PKG_VERSION"))});
+    let defs = definitions(resources, v3);
+    if v3 {
+        json!({"openapi": "3.0.0", "info": info, "paths": paths, "components": {"schemas": defs}})
+    } else {
+        // Swagger 2.0 has no `nullable`.
+        let mut doc = json!({"swagger": "2.0", "info": info, "paths": paths, "definitions": defs});
+        strip_key(&mut doc, "nullable");
+        doc
+    }
 }
 
 /// The document at `/openapi/<rest...>`, if there is one.
 pub fn serve(rest: &[&str]) -> Option<Value> {
     match rest {
-        ["v2"] => {
-            let mut paths = Map::new();
-            for r in RESOURCES {
-                paths.extend(paths_for(r, false));
-            }
-            Some(json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0+bramble"}, "paths": paths, "definitions": definitions()}))
-        }
+        ["v2"] => Some(document(&RESOURCES.iter().collect::<Vec<_>>(), false)),
         ["v3"] => {
             let mut paths = Map::new();
-            for (g, v) in super::resources::group_versions() {
+            for (g, v) in group_versions() {
                 let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
                 paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash=bramble{}", env!("CARGO_PKG_VERSION"))}));
             }
@@ -112,20 +158,34 @@ pub fn serve(rest: &[&str]) -> Option<Value> {
                 ["apis", g, v] => (*g, *v),
                 _ => return None,
             };
-            let mut paths = Map::new();
-            let mut schemas = Map::new();
-            let defs = definitions();
-            for r in RESOURCES.iter().filter(|r| r.group == g && r.version == v) {
-                paths.extend(paths_for(r, true));
-                if let Some(d) = defs.get(&def_name(r)) {
-                    schemas.insert(def_name(r), d.clone());
-                }
-            }
-            if paths.is_empty() {
-                return None;
-            }
-            Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0+bramble"}, "paths": paths, "components": {"schemas": schemas}}))
+            let resources: Vec<&Resource> = RESOURCES.iter().filter(|r| r.group == g && r.version == v).collect();
+            (!resources.is_empty()).then(|| document(&resources, true))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v3_documents_have_real_schemas_and_merge_keys() {
+        let doc = serve(&["v3", "apis", "apps", "v1"]).unwrap();
+        let dep = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(dep["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
+        assert_eq!(dep["properties"]["spec"]["allOf"][0]["$ref"], "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec");
+        let pod_spec = &doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"];
+        assert_eq!(pod_spec["properties"]["containers"]["x-kubernetes-patch-merge-key"], "name");
+        let patch_params = doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"]["parameters"].to_string();
+        assert!(patch_params.contains("fieldValidation"));
+    }
+
+    #[test]
+    fn v2_uses_definitions() {
+        let doc = serve(&["v2"]).unwrap();
+        let pod = &doc["definitions"]["io.k8s.api.core.v1.Pod"];
+        let spec = pod["properties"]["spec"].to_string();
+        assert!(spec.contains("#/definitions/io.k8s.api.core.v1.PodSpec"), "{spec}");
     }
 }

@@ -34,7 +34,7 @@ impl PatchType {
 
 /// The merge key of a list field, by field name. Field names are unambiguous enough across
 /// the served types that the name alone decides (as in the upstream tags).
-fn merge_key(field: &str) -> Option<&'static str> {
+pub fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
         "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
         | "volumeClaimTemplates" | "resourceClaims" | "readinessGates" => match field {
