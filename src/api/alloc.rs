@@ -27,7 +27,12 @@ fn invalid(svc: &Value, field: &str, value: impl std::fmt::Display, why: &str) -
 
 /// Fills in `spec.clusterIP(s)` and node ports of `svc`, returning the allocation writes.
 /// `old` is the stored Service on update (its allocations are kept).
-pub fn allocate_service(store: &Store, opts: &ApiOptions, svc: &mut Value, old: Option<&Value>) -> Result<Vec<Op>, ApiError> {
+pub fn allocate_service(
+    store: &Store,
+    opts: &ApiOptions,
+    svc: &mut Value,
+    old: Option<&Value>,
+) -> Result<Vec<Op>, ApiError> {
     let mut ops = Vec::new();
     let ty = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
     let (net, bits) = opts.service_cidr;
@@ -41,13 +46,32 @@ pub fn allocate_service(store: &Store, opts: &ApiOptions, svc: &mut Value, old: 
         } else if want == "None" {
             want
         } else if !want.is_empty() {
-            let parsed: Ipv4Addr = want.parse().map_err(|_| invalid(svc, "spec.clusterIPs[0]", &want, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))?;
+            let parsed: Ipv4Addr = want.parse().map_err(|_| {
+                invalid(
+                    svc,
+                    "spec.clusterIPs[0]",
+                    &want,
+                    "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                )
+            })?;
             let n = u32::from(parsed);
             if n <= base || n >= base + size - 1 {
-                return Err(invalid(svc, "spec.clusterIPs[0]", &want, &format!("failed to allocate IP {want}: provided IP is not in the valid range. The range of valid IPs is {net}/{bits}")));
+                return Err(invalid(
+                    svc,
+                    "spec.clusterIPs[0]",
+                    &want,
+                    &format!(
+                        "failed to allocate IP {want}: provided IP is not in the valid range. The range of valid IPs is {net}/{bits}"
+                    ),
+                ));
             }
             if taken(store, &format!("{IP_PREFIX}{want}"))? {
-                return Err(invalid(svc, "spec.clusterIPs[0]", &want, &format!("failed to allocate IP {want}: provided IP is already allocated")));
+                return Err(invalid(
+                    svc,
+                    "spec.clusterIPs[0]",
+                    &want,
+                    &format!("failed to allocate IP {want}: provided IP is already allocated"),
+                ));
             }
             ops.push(Op { key: format!("{IP_PREFIX}{want}"), expect: Expect::Absent, value: Some(b"1".to_vec()) });
             want
@@ -90,13 +114,27 @@ pub fn allocate_service(store: &Store, opts: &ApiOptions, svc: &mut Value, old: 
             let want = svc["spec"]["ports"][i].get("nodePort").and_then(Value::as_i64).unwrap_or(0);
             let port = if want != 0 {
                 if want < lo as i64 || want > hi as i64 {
-                    return Err(invalid(svc, &format!("spec.ports[{i}].nodePort"), want, &format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}")));
+                    return Err(invalid(
+                        svc,
+                        &format!("spec.ports[{i}].nodePort"),
+                        want,
+                        &format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
+                    ));
                 }
                 if !old_ports.contains(&want) {
                     if taken(store, &format!("{PORT_PREFIX}{want}"))? || chosen.contains(&want) {
-                        return Err(invalid(svc, &format!("spec.ports[{i}].nodePort"), want, "provided port is already allocated"));
+                        return Err(invalid(
+                            svc,
+                            &format!("spec.ports[{i}].nodePort"),
+                            want,
+                            "provided port is already allocated",
+                        ));
                     }
-                    ops.push(Op { key: format!("{PORT_PREFIX}{want}"), expect: Expect::Absent, value: Some(b"1".to_vec()) });
+                    ops.push(Op {
+                        key: format!("{PORT_PREFIX}{want}"),
+                        expect: Expect::Absent,
+                        value: Some(b"1".to_vec()),
+                    });
                 }
                 want
             } else {
@@ -130,7 +168,9 @@ pub fn release(kind: &str, obj: &Value) -> Vec<Op> {
         return Vec::new();
     }
     let mut ops = Vec::new();
-    if let Some(ip) = obj.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|ip| !ip.is_empty() && *ip != "None") {
+    if let Some(ip) =
+        obj.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|ip| !ip.is_empty() && *ip != "None")
+    {
         ops.push(Op { key: format!("{IP_PREFIX}{ip}"), expect: Expect::Any, value: None });
     }
     for p in obj.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {

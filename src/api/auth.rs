@@ -47,7 +47,14 @@ impl Tokens {
             let mut parts = line.splitn(4, ',');
             let (Some(token), Some(user)) = (parts.next(), parts.next()) else { continue };
             let _uid = parts.next();
-            let groups = parts.next().unwrap_or("").trim_matches('"').split(',').filter(|g| !g.is_empty()).map(String::from).collect();
+            let groups = parts
+                .next()
+                .unwrap_or("")
+                .trim_matches('"')
+                .split(',')
+                .filter(|g| !g.is_empty())
+                .map(String::from)
+                .collect();
             m.insert(token.to_string(), User { name: user.to_string(), groups });
         }
         Ok(Tokens(m))
@@ -60,7 +67,13 @@ impl Tokens {
 }
 
 /// Allows `user` to perform `verb` on `resource`, or says why not.
-pub fn authorize(user: &User, verb: &str, group: &str, resource: &str, namespace: Option<&str>) -> Result<(), ApiError> {
+pub fn authorize(
+    user: &User,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: Option<&str>,
+) -> Result<(), ApiError> {
     if user.is_admin() {
         return Ok(());
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
@@ -86,22 +86,29 @@ pub fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`].
+/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`]. An oversized body is still
+/// read (and dropped, up to a bound) so the client gets the 413 Status rather than a reset
+/// connection in the middle of its upload.
 pub async fn read_body(req: Request<Incoming>) -> Result<(http::request::Parts, Bytes), ApiError> {
-    let (parts, body) = req.into_parts();
-    if let Some(len) = parts.headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
-        && len > MAX_BODY_BYTES
-    {
+    const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+    let (parts, mut body) = req.into_parts();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            seen += data.len();
+            if seen <= MAX_BODY_BYTES {
+                buf.extend_from_slice(data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if seen > MAX_BODY_BYTES {
         return Err(ApiError::too_large(MAX_BODY_BYTES));
     }
-    let collected = Limited::new(body, MAX_BODY_BYTES).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            ApiError::too_large(MAX_BODY_BYTES)
-        } else {
-            ApiError::bad_request(format!("reading request body: {e}"))
-        }
-    })?;
-    Ok((parts, collected.to_bytes()))
+    Ok((parts, buf.freeze()))
 }
 
 /// The Content-Type of a request, without parameters; JSON when absent.
@@ -122,10 +129,12 @@ pub fn decode_body(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
     }
     match ct {
         "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml" => {
-            serde_yaml::from_slice::<Value>(body).map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}")))
+            serde_yaml::from_slice::<Value>(body)
+                .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}")))
         }
-        "application/vnd.kubernetes.protobuf" => Err(ApiError::unsupported_media_type(ct)),
-        _ => serde_json::from_slice::<Value>(body).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode_body(body),
+        _ => serde_json::from_slice::<Value>(body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"))),
     }
 }
 

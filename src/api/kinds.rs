@@ -28,8 +28,10 @@ macro_rules! typed_kinds {
     };
 }
 
-use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-    networking::v1 as net, policy::v1 as policy, storage::v1 as storage};
+use k8s_openapi::api::{
+    apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core, networking::v1 as net,
+    policy::v1 as policy, storage::v1 as storage,
+};
 
 typed_kinds! {
     "Namespace" => core::Namespace, "Pod" => core::Pod, "Node" => core::Node, "Service" => core::Service,
@@ -177,7 +179,9 @@ pub fn apply_defaults(kind: &str, o: &mut Value) {
                 if let Some(list) = tolerations.as_array_mut()
                     && !list.iter().any(|t| t.get("key").and_then(Value::as_str) == Some(key))
                 {
-                    list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+                    list.push(
+                        json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}),
+                    );
                 }
             }
             let status = default(o, "status", json!({}));
@@ -211,7 +215,11 @@ pub fn apply_defaults(kind: &str, o: &mut Value) {
             if default(us, "type", json!("RollingUpdate")) == "RollingUpdate" {
                 default(default(us, "rollingUpdate", json!({})), "partition", json!(0));
             }
-            default(spec, "persistentVolumeClaimRetentionPolicy", json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
+            default(
+                spec,
+                "persistentVolumeClaimRetentionPolicy",
+                json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+            );
             default_template(spec);
         }
         "DaemonSet" => {
@@ -239,7 +247,8 @@ pub fn apply_defaults(kind: &str, o: &mut Value) {
             let manual = spec.get("manualSelector").and_then(Value::as_bool).unwrap_or(false);
             if !manual && spec.get("selector").is_none_or(Value::is_null) && !uid.is_empty() {
                 spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
-                let labels = default(default(default(spec, "template", json!({})), "metadata", json!({})), "labels", json!({}));
+                let labels =
+                    default(default(default(spec, "template", json!({})), "metadata", json!({})), "labels", json!({}));
                 labels["batch.kubernetes.io/controller-uid"] = json!(uid);
                 labels["controller-uid"] = json!(uid);
             }
@@ -421,12 +430,20 @@ fn validate_containers(spec: &Value, base: &str, causes: &mut Vec<Cause>) {
             for (j, port) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 let n = port.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
                 if !(1..=65535).contains(&n) {
-                    causes.push(Cause::invalid(format!("{p}.ports[{j}].containerPort"), n, "must be between 1 and 65535, inclusive"));
+                    causes.push(Cause::invalid(
+                        format!("{p}.ports[{j}].containerPort"),
+                        n,
+                        "must be between 1 and 65535, inclusive",
+                    ));
                 }
             }
             let pol = str_at(c, "/imagePullPolicy");
             if !pol.is_empty() && !["Always", "IfNotPresent", "Never"].contains(&pol) {
-                causes.push(Cause::unsupported(format!("{p}.imagePullPolicy"), pol, &["Always", "IfNotPresent", "Never"]));
+                causes.push(Cause::unsupported(
+                    format!("{p}.imagePullPolicy"),
+                    pol,
+                    &["Always", "IfNotPresent", "Never"],
+                ));
             }
         }
     }
@@ -449,7 +466,11 @@ fn validate_containers(spec: &Value, base: &str, causes: &mut Vec<Cause>) {
             for (j, m) in c.get("volumeMounts").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 let name = str_at(m, "/name");
                 if !vols.contains(&name) {
-                    causes.push(Cause { field: format!("{base}.{key}[{i}].volumeMounts[{j}].name"), reason: "FieldValueNotFound", message: format!("Not found: \"{name}\"") });
+                    causes.push(Cause {
+                        field: format!("{base}.{key}[{i}].volumeMounts[{j}].name"),
+                        reason: "FieldValueNotFound",
+                        message: format!("Not found: \"{name}\""),
+                    });
                 }
             }
         }
@@ -471,7 +492,11 @@ fn validate_selector_template(o: &Value, kind: &str, causes: &mut Vec<Cause>) {
     let labels = super::selector::labels_of(&json!({"metadata": {"labels": labels}}));
     if !sel.matches(&labels) {
         let shown = serde_json::to_string(&labels).unwrap_or_default();
-        causes.push(Cause::invalid("spec.template.metadata.labels", shown, "`selector` does not match template `labels`"));
+        causes.push(Cause::invalid(
+            "spec.template.metadata.labels",
+            shown,
+            "`selector` does not match template `labels`",
+        ));
     }
     if let Some(r) = o.pointer("/spec/replicas").and_then(Value::as_i64)
         && r < 0
@@ -529,7 +554,11 @@ pub fn validate(kind: &str, o: &Value) -> Vec<Cause> {
             for (i, p) in ports.into_iter().flatten().enumerate() {
                 let n = p.get("port").and_then(Value::as_i64).unwrap_or(0);
                 if !(1..=65535).contains(&n) {
-                    c.push(Cause::invalid(format!("spec.ports[{i}].port"), n, "must be between 1 and 65535, inclusive"));
+                    c.push(Cause::invalid(
+                        format!("spec.ports[{i}].port"),
+                        n,
+                        "must be between 1 and 65535, inclusive",
+                    ));
                 }
                 let name = str_at(p, "/name");
                 if many && name.is_empty() {
@@ -544,14 +573,20 @@ pub fn validate(kind: &str, o: &Value) -> Vec<Cause> {
                     && np != 0
                     && t == "ClusterIP"
                 {
-                    c.push(Cause::forbidden(format!("spec.ports[{i}].nodePort"), "may not be used when `type` is 'ClusterIP'"));
+                    c.push(Cause::forbidden(
+                        format!("spec.ports[{i}].nodePort"),
+                        "may not be used when `type` is 'ClusterIP'",
+                    ));
                 }
             }
         }
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData"] {
                 for k in o.get(field).and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k) {
-                    if k.is_empty() || k.len() > 253 || !k.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+                    if k.is_empty()
+                        || k.len() > 253
+                        || !k.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+                    {
                         c.push(Cause::invalid(format!("{field}[{k}]"), k, "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
                     }
                 }
@@ -573,10 +608,23 @@ pub fn immutable_fields(kind: &str) -> &'static [(&'static str, &'static str)] {
             ("/spec/volumeClaimTemplates", "spec.volumeClaimTemplates"),
             ("/spec/podManagementPolicy", "spec.podManagementPolicy"),
         ],
-        "Job" => &[("/spec/selector", "spec.selector"), ("/spec/template", "spec.template"), ("/spec/completionMode", "spec.completionMode")],
+        "Job" => &[
+            ("/spec/selector", "spec.selector"),
+            ("/spec/template", "spec.template"),
+            ("/spec/completionMode", "spec.completionMode"),
+        ],
         "Service" => &[("/spec/clusterIP", "spec.clusterIP")],
-        "PersistentVolumeClaim" => &[("/spec/accessModes", "spec.accessModes"), ("/spec/storageClassName", "spec.storageClassName"), ("/spec/volumeMode", "spec.volumeMode")],
-        "StorageClass" => &[("/provisioner", "provisioner"), ("/parameters", "parameters"), ("/reclaimPolicy", "reclaimPolicy"), ("/volumeBindingMode", "volumeBindingMode")],
+        "PersistentVolumeClaim" => &[
+            ("/spec/accessModes", "spec.accessModes"),
+            ("/spec/storageClassName", "spec.storageClassName"),
+            ("/spec/volumeMode", "spec.volumeMode"),
+        ],
+        "StorageClass" => &[
+            ("/provisioner", "provisioner"),
+            ("/parameters", "parameters"),
+            ("/reclaimPolicy", "reclaimPolicy"),
+            ("/volumeBindingMode", "volumeBindingMode"),
+        ],
         "Secret" | "ConfigMap" => &[],
         _ => &[],
     }

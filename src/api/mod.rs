@@ -5,6 +5,7 @@
 //! [`server`] (and, later, by in-process controllers through the same `handle`).
 
 mod alloc;
+mod apply;
 pub mod auth;
 mod discovery;
 mod http;
@@ -12,6 +13,7 @@ mod kinds;
 mod objects;
 mod openapi;
 mod patch;
+mod protobuf;
 pub mod resources;
 mod selector;
 pub mod server;
@@ -112,7 +114,11 @@ impl Api {
         resp
     }
 
-    async fn route(self: Arc<Self>, cert_user: Option<User>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    async fn route(
+        self: Arc<Self>,
+        cert_user: Option<User>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().trim_end_matches('/').to_string();
         let path = if path.is_empty() { "/".to_string() } else { path };
         match path.as_str() {
@@ -127,10 +133,26 @@ impl Api {
         match segs.as_slice() {
             ["api"] => return Ok(json_response(200, &discovery::core_versions(&self.opts.advertise))),
             ["apis"] => return Ok(json_response(200, &discovery::group_list())),
-            ["api", "v1"] => return discovery::resource_list("", "v1").map(|v| json_response(200, &v)).ok_or_else(|| ApiError::not_found_path(&path)),
-            ["apis", g] => return discovery::group(g).map(|v| json_response(200, &v)).ok_or_else(|| ApiError::not_found_path(&path)),
-            ["apis", g, v] => return discovery::resource_list(g, v).map(|v| json_response(200, &v)).ok_or_else(|| ApiError::not_found_path(&path)),
-            ["openapi", ..] => return openapi::serve(&segs[1..]).map(|v| json_response(200, &v)).ok_or_else(|| ApiError::not_found_path(&path)),
+            ["api", "v1"] => {
+                return discovery::resource_list("", "v1")
+                    .map(|v| json_response(200, &v))
+                    .ok_or_else(|| ApiError::not_found_path(&path));
+            }
+            ["apis", g] => {
+                return discovery::group(g)
+                    .map(|v| json_response(200, &v))
+                    .ok_or_else(|| ApiError::not_found_path(&path));
+            }
+            ["apis", g, v] => {
+                return discovery::resource_list(g, v)
+                    .map(|v| json_response(200, &v))
+                    .ok_or_else(|| ApiError::not_found_path(&path));
+            }
+            ["openapi", ..] => {
+                return openapi::serve(&segs[1..])
+                    .map(|v| json_response(200, &v))
+                    .ok_or_else(|| ApiError::not_found_path(&path));
+            }
             _ => {}
         }
         let (group, version, rest) = match segs.as_slice() {
@@ -139,7 +161,13 @@ impl Api {
             _ => return Err(ApiError::not_found_path(&path)),
         };
         let target = parse_target(group, version, rest).ok_or_else(|| ApiError::not_found_path(&path))?;
-        let q = Query::parse(req.uri().query());
+        let mut q = Query::parse(req.uri().query());
+        if q.get("fieldManager").is_none_or(str::is_empty) {
+            let agent = req.headers().get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("unknown");
+            let name = agent.split('/').next().unwrap_or("unknown").trim();
+            q.0.insert("fieldManager".into(), if name.is_empty() { "unknown".into() } else { name.to_string() });
+            q.0.insert("_defaultManager".into(), String::new());
+        }
         let method = req.method().clone();
         let verb = match (method.as_str(), target.name.is_some()) {
             ("GET", false) if q.flag("watch") && q.get("watch").is_some() => "watch",
@@ -174,12 +202,22 @@ impl Api {
                 warning_header(&mut r, &warnings);
                 Ok(r)
             }
-            ("deletecollection", None) => Ok(json_response(200, &self.delete_collection(&target, &q, body_value(false)?).await?)),
+            ("deletecollection", None) => {
+                Ok(json_response(200, &self.delete_collection(&target, &q, body_value(false)?).await?))
+            }
             ("get", None | Some("status")) => {
                 let obj = self.get_object(&target)?;
                 if as_table && sub.is_none() {
                     let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
-                    return Ok(json_response(200, &table::table(res.plural, &[obj], table::IncludeObject::parse(q.get("includeObject")), json!({"resourceVersion": rv}))));
+                    return Ok(json_response(
+                        200,
+                        &table::table(
+                            res.plural,
+                            &[obj],
+                            table::IncludeObject::parse(q.get("includeObject")),
+                            json!({"resourceVersion": rv}),
+                        ),
+                    ));
                 }
                 Ok(json_response(200, &obj))
             }
@@ -191,7 +229,8 @@ impl Api {
             }
             ("patch", None) | ("patch", Some("status")) if sub.is_none() || res.status => {
                 let ptype = PatchType::from_content_type(&ct).ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
-                let ct_for_body = if ptype == PatchType::Apply { "application/apply-patch+yaml" } else { "application/json" };
+                let ct_for_body =
+                    if ptype == PatchType::Apply { "application/apply-patch+yaml" } else { "application/json" };
                 let patch_body = http::decode_body(ct_for_body, &body)?;
                 let (code, obj) = self.patch(&target, &q, ptype, patch_body).await?;
                 Ok(json_response(code, &obj))
@@ -201,17 +240,26 @@ impl Api {
                 Ok(json_response(code, &obj))
             }
             ("get", Some("scale")) if res.scale => Ok(json_response(200, &self.scale(&target, &q, "GET", None).await?)),
-            ("update", Some("scale")) if res.scale => Ok(json_response(200, &self.scale(&target, &q, "PUT", Some((None, body_value(true)?))).await?)),
+            ("update", Some("scale")) if res.scale => {
+                Ok(json_response(200, &self.scale(&target, &q, "PUT", Some((None, body_value(true)?))).await?))
+            }
             ("patch", Some("scale")) if res.scale => {
                 let ptype = PatchType::from_content_type(&ct).ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
                 let patch_body = http::decode_body("application/json", &body)?;
                 Ok(json_response(200, &self.scale(&target, &q, "PATCH", Some((Some(ptype), patch_body))).await?))
             }
-            ("create", Some("binding")) if res.kind == "Pod" => Ok(json_response(201, &self.bind(&target, body_value(true)?).await?)),
-            ("create", Some("eviction")) if res.kind == "Pod" => Ok(json_response(201, &self.evict(&target, &q, body_value(false)?).await?)),
+            ("create", Some("binding")) if res.kind == "Pod" => {
+                Ok(json_response(201, &self.bind(&target, body_value(true)?).await?))
+            }
+            ("create", Some("eviction")) if res.kind == "Pod" => {
+                Ok(json_response(201, &self.evict(&target, &q, body_value(false)?).await?))
+            }
             (_, Some("log" | "exec" | "attach" | "portforward")) if res.kind == "Pod" => {
                 self.get_object(&target)?;
-                Err(ApiError::bad_request(format!("pod {} has no container running on an agent yet: streams need the node's agent", target.name.as_deref().unwrap_or(""))))
+                Err(ApiError::bad_request(format!(
+                    "pod {} has no container running on an agent yet: streams need the node's agent",
+                    target.name.as_deref().unwrap_or("")
+                )))
             }
             _ => Err(ApiError::method_not_allowed(format!("{} is not supported on {path}", parts.method))),
         }
@@ -244,7 +292,10 @@ mod tests {
     #[test]
     fn paths_map_to_targets() {
         let t = parse_target("", "v1", &["namespaces", "default", "pods", "web", "status"]).unwrap();
-        assert_eq!((t.res.plural, t.namespace.as_deref(), t.name.as_deref(), t.sub.as_deref()), ("pods", Some("default"), Some("web"), Some("status")));
+        assert_eq!(
+            (t.res.plural, t.namespace.as_deref(), t.name.as_deref(), t.sub.as_deref()),
+            ("pods", Some("default"), Some("web"), Some("status"))
+        );
         let t = parse_target("", "v1", &["namespaces", "kube-system"]).unwrap();
         assert_eq!((t.res.plural, t.name.as_deref()), ("namespaces", Some("kube-system")));
         let t = parse_target("", "v1", &["namespaces", "x", "status"]).unwrap();

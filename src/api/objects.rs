@@ -8,7 +8,9 @@
 
 use serde_json::{Value, json};
 
+use super::Api;
 use super::alloc;
+use super::apply;
 use super::http::Query;
 use super::kinds;
 use super::patch::{self, PatchType};
@@ -16,7 +18,6 @@ use super::resources::{self, Resource};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, Cause};
 use super::table;
-use super::Api;
 use crate::store::{Expect, Op, Record, TxnResult};
 
 /// The object a request addresses.
@@ -50,7 +51,9 @@ pub fn now_rfc3339() -> String {
 
 fn rfc3339_in(secs: i64) -> String {
     let t = jiff::Timestamp::now().as_second() + secs;
-    jiff::Timestamp::from_second(t).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_else(|_| now_rfc3339())
+    jiff::Timestamp::from_second(t)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|_| now_rfc3339())
 }
 
 /// A stored record as the object clients see (resourceVersion filled in).
@@ -60,7 +63,8 @@ pub fn to_object(rec: &Record) -> Result<Value, ApiError> {
 
 /// Parses stored bytes and stamps them with `rev`.
 pub fn object_at(bytes: &[u8], rev: u64) -> Result<Value, ApiError> {
-    let mut v: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("stored object is unreadable: {e}")))?;
+    let mut v: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("stored object is unreadable: {e}")))?;
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         m.insert("resourceVersion".into(), json!(rev.to_string()));
     }
@@ -102,7 +106,14 @@ fn spec_part(o: &Value) -> Value {
 impl Api {
     /// Decodes and checks an incoming object for `t`: apiVersion/kind, typed decoding,
     /// unknown fields per `fieldValidation`. Returns the object and warnings.
-    fn admit_body(&self, t: &Target, mut body: Value, q: &Query, kind: &str, api_version: &str) -> Result<(Value, Vec<String>), ApiError> {
+    fn admit_body(
+        &self,
+        t: &Target,
+        mut body: Value,
+        q: &Query,
+        kind: &str,
+        api_version: &str,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         let Some(m) = body.as_object_mut() else {
             return Err(ApiError::bad_request(format!("the body must be a JSON object describing a {kind}")));
         };
@@ -112,7 +123,9 @@ impl Api {
             }
             Some(k) if k == kind => {}
             Some(k) => {
-                return Err(ApiError::bad_request(format!("the body is a {k}, but this endpoint takes a {kind} ({api_version})")));
+                return Err(ApiError::bad_request(format!(
+                    "the body is a {k}, but this endpoint takes a {kind} ({api_version})"
+                )));
             }
         }
         match m.get("apiVersion").and_then(Value::as_str) {
@@ -124,11 +137,14 @@ impl Api {
                 m.insert("apiVersion".into(), json!(api_version));
             }
             Some(v) => {
-                return Err(ApiError::bad_request(format!("the API version in the data ({v}) does not match the expected API version ({api_version})")));
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({api_version})"
+                )));
             }
         }
-        let (obj, unknown) = kinds::decode(kind, body)
-            .map_err(|e| ApiError::bad_request(format!("{kind} in version \"{}\" cannot be handled as a {kind}: {e}", t.res.version)))?;
+        let (obj, unknown) = kinds::decode(kind, body).map_err(|e| {
+            ApiError::bad_request(format!("{kind} in version \"{}\" cannot be handled as a {kind}: {e}", t.res.version))
+        })?;
         let mut warnings = Vec::new();
         if !unknown.is_empty() {
             match q.get("fieldValidation").unwrap_or("Warn") {
@@ -178,6 +194,18 @@ impl Api {
 
     /// POST to a collection.
     pub async fn create(&self, t: &Target, q: &Query, body: Value) -> Result<(u16, Value, Vec<String>), ApiError> {
+        self.create_with(t, q, body, None).await
+    }
+
+    /// Creates an object; `applied` carries the managedFields of a server-side apply that
+    /// creates, otherwise the request's field manager owns every field it set.
+    async fn create_with(
+        &self,
+        t: &Target,
+        q: &Query,
+        body: Value,
+        applied: Option<Value>,
+    ) -> Result<(u16, Value, Vec<String>), ApiError> {
         let res = t.res;
         let (mut obj, warnings) = self.admit_body(t, body, q, res.kind, &res.api_version())?;
         let meta = obj.as_object_mut().and_then(|m| {
@@ -215,18 +243,26 @@ impl Api {
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
         meta.insert("generation".into(), json!(1));
         let t = Target { name: Some(name.clone()), ..t.clone() };
-        if res.status && !matches!(res.kind, "Node" | "Namespace" | "PersistentVolume") {
-            if let Some(m) = obj.as_object_mut() {
-                m.remove("status");
-            }
+        if res.status
+            && !matches!(res.kind, "Node" | "Namespace" | "PersistentVolume")
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
         }
         if res.kind == "Secret" {
             kinds::fold_string_data(&mut obj);
         }
         kinds::apply_defaults(res.kind, &mut obj);
+        match applied {
+            Some(managed) => obj["metadata"]["managedFields"] = managed,
+            None => apply::record_update(None, &mut obj, manager(q), &res.api_version(), ""),
+        }
         self.validate_full(&t, res.kind, &obj)?;
         self.check_namespace_exists(&t)?;
         let mut ops = vec![];
+        if self.store.get(&t.key())?.is_some() {
+            return Err(ApiError::already_exists(res.plural, res.group, &name));
+        }
         if res.kind == "Service" {
             ops.extend(alloc::allocate_service(&self.store, &self.opts, &mut obj, None)?);
         }
@@ -240,7 +276,9 @@ impl Api {
                 obj["metadata"]["resourceVersion"] = json!(revision.to_string());
                 Ok((201, obj, warnings))
             }
-            TxnResult::Failed { key: failed, .. } if failed == key => Err(ApiError::already_exists(res.plural, res.group, &name)),
+            TxnResult::Failed { key: failed, .. } if failed == key => {
+                Err(ApiError::already_exists(res.plural, res.group, &name))
+            }
             TxnResult::Failed { .. } => Err(ApiError::invalid(
                 res.kind,
                 res.group,
@@ -306,7 +344,15 @@ impl Api {
         Ok(self.list_body(t, items, rev.unwrap_or(0), next, q, as_table))
     }
 
-    fn list_body(&self, t: &Target, items: Vec<Value>, rev: u64, next: Option<String>, q: &Query, as_table: bool) -> Value {
+    fn list_body(
+        &self,
+        t: &Target,
+        items: Vec<Value>,
+        rev: u64,
+        next: Option<String>,
+        q: &Query,
+        as_table: bool,
+    ) -> Value {
         let mut meta = json!({"resourceVersion": rev.to_string()});
         if let Some(k) = next {
             meta["continue"] = json!(encode_continue(&k, rev));
@@ -324,7 +370,15 @@ impl Api {
     /// Writes `new` over `current` (compare-and-swap on its revision). Handles status
     /// preservation, generation, immutable fields, and deletion once the last finalizer of a
     /// deleting object is removed.
-    async fn write_update(&self, t: &Target, current: &Record, mut new: Value, q: &Query, status_only: bool) -> Result<Value, ApiError> {
+    async fn write_update(
+        &self,
+        t: &Target,
+        current: &Record,
+        mut new: Value,
+        q: &Query,
+        status_only: bool,
+        applied: bool,
+    ) -> Result<Value, ApiError> {
         let res = t.res;
         let old = to_object(current)?;
         if status_only {
@@ -342,7 +396,18 @@ impl Api {
             }
         }
         // Server-owned metadata.
-        for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "name", "namespace"] {
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "name",
+            "namespace",
+            "managedFields",
+        ] {
+            if field == "managedFields" && applied {
+                continue;
+            }
             match old.pointer(&format!("/metadata/{field}")) {
                 Some(v) => new["metadata"][field] = v.clone(),
                 None => {
@@ -359,6 +424,10 @@ impl Api {
         let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
         let generation = if spec_part(&old) != spec_part(&new) { generation + 1 } else { generation };
         new["metadata"]["generation"] = json!(generation);
+        if !applied {
+            let sub = t.sub.as_deref().unwrap_or("");
+            apply::record_update(Some(&old), &mut new, manager(q), &res.api_version(), sub);
+        }
         self.validate_full(t, res.kind, &new)?;
         let causes = kinds::validate_update(res.kind, &old, &new);
         if !causes.is_empty() {
@@ -416,7 +485,7 @@ impl Api {
             if !want_rev.is_empty() && want_rev != current.mod_rev.to_string() {
                 return Err(ApiError::conflict(res.plural, res.group, t.name()));
             }
-            match self.write_update(t, &current, new.clone(), q, status_only).await {
+            match self.write_update(t, &current, new.clone(), q, status_only, false).await {
                 Err(e) if e.reason == "Conflict" && want_rev.is_empty() => continue,
                 r => return r.map(|v| (v, warnings)),
             }
@@ -425,17 +494,33 @@ impl Api {
 
     /// PATCH an object (or its status), retrying on concurrent writes unless the patch
     /// pins a resourceVersion.
-    pub async fn patch(&self, t: &Target, q: &Query, ptype: PatchType, patch_body: Value) -> Result<(u16, Value), ApiError> {
+    pub async fn patch(
+        &self,
+        t: &Target,
+        q: &Query,
+        ptype: PatchType,
+        patch_body: Value,
+    ) -> Result<(u16, Value), ApiError> {
         let res = t.res;
         let status_only = t.sub.as_deref() == Some("status");
         let pinned = patch_body.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from);
+        let is_apply = ptype == PatchType::Apply;
+        if is_apply && q.get("_defaultManager").is_some() {
+            return Err(ApiError::bad_request(
+                "fieldManager is required for apply requests: pass ?fieldManager=<your tool's name>",
+            ));
+        }
+        let force = q.flag("force") && q.get("force").is_some();
         for _ in 0..16 {
             let current = match self.store.get(&t.key())? {
                 Some(c) => c,
-                None if ptype == PatchType::Apply => {
-                    let mut obj = patch_body.clone();
-                    obj["metadata"]["name"] = json!(t.name());
-                    let (code, o, _) = self.create(&Target { name: None, sub: None, ..t.clone() }, q, obj).await?;
+                None if is_apply => {
+                    let base =
+                        json!({"apiVersion": res.api_version(), "kind": res.kind, "metadata": {"name": t.name()}});
+                    let merged = apply::apply(&base, &patch_body, manager(q), force, &res.api_version())?;
+                    let managed = merged.pointer("/metadata/managedFields").cloned();
+                    let (code, o, _) =
+                        self.create_with(&Target { name: None, sub: None, ..t.clone() }, q, merged, managed).await?;
                     return Ok((code, o));
                 }
                 None => return Err(t.not_found()),
@@ -446,9 +531,13 @@ impl Api {
                 return Err(ApiError::conflict(res.plural, res.group, t.name()));
             }
             let old = to_object(&current)?;
-            let patched = patch::apply(ptype, &old, &patch_body, res.kind == "Service")?;
+            let patched = if is_apply {
+                apply::apply(&old, &patch_body, manager(q), force, &res.api_version())?
+            } else {
+                patch::apply(ptype, &old, &patch_body, res.kind == "Service")?
+            };
             let (new, _) = self.admit_body(t, patched, &Query::default(), res.kind, &res.api_version())?;
-            match self.write_update(t, &current, new, q, status_only).await {
+            match self.write_update(t, &current, new, q, status_only, is_apply).await {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
                 r => return r.map(|v| (200, v)),
             }
@@ -463,7 +552,8 @@ impl Api {
             .get("gracePeriodSeconds")
             .and_then(Value::as_i64)
             .or_else(|| q.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
-        let dry = q.dry_run() || options.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|x| x == "All"));
+        let dry = q.dry_run()
+            || options.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|x| x == "All"));
         loop {
             let current = self.store.get(&t.key())?.ok_or_else(|| t.not_found())?;
             let mut obj = to_object(&current)?;
@@ -484,7 +574,9 @@ impl Api {
             let graceful_pod = res.kind == "Pod"
                 && !obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").is_empty()
                 && !matches!(obj.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
-            let grace = grace_opt.unwrap_or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30));
+            let grace = grace_opt.unwrap_or_else(|| {
+                obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30)
+            });
             let mark = has_finalizers(&obj) || res.kind == "Namespace" || (graceful_pod && grace > 0);
             if dry {
                 return Ok((200, obj));
@@ -496,7 +588,8 @@ impl Api {
                 if already_deleting && graceful_pod && grace == 0 && !has_finalizers(&obj) {
                     // Force deletion of a pod already stopping.
                 } else {
-                    obj["metadata"]["deletionTimestamp"] = json!(if graceful_pod { rfc3339_in(grace) } else { now_rfc3339() });
+                    obj["metadata"]["deletionTimestamp"] =
+                        json!(if graceful_pod { rfc3339_in(grace) } else { now_rfc3339() });
                     obj["metadata"]["deletionGracePeriodSeconds"] = json!(if graceful_pod { grace } else { 0 });
                     if res.kind == "Namespace" {
                         obj["status"]["phase"] = json!("Terminating");
@@ -539,7 +632,9 @@ impl Api {
                 Err(e) => return Err(e),
             }
         }
-        Ok(json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": {}, "items": deleted}))
+        Ok(
+            json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(), "metadata": {}, "items": deleted}),
+        )
     }
 
     /// The namespace lifecycle until the namespace controller lands: once a namespace is
@@ -567,7 +662,10 @@ impl Api {
                 if remaining == 0 {
                     let ns_res = resources::find("", "v1", "namespaces").expect("namespaces are always served");
                     if let Ok(Some(rec)) = api.store.get(&ns_res.key("", &ns)) {
-                        let _ = api.store.commit(vec![Op { key: rec.key, expect: Expect::ModRev(rec.mod_rev), value: None }]).await;
+                        let _ = api
+                            .store
+                            .commit(vec![Op { key: rec.key, expect: Expect::ModRev(rec.mod_rev), value: None }])
+                            .await;
                     }
                     return;
                 }
@@ -577,7 +675,13 @@ impl Api {
     }
 
     /// GET/PUT/PATCH `.../scale`.
-    pub async fn scale(&self, t: &Target, q: &Query, method: &str, body: Option<(Option<PatchType>, Value)>) -> Result<Value, ApiError> {
+    pub async fn scale(
+        &self,
+        t: &Target,
+        q: &Query,
+        method: &str,
+        body: Option<(Option<PatchType>, Value)>,
+    ) -> Result<Value, ApiError> {
         let res = t.res;
         for _ in 0..16 {
             let current = self.store.get(&t.key())?.ok_or_else(|| t.not_found())?;
@@ -597,14 +701,22 @@ impl Api {
             }
             let replicas = wanted.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
             if replicas < 0 {
-                return Err(ApiError::invalid("Scale", "autoscaling", t.name(), vec![Cause::invalid("spec.replicas", replicas, "must be greater than or equal to 0")]));
+                return Err(ApiError::invalid(
+                    "Scale",
+                    "autoscaling",
+                    t.name(),
+                    vec![Cause::invalid("spec.replicas", replicas, "must be greater than or equal to 0")],
+                ));
             }
             let mut new = obj.clone();
             new["spec"]["replicas"] = json!(replicas);
-            let plain = Target { sub: None, ..t.clone() };
-            match self.write_update(&plain, &current, new, q, false).await {
+            match self.write_update(t, &current, new, q, false, false).await {
                 Ok(v) => {
-                    let rev = v.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse().ok()).unwrap_or(current.mod_rev);
+                    let rev = v
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .and_then(|r| r.parse().ok())
+                        .unwrap_or(current.mod_rev);
                     return Ok(scale_of(&v, rev));
                 }
                 Err(e) if e.reason == "Conflict" => continue,
@@ -624,11 +736,17 @@ impl Api {
             let current = self.store.get(&t.key())?.ok_or_else(|| t.not_found())?;
             let mut pod = to_object(&current)?;
             if !pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").is_empty() {
-                return Err(ApiError::conflict_msg(format!("Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{}\"", t.name(), t.name(), pod["spec"]["nodeName"].as_str().unwrap_or(""))));
+                return Err(ApiError::conflict_msg(format!(
+                    "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{}\"",
+                    t.name(),
+                    t.name(),
+                    pod["spec"]["nodeName"].as_str().unwrap_or("")
+                )));
             }
             pod["spec"]["nodeName"] = json!(node);
             let conds = pod["status"].get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-            let mut conds: Vec<Value> = conds.into_iter().filter(|c| c.get("type") != Some(&json!("PodScheduled"))).collect();
+            let mut conds: Vec<Value> =
+                conds.into_iter().filter(|c| c.get("type") != Some(&json!("PodScheduled"))).collect();
             conds.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339(), "lastProbeTime": null}));
             pod["status"]["conditions"] = json!(conds);
             let op = Op { key: t.key(), expect: Expect::ModRev(current.mod_rev), value: Some(encode(&pod)?) };
@@ -647,10 +765,17 @@ impl Api {
     }
 }
 
+/// The field manager of a request (`?fieldManager=`, else derived from the User-Agent).
+fn manager(q: &Query) -> &str {
+    q.get("fieldManager").filter(|m| !m.is_empty()).unwrap_or("unknown")
+}
+
 fn scale_of(obj: &Value, rev: u64) -> Value {
     let sel = obj.pointer("/spec/selector").map(LabelSelector::from_object).map(|_| {
         let labels = obj.pointer("/spec/selector/matchLabels").and_then(Value::as_object);
-        labels.map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")).unwrap_or_default()
+        labels
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+            .unwrap_or_default()
     });
     json!({
         "kind": "Scale",

@@ -86,10 +86,16 @@ fn param(name: &str, v3: bool) -> Value {
 }
 
 fn paths_for(r: &Resource, v3: bool) -> Map<String, Value> {
-    let base = if r.group.is_empty() { format!("/api/{}", r.version) } else { format!("/apis/{}/{}", r.group, r.version) };
-    let coll = if r.namespaced { format!("{base}/namespaces/{{namespace}}/{}", r.plural) } else { format!("{base}/{}", r.plural) };
+    let base =
+        if r.group.is_empty() { format!("/api/{}", r.version) } else { format!("/apis/{}/{}", r.group, r.version) };
+    let coll = if r.namespaced {
+        format!("{base}/namespaces/{{namespace}}/{}", r.plural)
+    } else {
+        format!("{base}/{}", r.plural)
+    };
     let item = format!("{coll}/{{name}}");
-    let reference = if v3 { format!("#/components/schemas/{}", def_name(r)) } else { format!("#/definitions/{}", def_name(r)) };
+    let reference =
+        if v3 { format!("#/components/schemas/{}", def_name(r)) } else { format!("#/definitions/{}", def_name(r)) };
     let response = if v3 {
         json!({"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": reference}}}}})
     } else {
@@ -111,12 +117,15 @@ fn paths_for(r: &Resource, v3: bool) -> Map<String, Value> {
         "post": op("post", "create", &write),
         "delete": op("deletecollection", "deleteCollection", &["labelSelector", "fieldSelector", "dryRun"]),
     }));
-    m.insert(item.clone(), json!({
-        "get": op("get", "read", &["pretty"]),
-        "put": op("put", "replace", &write),
-        "patch": op("patch", "patch", &["dryRun", "fieldManager", "fieldValidation", "force", "pretty"]),
-        "delete": op("delete", "delete", &["dryRun", "gracePeriodSeconds", "propagationPolicy"]),
-    }));
+    m.insert(
+        item.clone(),
+        json!({
+            "get": op("get", "read", &["pretty"]),
+            "put": op("put", "replace", &write),
+            "patch": op("patch", "patch", &["dryRun", "fieldManager", "fieldValidation", "force", "pretty"]),
+            "delete": op("delete", "delete", &["dryRun", "gracePeriodSeconds", "propagationPolicy"]),
+        }),
+    );
     if r.status {
         m.insert(format!("{item}/status"), json!({"get": op("get", "readStatus", &[]), "put": op("put", "replaceStatus", &write), "patch": op("patch", "patchStatus", &write)}));
     }
@@ -174,10 +183,14 @@ mod tests {
         let doc = serve(&["v3", "apis", "apps", "v1"]).unwrap();
         let dep = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
         assert_eq!(dep["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
-        assert_eq!(dep["properties"]["spec"]["allOf"][0]["$ref"], "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec");
+        assert_eq!(
+            dep["properties"]["spec"]["allOf"][0]["$ref"],
+            "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec"
+        );
         let pod_spec = &doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"];
         assert_eq!(pod_spec["properties"]["containers"]["x-kubernetes-patch-merge-key"], "name");
-        let patch_params = doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"]["parameters"].to_string();
+        let patch_params =
+            doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"]["parameters"].to_string();
         assert!(patch_params.contains("fieldValidation"));
     }
 

@@ -36,8 +36,15 @@ impl PatchType {
 /// the served types that the name alone decides (as in the upstream tags).
 pub fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
-        | "volumeClaimTemplates" | "resourceClaims" | "readinessGates" => match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "volumeClaimTemplates"
+        | "resourceClaims"
+        | "readinessGates" => match field {
             "readinessGates" => "conditionType",
             _ => "name",
         },
@@ -67,7 +74,8 @@ pub fn apply(kind: PatchType, target: &Value, patch: &Value, service_ports: bool
             let p: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
             let mut doc = target.clone();
-            json_patch::patch(&mut doc, &p).map_err(|e| ApiError::bad_request(format!("the JSON patch could not be applied: {e}")))?;
+            json_patch::patch(&mut doc, &p)
+                .map_err(|e| ApiError::bad_request(format!("the JSON patch could not be applied: {e}")))?;
             Ok(doc)
         }
         PatchType::Merge => {
@@ -79,7 +87,9 @@ pub fn apply(kind: PatchType, target: &Value, patch: &Value, service_ports: bool
             Ok(doc)
         }
         PatchType::Strategic | PatchType::Apply => {
-            let Value::Object(p) = patch else { return Err(ApiError::bad_request("a strategic merge patch must be a JSON object")) };
+            let Value::Object(p) = patch else {
+                return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+            };
             let mut doc = target.clone();
             strategic_map(&mut doc, p, service_ports)?;
             Ok(doc)
@@ -178,7 +188,9 @@ fn merge_list(slot: &mut Value, patch: &[Value], key: &str, service_ports: bool)
             continue;
         };
         let Some(kv) = pm.get(key) else {
-            return Err(ApiError::bad_request(format!("map in a list with merge key `{key}` has no `{key}` field: {p}")));
+            return Err(ApiError::bad_request(format!(
+                "map in a list with merge key `{key}` has no `{key}` field: {p}"
+            )));
         };
         let pos = list.iter().position(|x| x.get(key) == Some(kv));
         match (pm.get("$patch").and_then(Value::as_str), pos) {
@@ -204,11 +216,13 @@ fn order_list(slot: &mut Value, order: &[Value], key: Option<&str>) {
             Some(k) => x.get(k),
             None => Some(x),
         };
-        order.iter().position(|o| match key {
-            Some(k) => o.get(k) == id,
-            None => Some(o) == id,
-        })
-        .unwrap_or(usize::MAX)
+        order
+            .iter()
+            .position(|o| match key {
+                Some(k) => o.get(k) == id,
+                None => Some(o) == id,
+            })
+            .unwrap_or(usize::MAX)
     };
     list.sort_by_key(rank);
 }

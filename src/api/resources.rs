@@ -28,28 +28,215 @@ macro_rules! res {
 
 /// Every served resource, grouped by group-version in discovery order.
 pub static RESOURCES: &[Resource] = &[
-    res!("", "v1", "namespaces", "namespace", "Namespace", ns = false, short = ["ns"], cat = &[], status = true, scale = false),
+    res!(
+        "",
+        "v1",
+        "namespaces",
+        "namespace",
+        "Namespace",
+        ns = false,
+        short = ["ns"],
+        cat = &[],
+        status = true,
+        scale = false
+    ),
     res!("", "v1", "pods", "pod", "Pod", ns = true, short = ["po"], cat = ALL, status = true, scale = false),
     res!("", "v1", "nodes", "node", "Node", ns = false, short = ["no"], cat = &[], status = true, scale = false),
-    res!("", "v1", "services", "service", "Service", ns = true, short = ["svc"], cat = ALL, status = true, scale = false),
-    res!("", "v1", "endpoints", "endpoints", "Endpoints", ns = true, short = ["ep"], cat = &[], status = false, scale = false),
-    res!("", "v1", "configmaps", "configmap", "ConfigMap", ns = true, short = ["cm"], cat = &[], status = false, scale = false),
+    res!(
+        "",
+        "v1",
+        "services",
+        "service",
+        "Service",
+        ns = true,
+        short = ["svc"],
+        cat = ALL,
+        status = true,
+        scale = false
+    ),
+    res!(
+        "",
+        "v1",
+        "endpoints",
+        "endpoints",
+        "Endpoints",
+        ns = true,
+        short = ["ep"],
+        cat = &[],
+        status = false,
+        scale = false
+    ),
+    res!(
+        "",
+        "v1",
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        ns = true,
+        short = ["cm"],
+        cat = &[],
+        status = false,
+        scale = false
+    ),
     res!("", "v1", "secrets", "secret", "Secret", ns = true, short = [], cat = &[], status = false, scale = false),
     res!("", "v1", "events", "event", "Event", ns = true, short = ["ev"], cat = &[], status = false, scale = false),
-    res!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", ns = true, short = ["sa"], cat = &[], status = false, scale = false),
-    res!("", "v1", "persistentvolumes", "persistentvolume", "PersistentVolume", ns = false, short = ["pv"], cat = &[], status = true, scale = false),
-    res!("", "v1", "persistentvolumeclaims", "persistentvolumeclaim", "PersistentVolumeClaim", ns = true, short = ["pvc"], cat = &[], status = true, scale = false),
-    res!("apps", "v1", "deployments", "deployment", "Deployment", ns = true, short = ["deploy"], cat = ALL, status = true, scale = true),
-    res!("apps", "v1", "replicasets", "replicaset", "ReplicaSet", ns = true, short = ["rs"], cat = ALL, status = true, scale = true),
-    res!("apps", "v1", "statefulsets", "statefulset", "StatefulSet", ns = true, short = ["sts"], cat = ALL, status = true, scale = true),
-    res!("apps", "v1", "daemonsets", "daemonset", "DaemonSet", ns = true, short = ["ds"], cat = ALL, status = true, scale = false),
-    res!("apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", ns = true, short = [], cat = &[], status = false, scale = false),
+    res!(
+        "",
+        "v1",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        ns = true,
+        short = ["sa"],
+        cat = &[],
+        status = false,
+        scale = false
+    ),
+    res!(
+        "",
+        "v1",
+        "persistentvolumes",
+        "persistentvolume",
+        "PersistentVolume",
+        ns = false,
+        short = ["pv"],
+        cat = &[],
+        status = true,
+        scale = false
+    ),
+    res!(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        "PersistentVolumeClaim",
+        ns = true,
+        short = ["pvc"],
+        cat = &[],
+        status = true,
+        scale = false
+    ),
+    res!(
+        "apps",
+        "v1",
+        "deployments",
+        "deployment",
+        "Deployment",
+        ns = true,
+        short = ["deploy"],
+        cat = ALL,
+        status = true,
+        scale = true
+    ),
+    res!(
+        "apps",
+        "v1",
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        ns = true,
+        short = ["rs"],
+        cat = ALL,
+        status = true,
+        scale = true
+    ),
+    res!(
+        "apps",
+        "v1",
+        "statefulsets",
+        "statefulset",
+        "StatefulSet",
+        ns = true,
+        short = ["sts"],
+        cat = ALL,
+        status = true,
+        scale = true
+    ),
+    res!(
+        "apps",
+        "v1",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        ns = true,
+        short = ["ds"],
+        cat = ALL,
+        status = true,
+        scale = false
+    ),
+    res!(
+        "apps",
+        "v1",
+        "controllerrevisions",
+        "controllerrevision",
+        "ControllerRevision",
+        ns = true,
+        short = [],
+        cat = &[],
+        status = false,
+        scale = false
+    ),
     res!("batch", "v1", "jobs", "job", "Job", ns = true, short = [], cat = ALL, status = true, scale = false),
-    res!("batch", "v1", "cronjobs", "cronjob", "CronJob", ns = true, short = ["cj"], cat = ALL, status = true, scale = false),
-    res!("coordination.k8s.io", "v1", "leases", "lease", "Lease", ns = true, short = [], cat = &[], status = false, scale = false),
-    res!("storage.k8s.io", "v1", "storageclasses", "storageclass", "StorageClass", ns = false, short = ["sc"], cat = &[], status = false, scale = false),
-    res!("networking.k8s.io", "v1", "ingresses", "ingress", "Ingress", ns = true, short = ["ing"], cat = &[], status = true, scale = false),
-    res!("policy", "v1", "poddisruptionbudgets", "poddisruptionbudget", "PodDisruptionBudget", ns = true, short = ["pdb"], cat = &[], status = true, scale = false),
+    res!(
+        "batch",
+        "v1",
+        "cronjobs",
+        "cronjob",
+        "CronJob",
+        ns = true,
+        short = ["cj"],
+        cat = ALL,
+        status = true,
+        scale = false
+    ),
+    res!(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "lease",
+        "Lease",
+        ns = true,
+        short = [],
+        cat = &[],
+        status = false,
+        scale = false
+    ),
+    res!(
+        "storage.k8s.io",
+        "v1",
+        "storageclasses",
+        "storageclass",
+        "StorageClass",
+        ns = false,
+        short = ["sc"],
+        cat = &[],
+        status = false,
+        scale = false
+    ),
+    res!(
+        "networking.k8s.io",
+        "v1",
+        "ingresses",
+        "ingress",
+        "Ingress",
+        ns = true,
+        short = ["ing"],
+        cat = &[],
+        status = true,
+        scale = false
+    ),
+    res!(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        "PodDisruptionBudget",
+        ns = true,
+        short = ["pdb"],
+        cat = &[],
+        status = true,
+        scale = false
+    ),
 ];
 
 /// The standard verbs of a top-level resource.
@@ -68,7 +255,11 @@ impl Resource {
 
     /// The store key of one object.
     pub fn key(&self, namespace: &str, name: &str) -> String {
-        if self.namespaced { format!("{}{namespace}/{name}", self.key_prefix()) } else { format!("{}{name}", self.key_prefix()) }
+        if self.namespaced {
+            format!("{}{namespace}/{name}", self.key_prefix())
+        } else {
+            format!("{}{name}", self.key_prefix())
+        }
     }
 
     /// The prefix covering a namespace (or everything, for `None`).
@@ -83,11 +274,6 @@ impl Resource {
 /// Finds the resource served as `plural` in `group`/`version`.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
-}
-
-/// Finds a resource by its kind and apiVersion (as written in a manifest).
-pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.kind == kind && r.api_version() == api_version)
 }
 
 /// The group-versions served, in discovery order.
@@ -112,7 +298,7 @@ mod tests {
         assert_eq!(pods.list_prefix(Some("default")), "pods/default/");
         let nodes = find("", "v1", "nodes").unwrap();
         assert_eq!(nodes.key("", "n1"), "nodes/n1");
-        let deploy = by_kind("apps/v1", "Deployment").unwrap();
+        let deploy = find("apps", "v1", "deployments").unwrap();
         assert_eq!(deploy.key("x", "web"), "deployments.apps/x/web");
     }
 }

@@ -51,10 +51,9 @@ fn valid_key(k: &str) -> bool {
 
 fn parse_set(rest: &str, term: &str) -> Result<Vec<String>, ApiError> {
     let rest = rest.trim();
-    let inner = rest
-        .strip_prefix('(')
-        .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| ApiError::bad_request(format!("unable to parse requirement: {term}: values must be in parentheses")))?;
+    let inner = rest.strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(|| {
+        ApiError::bad_request(format!("unable to parse requirement: {term}: values must be in parentheses"))
+    })?;
     Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
@@ -63,7 +62,9 @@ impl LabelSelector {
     pub fn parse(s: &str) -> Result<LabelSelector, ApiError> {
         let mut reqs = Vec::new();
         for term in split_terms(s) {
-            let bad = || ApiError::bad_request(format!("unable to parse requirement: invalid label selector term \"{term}\""));
+            let bad = || {
+                ApiError::bad_request(format!("unable to parse requirement: invalid label selector term \"{term}\""))
+            };
             let req = if let Some(k) = term.strip_prefix('!') {
                 Requirement::NotExists(k.trim().to_string())
             } else if let Some((k, v)) = term.split_once("!=") {
@@ -106,8 +107,13 @@ impl LabelSelector {
         }
         for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
             let key = e.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
-            let values: Vec<String> =
-                e.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
+            let values: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
             match e.get("operator").and_then(Value::as_str) {
                 Some("In") => reqs.push(Requirement::In(key, values)),
                 Some("NotIn") => reqs.push(Requirement::NotIn(key, values)),
@@ -167,7 +173,9 @@ impl FieldSelector {
             } else if let Some((k, v)) = term.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(ApiError::bad_request(format!("invalid field selector: '{term}': expected key=value or key!=value")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid field selector: '{term}': expected key=value or key!=value"
+                )));
             };
             let path = path.trim();
             if path.is_empty() || !path.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {

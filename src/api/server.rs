@@ -19,8 +19,9 @@ use super::auth::user_from_cert;
 /// Builds the TLS configuration from PEM strings.
 pub fn tls_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<rustls::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("serving certificate: {e}"))?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("serving certificate: {e}"))?;
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_bytes())
         .map_err(|e| format!("serving key: {e}"))?
         .ok_or("serving key: no key in PEM")?;
@@ -43,7 +44,12 @@ pub fn tls_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<rustls:
 }
 
 /// Accepts connections until `shutdown` fires.
-pub async fn serve(api: Arc<Api>, listener: TcpListener, tls: rustls::ServerConfig, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn serve(
+    api: Arc<Api>,
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     loop {
         let (tcp, peer) = tokio::select! {

@@ -28,7 +28,11 @@ impl Cause {
         Cause { field: field.into(), reason: "FieldValueRequired", message: "Required value".into() }
     }
     pub fn invalid(field: impl Into<String>, value: impl std::fmt::Display, why: impl Into<String>) -> Cause {
-        Cause { field: field.into(), reason: "FieldValueInvalid", message: format!("Invalid value: {}: {}", quote(&value.to_string()), why.into()) }
+        Cause {
+            field: field.into(),
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {}: {}", quote(&value.to_string()), why.into()),
+        }
     }
     pub fn unsupported(field: impl Into<String>, value: &str, allowed: &[&str]) -> Cause {
         let allowed: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
@@ -75,7 +79,8 @@ impl ApiError {
     }
     /// `<plural>[.group] "<name>" not found`
     pub fn not_found(plural: &str, group: &str, name: &str) -> ApiError {
-        ApiError::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(plural, group))).with_details(group, plural, name)
+        ApiError::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(plural, group)))
+            .with_details(group, plural, name)
     }
     pub fn already_exists(plural: &str, group: &str, name: &str) -> ApiError {
         ApiError::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", qualified(plural, group)))
@@ -98,26 +103,27 @@ impl ApiError {
     pub fn method_not_allowed(message: impl Into<String>) -> ApiError {
         ApiError::new(405, "MethodNotAllowed", message)
     }
-    pub fn not_acceptable(message: impl Into<String>) -> ApiError {
-        ApiError::new(406, "NotAcceptable", message)
-    }
     pub fn unsupported_media_type(content_type: &str) -> ApiError {
-        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type})"))
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type})"
+            ),
+        )
     }
     pub fn too_large(limit: usize) -> ApiError {
-        ApiError::new(413, "RequestEntityTooLarge", format!("the request body is too large: the limit is {limit} bytes"))
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body is too large: the limit is {limit} bytes"),
+        )
     }
     pub fn gone(message: impl Into<String>) -> ApiError {
         ApiError::new(410, "Expired", message)
     }
-    pub fn too_many_requests(message: impl Into<String>) -> ApiError {
-        ApiError::new(429, "TooManyRequests", message)
-    }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
-    }
-    pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(503, "ServiceUnavailable", message)
     }
     /// `<Kind> "<name>" is invalid: <causes>` with the causes listed in `details`.
     pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> ApiError {

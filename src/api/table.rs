@@ -48,7 +48,9 @@ fn age(o: &Value, ptr: &str) -> String {
 
 fn labels_str(o: &Value, ptr: &str) -> String {
     match o.pointer(ptr).and_then(Value::as_object) {
-        Some(m) if !m.is_empty() => m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","),
+        Some(m) if !m.is_empty() => {
+            m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
+        }
         _ => "<none>".into(),
     }
 }
@@ -56,7 +58,12 @@ fn labels_str(o: &Value, ptr: &str) -> String {
 fn container_field(o: &Value, ptr: &str, field: &str) -> String {
     o.pointer(ptr)
         .and_then(Value::as_array)
-        .map(|cs| cs.iter().map(|c| c.get(field).and_then(Value::as_str).unwrap_or("").to_string()).collect::<Vec<_>>().join(","))
+        .map(|cs| {
+            cs.iter()
+                .map(|c| c.get(field).and_then(Value::as_str).unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 
@@ -91,37 +98,78 @@ pub fn pod_status(o: &Value) -> String {
         if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
             reason = r.into();
         } else if let Some(t) = c.pointer("/state/terminated") {
-            reason = t.get("reason").and_then(Value::as_str).map(String::from).unwrap_or_else(|| {
-                format!("ExitCode:{}", t.get("exitCode").and_then(Value::as_i64).unwrap_or(0))
-            });
+            reason = t
+                .get("reason")
+                .and_then(Value::as_str)
+                .map(String::from)
+                .unwrap_or_else(|| format!("ExitCode:{}", t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)));
         }
     }
     reason
 }
 
 type Col = (&'static str, &'static str, u8);
+type RowFn = fn(&Value) -> Vec<Value>;
 
 /// Column definitions and a row function for `plural`.
-fn columns(plural: &str) -> (Vec<Col>, fn(&Value) -> Vec<Value>) {
+fn columns(plural: &str) -> (Vec<Col>, RowFn) {
     match plural {
         "pods" => (
-            vec![("Name", "string", 0), ("Ready", "string", 0), ("Status", "string", 0), ("Restarts", "string", 0), ("Age", "string", 0), ("IP", "string", 1), ("Node", "string", 1), ("Nominated Node", "string", 1), ("Readiness Gates", "string", 1)],
+            vec![
+                ("Name", "string", 0),
+                ("Ready", "string", 0),
+                ("Status", "string", 0),
+                ("Restarts", "string", 0),
+                ("Age", "string", 0),
+                ("IP", "string", 1),
+                ("Node", "string", 1),
+                ("Nominated Node", "string", 1),
+                ("Readiness Gates", "string", 1),
+            ],
             |o| {
                 let statuses = o.pointer("/status/containerStatuses").and_then(Value::as_array);
                 let total = o.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
                 let ready = statuses.into_iter().flatten().filter(|c| c.get("ready") == Some(&json!(true))).count();
                 let restarts: i64 = statuses.into_iter().flatten().map(|c| n(c, "/restartCount")).sum();
-                vec![json!(s(o, "/metadata/name")), json!(format!("{ready}/{total}")), json!(pod_status(o)), json!(restarts.to_string()),
-                    json!(age(o, "/metadata/creationTimestamp")), json!(or_none(s(o, "/status/podIP"))), json!(or_none(s(o, "/spec/nodeName"))), json!("<none>"), json!("<none>")]
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(format!("{ready}/{total}")),
+                    json!(pod_status(o)),
+                    json!(restarts.to_string()),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                    json!(or_none(s(o, "/status/podIP"))),
+                    json!(or_none(s(o, "/spec/nodeName"))),
+                    json!("<none>"),
+                    json!("<none>"),
+                ]
             },
         ),
         "namespaces" => (vec![("Name", "string", 0), ("Status", "string", 0), ("Age", "string", 0)], |o| {
-            vec![json!(s(o, "/metadata/name")), json!(s(o, "/status/phase")), json!(age(o, "/metadata/creationTimestamp"))]
+            vec![
+                json!(s(o, "/metadata/name")),
+                json!(s(o, "/status/phase")),
+                json!(age(o, "/metadata/creationTimestamp")),
+            ]
         }),
         "nodes" => (
-            vec![("Name", "string", 0), ("Status", "string", 0), ("Roles", "string", 0), ("Age", "string", 0), ("Version", "string", 0), ("Internal-IP", "string", 1), ("External-IP", "string", 1), ("OS-Image", "string", 1), ("Kernel-Version", "string", 1), ("Container-Runtime", "string", 1)],
+            vec![
+                ("Name", "string", 0),
+                ("Status", "string", 0),
+                ("Roles", "string", 0),
+                ("Age", "string", 0),
+                ("Version", "string", 0),
+                ("Internal-IP", "string", 1),
+                ("External-IP", "string", 1),
+                ("OS-Image", "string", 1),
+                ("Kernel-Version", "string", 1),
+                ("Container-Runtime", "string", 1),
+            ],
             |o| {
-                let ready = o.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten()
+                let ready = o
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
                     .find(|c| c.get("type") == Some(&json!("Ready")));
                 let mut status = match ready.and_then(|c| c.get("status")).and_then(Value::as_str) {
                     Some("True") => "Ready".to_string(),
@@ -131,27 +179,86 @@ fn columns(plural: &str) -> (Vec<Col>, fn(&Value) -> Vec<Value>) {
                 if o.pointer("/spec/unschedulable") == Some(&json!(true)) {
                     status.push_str(",SchedulingDisabled");
                 }
-                let roles: Vec<String> = o.pointer("/metadata/labels").and_then(Value::as_object).into_iter().flatten()
-                    .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(String::from)).collect();
-                let addr = |t: &str| o.pointer("/status/addresses").and_then(Value::as_array).into_iter().flatten()
-                    .find(|a| a.get("type") == Some(&json!(t))).and_then(|a| a.get("address")).and_then(Value::as_str).unwrap_or("<none>").to_string();
-                vec![json!(s(o, "/metadata/name")), json!(status), json!(if roles.is_empty() { "<none>".into() } else { roles.join(",") }),
-                    json!(age(o, "/metadata/creationTimestamp")), json!(s(o, "/status/nodeInfo/kubeletVersion")), json!(addr("InternalIP")), json!(addr("ExternalIP")),
-                    json!(s(o, "/status/nodeInfo/osImage")), json!(s(o, "/status/nodeInfo/kernelVersion")), json!(s(o, "/status/nodeInfo/containerRuntimeVersion"))]
+                let roles: Vec<String> = o
+                    .pointer("/metadata/labels")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(String::from))
+                    .collect();
+                let addr = |t: &str| {
+                    o.pointer("/status/addresses")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .find(|a| a.get("type") == Some(&json!(t)))
+                        .and_then(|a| a.get("address"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("<none>")
+                        .to_string()
+                };
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(status),
+                    json!(if roles.is_empty() { "<none>".into() } else { roles.join(",") }),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                    json!(s(o, "/status/nodeInfo/kubeletVersion")),
+                    json!(addr("InternalIP")),
+                    json!(addr("ExternalIP")),
+                    json!(s(o, "/status/nodeInfo/osImage")),
+                    json!(s(o, "/status/nodeInfo/kernelVersion")),
+                    json!(s(o, "/status/nodeInfo/containerRuntimeVersion")),
+                ]
             },
         ),
         "services" => (
-            vec![("Name", "string", 0), ("Type", "string", 0), ("Cluster-IP", "string", 0), ("External-IP", "string", 0), ("Port(s)", "string", 0), ("Age", "string", 0), ("Selector", "string", 1)],
+            vec![
+                ("Name", "string", 0),
+                ("Type", "string", 0),
+                ("Cluster-IP", "string", 0),
+                ("External-IP", "string", 0),
+                ("Port(s)", "string", 0),
+                ("Age", "string", 0),
+                ("Selector", "string", 1),
+            ],
             |o| {
-                let ports: Vec<String> = o.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten().map(|p| {
-                    let np = p.get("nodePort").and_then(Value::as_i64).map(|np| format!(":{np}")).unwrap_or_default();
-                    format!("{}{np}/{}", n(p, "/port"), p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"))
-                }).collect();
-                let ext = o.pointer("/status/loadBalancer/ingress").and_then(Value::as_array).into_iter().flatten()
-                    .filter_map(|i| i.get("ip").and_then(Value::as_str)).collect::<Vec<_>>().join(",");
-                let ext = if !ext.is_empty() { ext } else if s(o, "/spec/type") == "LoadBalancer" { "<pending>".into() } else if s(o, "/spec/type") == "ExternalName" { s(o, "/spec/externalName").into() } else { "<none>".into() };
-                vec![json!(s(o, "/metadata/name")), json!(s(o, "/spec/type")), json!(or_none(s(o, "/spec/clusterIP"))), json!(ext),
-                    json!(if ports.is_empty() { "<none>".into() } else { ports.join(",") }), json!(age(o, "/metadata/creationTimestamp")), json!(labels_str(o, "/spec/selector"))]
+                let ports: Vec<String> = o
+                    .pointer("/spec/ports")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        let np =
+                            p.get("nodePort").and_then(Value::as_i64).map(|np| format!(":{np}")).unwrap_or_default();
+                        format!("{}{np}/{}", n(p, "/port"), p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"))
+                    })
+                    .collect();
+                let ext = o
+                    .pointer("/status/loadBalancer/ingress")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i.get("ip").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let ext = if !ext.is_empty() {
+                    ext
+                } else if s(o, "/spec/type") == "LoadBalancer" {
+                    "<pending>".into()
+                } else if s(o, "/spec/type") == "ExternalName" {
+                    s(o, "/spec/externalName").into()
+                } else {
+                    "<none>".into()
+                };
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(s(o, "/spec/type")),
+                    json!(or_none(s(o, "/spec/clusterIP"))),
+                    json!(ext),
+                    json!(if ports.is_empty() { "<none>".into() } else { ports.join(",") }),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                    json!(labels_str(o, "/spec/selector")),
+                ]
             },
         ),
         "endpoints" => (vec![("Name", "string", 0), ("Endpoints", "string", 0), ("Age", "string", 0)], |o| {
@@ -163,108 +270,394 @@ fn columns(plural: &str) -> (Vec<Col>, fn(&Value) -> Vec<Value>) {
                     }
                 }
             }
-            vec![json!(s(o, "/metadata/name")), json!(if eps.is_empty() { "<none>".into() } else { eps.join(",") }), json!(age(o, "/metadata/creationTimestamp"))]
+            vec![
+                json!(s(o, "/metadata/name")),
+                json!(if eps.is_empty() { "<none>".into() } else { eps.join(",") }),
+                json!(age(o, "/metadata/creationTimestamp")),
+            ]
         }),
         "configmaps" => (vec![("Name", "string", 0), ("Data", "string", 0), ("Age", "string", 0)], |o| {
-            let count = o.get("data").and_then(Value::as_object).map_or(0, |m| m.len()) + o.get("binaryData").and_then(Value::as_object).map_or(0, |m| m.len());
+            let count = o.get("data").and_then(Value::as_object).map_or(0, |m| m.len())
+                + o.get("binaryData").and_then(Value::as_object).map_or(0, |m| m.len());
             vec![json!(s(o, "/metadata/name")), json!(count), json!(age(o, "/metadata/creationTimestamp"))]
         }),
-        "secrets" => (vec![("Name", "string", 0), ("Type", "string", 0), ("Data", "string", 0), ("Age", "string", 0)], |o| {
-            vec![json!(s(o, "/metadata/name")), json!(s(o, "/type")), json!(o.get("data").and_then(Value::as_object).map_or(0, |m| m.len())), json!(age(o, "/metadata/creationTimestamp"))]
-        }),
+        "secrets" => {
+            (vec![("Name", "string", 0), ("Type", "string", 0), ("Data", "string", 0), ("Age", "string", 0)], |o| {
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(s(o, "/type")),
+                    json!(o.get("data").and_then(Value::as_object).map_or(0, |m| m.len())),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                ]
+            })
+        }
         "serviceaccounts" => (vec![("Name", "string", 0), ("Secrets", "string", 0), ("Age", "string", 0)], |o| {
-            vec![json!(s(o, "/metadata/name")), json!(o.get("secrets").and_then(Value::as_array).map_or(0, Vec::len)), json!(age(o, "/metadata/creationTimestamp"))]
+            vec![
+                json!(s(o, "/metadata/name")),
+                json!(o.get("secrets").and_then(Value::as_array).map_or(0, Vec::len)),
+                json!(age(o, "/metadata/creationTimestamp")),
+            ]
         }),
-        "events" => (vec![("Last Seen", "string", 0), ("Type", "string", 0), ("Reason", "string", 0), ("Object", "string", 0), ("Message", "string", 0)], |o| {
-            let last = if !s(o, "/lastTimestamp").is_empty() { age(o, "/lastTimestamp") } else { age(o, "/metadata/creationTimestamp") };
-            vec![json!(last), json!(s(o, "/type")), json!(s(o, "/reason")),
-                json!(format!("{}/{}", s(o, "/involvedObject/kind").to_lowercase(), s(o, "/involvedObject/name"))), json!(s(o, "/message"))]
-        }),
-        "persistentvolumes" => (vec![("Name", "string", 0), ("Capacity", "string", 0), ("Access Modes", "string", 0), ("Reclaim Policy", "string", 0), ("Status", "string", 0), ("Claim", "string", 0), ("StorageClass", "string", 0), ("Age", "string", 0)], |o| {
-            let claim = if s(o, "/spec/claimRef/name").is_empty() { String::new() } else { format!("{}/{}", s(o, "/spec/claimRef/namespace"), s(o, "/spec/claimRef/name")) };
-            vec![json!(s(o, "/metadata/name")), json!(s(o, "/spec/capacity/storage")), json!(access_modes(o)), json!(s(o, "/spec/persistentVolumeReclaimPolicy")),
-                json!(s(o, "/status/phase")), json!(claim), json!(s(o, "/spec/storageClassName")), json!(age(o, "/metadata/creationTimestamp"))]
-        }),
-        "persistentvolumeclaims" => (vec![("Name", "string", 0), ("Status", "string", 0), ("Volume", "string", 0), ("Capacity", "string", 0), ("Access Modes", "string", 0), ("StorageClass", "string", 0), ("Age", "string", 0)], |o| {
-            vec![json!(s(o, "/metadata/name")), json!(s(o, "/status/phase")), json!(s(o, "/spec/volumeName")), json!(s(o, "/status/capacity/storage")),
-                json!(access_modes(o)), json!(s(o, "/spec/storageClassName")), json!(age(o, "/metadata/creationTimestamp"))]
-        }),
+        "events" => (
+            vec![
+                ("Last Seen", "string", 0),
+                ("Type", "string", 0),
+                ("Reason", "string", 0),
+                ("Object", "string", 0),
+                ("Message", "string", 0),
+            ],
+            |o| {
+                let last = if !s(o, "/lastTimestamp").is_empty() {
+                    age(o, "/lastTimestamp")
+                } else {
+                    age(o, "/metadata/creationTimestamp")
+                };
+                vec![
+                    json!(last),
+                    json!(s(o, "/type")),
+                    json!(s(o, "/reason")),
+                    json!(format!("{}/{}", s(o, "/involvedObject/kind").to_lowercase(), s(o, "/involvedObject/name"))),
+                    json!(s(o, "/message")),
+                ]
+            },
+        ),
+        "persistentvolumes" => (
+            vec![
+                ("Name", "string", 0),
+                ("Capacity", "string", 0),
+                ("Access Modes", "string", 0),
+                ("Reclaim Policy", "string", 0),
+                ("Status", "string", 0),
+                ("Claim", "string", 0),
+                ("StorageClass", "string", 0),
+                ("Age", "string", 0),
+            ],
+            |o| {
+                let claim = if s(o, "/spec/claimRef/name").is_empty() {
+                    String::new()
+                } else {
+                    format!("{}/{}", s(o, "/spec/claimRef/namespace"), s(o, "/spec/claimRef/name"))
+                };
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(s(o, "/spec/capacity/storage")),
+                    json!(access_modes(o)),
+                    json!(s(o, "/spec/persistentVolumeReclaimPolicy")),
+                    json!(s(o, "/status/phase")),
+                    json!(claim),
+                    json!(s(o, "/spec/storageClassName")),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                ]
+            },
+        ),
+        "persistentvolumeclaims" => (
+            vec![
+                ("Name", "string", 0),
+                ("Status", "string", 0),
+                ("Volume", "string", 0),
+                ("Capacity", "string", 0),
+                ("Access Modes", "string", 0),
+                ("StorageClass", "string", 0),
+                ("Age", "string", 0),
+            ],
+            |o| {
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(s(o, "/status/phase")),
+                    json!(s(o, "/spec/volumeName")),
+                    json!(s(o, "/status/capacity/storage")),
+                    json!(access_modes(o)),
+                    json!(s(o, "/spec/storageClassName")),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                ]
+            },
+        ),
         "deployments" => (
-            vec![("Name", "string", 0), ("Ready", "string", 0), ("Up-to-date", "string", 0), ("Available", "string", 0), ("Age", "string", 0), ("Containers", "string", 1), ("Images", "string", 1), ("Selector", "string", 1)],
-            |o| vec![json!(s(o, "/metadata/name")), json!(format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas"))), json!(n(o, "/status/updatedReplicas")),
-                json!(n(o, "/status/availableReplicas")), json!(age(o, "/metadata/creationTimestamp")), json!(container_field(o, "/spec/template/spec/containers", "name")),
-                json!(container_field(o, "/spec/template/spec/containers", "image")), json!(labels_str(o, "/spec/selector/matchLabels"))],
+            vec![
+                ("Name", "string", 0),
+                ("Ready", "string", 0),
+                ("Up-to-date", "string", 0),
+                ("Available", "string", 0),
+                ("Age", "string", 0),
+                ("Containers", "string", 1),
+                ("Images", "string", 1),
+                ("Selector", "string", 1),
+            ],
+            |o| {
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas"))),
+                    json!(n(o, "/status/updatedReplicas")),
+                    json!(n(o, "/status/availableReplicas")),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                    json!(container_field(o, "/spec/template/spec/containers", "name")),
+                    json!(container_field(o, "/spec/template/spec/containers", "image")),
+                    json!(labels_str(o, "/spec/selector/matchLabels")),
+                ]
+            },
         ),
         "replicasets" => (
-            vec![("Name", "string", 0), ("Desired", "integer", 0), ("Current", "integer", 0), ("Ready", "integer", 0), ("Age", "string", 0), ("Containers", "string", 1), ("Images", "string", 1), ("Selector", "string", 1)],
-            |o| vec![json!(s(o, "/metadata/name")), json!(n(o, "/spec/replicas")), json!(n(o, "/status/replicas")), json!(n(o, "/status/readyReplicas")),
-                json!(age(o, "/metadata/creationTimestamp")), json!(container_field(o, "/spec/template/spec/containers", "name")),
-                json!(container_field(o, "/spec/template/spec/containers", "image")), json!(labels_str(o, "/spec/selector/matchLabels"))],
+            vec![
+                ("Name", "string", 0),
+                ("Desired", "integer", 0),
+                ("Current", "integer", 0),
+                ("Ready", "integer", 0),
+                ("Age", "string", 0),
+                ("Containers", "string", 1),
+                ("Images", "string", 1),
+                ("Selector", "string", 1),
+            ],
+            |o| {
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(n(o, "/spec/replicas")),
+                    json!(n(o, "/status/replicas")),
+                    json!(n(o, "/status/readyReplicas")),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                    json!(container_field(o, "/spec/template/spec/containers", "name")),
+                    json!(container_field(o, "/spec/template/spec/containers", "image")),
+                    json!(labels_str(o, "/spec/selector/matchLabels")),
+                ]
+            },
         ),
         "statefulsets" => (
-            vec![("Name", "string", 0), ("Ready", "string", 0), ("Age", "string", 0), ("Containers", "string", 1), ("Images", "string", 1)],
-            |o| vec![json!(s(o, "/metadata/name")), json!(format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas"))), json!(age(o, "/metadata/creationTimestamp")),
-                json!(container_field(o, "/spec/template/spec/containers", "name")), json!(container_field(o, "/spec/template/spec/containers", "image"))],
+            vec![
+                ("Name", "string", 0),
+                ("Ready", "string", 0),
+                ("Age", "string", 0),
+                ("Containers", "string", 1),
+                ("Images", "string", 1),
+            ],
+            |o| {
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas"))),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                    json!(container_field(o, "/spec/template/spec/containers", "name")),
+                    json!(container_field(o, "/spec/template/spec/containers", "image")),
+                ]
+            },
         ),
         "daemonsets" => (
-            vec![("Name", "string", 0), ("Desired", "integer", 0), ("Current", "integer", 0), ("Ready", "integer", 0), ("Up-to-date", "integer", 0), ("Available", "integer", 0), ("Node Selector", "string", 0), ("Age", "string", 0), ("Containers", "string", 1), ("Images", "string", 1), ("Selector", "string", 1)],
-            |o| vec![json!(s(o, "/metadata/name")), json!(n(o, "/status/desiredNumberScheduled")), json!(n(o, "/status/currentNumberScheduled")), json!(n(o, "/status/numberReady")),
-                json!(n(o, "/status/updatedNumberScheduled")), json!(n(o, "/status/numberAvailable")), json!(labels_str(o, "/spec/template/spec/nodeSelector")),
-                json!(age(o, "/metadata/creationTimestamp")), json!(container_field(o, "/spec/template/spec/containers", "name")),
-                json!(container_field(o, "/spec/template/spec/containers", "image")), json!(labels_str(o, "/spec/selector/matchLabels"))],
+            vec![
+                ("Name", "string", 0),
+                ("Desired", "integer", 0),
+                ("Current", "integer", 0),
+                ("Ready", "integer", 0),
+                ("Up-to-date", "integer", 0),
+                ("Available", "integer", 0),
+                ("Node Selector", "string", 0),
+                ("Age", "string", 0),
+                ("Containers", "string", 1),
+                ("Images", "string", 1),
+                ("Selector", "string", 1),
+            ],
+            |o| {
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(n(o, "/status/desiredNumberScheduled")),
+                    json!(n(o, "/status/currentNumberScheduled")),
+                    json!(n(o, "/status/numberReady")),
+                    json!(n(o, "/status/updatedNumberScheduled")),
+                    json!(n(o, "/status/numberAvailable")),
+                    json!(labels_str(o, "/spec/template/spec/nodeSelector")),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                    json!(container_field(o, "/spec/template/spec/containers", "name")),
+                    json!(container_field(o, "/spec/template/spec/containers", "image")),
+                    json!(labels_str(o, "/spec/selector/matchLabels")),
+                ]
+            },
         ),
         "jobs" => (
-            vec![("Name", "string", 0), ("Status", "string", 0), ("Completions", "string", 0), ("Duration", "string", 0), ("Age", "string", 0), ("Containers", "string", 1), ("Images", "string", 1), ("Selector", "string", 1)],
+            vec![
+                ("Name", "string", 0),
+                ("Status", "string", 0),
+                ("Completions", "string", 0),
+                ("Duration", "string", 0),
+                ("Age", "string", 0),
+                ("Containers", "string", 1),
+                ("Images", "string", 1),
+                ("Selector", "string", 1),
+            ],
             |o| {
-                let cond = |t: &str| o.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten()
-                    .any(|c| c.get("type") == Some(&json!(t)) && c.get("status") == Some(&json!("True")));
-                let status = if cond("Complete") { "Complete" } else if cond("Failed") { "Failed" } else if cond("Suspended") { "Suspended" } else { "Running" };
-                let completions = o.pointer("/spec/completions").and_then(Value::as_i64).map_or(format!("{}/1 of {}", n(o, "/status/succeeded"), n(o, "/spec/parallelism")), |c| format!("{}/{c}", n(o, "/status/succeeded")));
-                let dur = match (s(o, "/status/startTime").parse::<jiff::Timestamp>(), s(o, "/status/completionTime").parse::<jiff::Timestamp>()) {
+                let cond = |t: &str| {
+                    o.pointer("/status/conditions")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c.get("type") == Some(&json!(t)) && c.get("status") == Some(&json!("True")))
+                };
+                let status = if cond("Complete") {
+                    "Complete"
+                } else if cond("Failed") {
+                    "Failed"
+                } else if cond("Suspended") {
+                    "Suspended"
+                } else {
+                    "Running"
+                };
+                let completions = o
+                    .pointer("/spec/completions")
+                    .and_then(Value::as_i64)
+                    .map_or(format!("{}/1 of {}", n(o, "/status/succeeded"), n(o, "/spec/parallelism")), |c| {
+                        format!("{}/{c}", n(o, "/status/succeeded"))
+                    });
+                let dur = match (
+                    s(o, "/status/startTime").parse::<jiff::Timestamp>(),
+                    s(o, "/status/completionTime").parse::<jiff::Timestamp>(),
+                ) {
                     (Ok(a), Ok(b)) => human_duration(b.as_second() - a.as_second()),
                     (Ok(a), Err(_)) => human_duration(jiff::Timestamp::now().as_second() - a.as_second()),
                     _ => String::new(),
                 };
-                vec![json!(s(o, "/metadata/name")), json!(status), json!(completions), json!(dur), json!(age(o, "/metadata/creationTimestamp")),
-                    json!(container_field(o, "/spec/template/spec/containers", "name")), json!(container_field(o, "/spec/template/spec/containers", "image")),
-                    json!(labels_str(o, "/spec/selector/matchLabels"))]
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(status),
+                    json!(completions),
+                    json!(dur),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                    json!(container_field(o, "/spec/template/spec/containers", "name")),
+                    json!(container_field(o, "/spec/template/spec/containers", "image")),
+                    json!(labels_str(o, "/spec/selector/matchLabels")),
+                ]
             },
         ),
         "cronjobs" => (
-            vec![("Name", "string", 0), ("Schedule", "string", 0), ("Timezone", "string", 0), ("Suspend", "boolean", 0), ("Active", "integer", 0), ("Last Schedule", "string", 0), ("Age", "string", 0), ("Containers", "string", 1), ("Images", "string", 1)],
-            |o| vec![json!(s(o, "/metadata/name")), json!(s(o, "/spec/schedule")), json!(or_none(s(o, "/spec/timeZone"))), json!(o.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false)),
-                json!(o.pointer("/status/active").and_then(Value::as_array).map_or(0, Vec::len)),
-                json!(if s(o, "/status/lastScheduleTime").is_empty() { "<none>".into() } else { age(o, "/status/lastScheduleTime") }),
-                json!(age(o, "/metadata/creationTimestamp")), json!(container_field(o, "/spec/jobTemplate/spec/template/spec/containers", "name")),
-                json!(container_field(o, "/spec/jobTemplate/spec/template/spec/containers", "image"))],
+            vec![
+                ("Name", "string", 0),
+                ("Schedule", "string", 0),
+                ("Timezone", "string", 0),
+                ("Suspend", "boolean", 0),
+                ("Active", "integer", 0),
+                ("Last Schedule", "string", 0),
+                ("Age", "string", 0),
+                ("Containers", "string", 1),
+                ("Images", "string", 1),
+            ],
+            |o| {
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(s(o, "/spec/schedule")),
+                    json!(or_none(s(o, "/spec/timeZone"))),
+                    json!(o.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false)),
+                    json!(o.pointer("/status/active").and_then(Value::as_array).map_or(0, Vec::len)),
+                    json!(if s(o, "/status/lastScheduleTime").is_empty() {
+                        "<none>".into()
+                    } else {
+                        age(o, "/status/lastScheduleTime")
+                    }),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                    json!(container_field(o, "/spec/jobTemplate/spec/template/spec/containers", "name")),
+                    json!(container_field(o, "/spec/jobTemplate/spec/template/spec/containers", "image")),
+                ]
+            },
         ),
         "leases" => (vec![("Name", "string", 0), ("Holder", "string", 0), ("Age", "string", 0)], |o| {
-            vec![json!(s(o, "/metadata/name")), json!(s(o, "/spec/holderIdentity")), json!(age(o, "/metadata/creationTimestamp"))]
+            vec![
+                json!(s(o, "/metadata/name")),
+                json!(s(o, "/spec/holderIdentity")),
+                json!(age(o, "/metadata/creationTimestamp")),
+            ]
         }),
-        "storageclasses" => (vec![("Name", "string", 0), ("Provisioner", "string", 0), ("ReclaimPolicy", "string", 0), ("VolumeBindingMode", "string", 0), ("AllowVolumeExpansion", "string", 0), ("Age", "string", 0)], |o| {
-            let default = o.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class") == Some(&json!("true"));
-            let name = if default { format!("{} (default)", s(o, "/metadata/name")) } else { s(o, "/metadata/name").to_string() };
-            vec![json!(name), json!(s(o, "/provisioner")), json!(s(o, "/reclaimPolicy")), json!(s(o, "/volumeBindingMode")),
-                json!(o.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false).to_string()), json!(age(o, "/metadata/creationTimestamp"))]
+        "storageclasses" => (
+            vec![
+                ("Name", "string", 0),
+                ("Provisioner", "string", 0),
+                ("ReclaimPolicy", "string", 0),
+                ("VolumeBindingMode", "string", 0),
+                ("AllowVolumeExpansion", "string", 0),
+                ("Age", "string", 0),
+            ],
+            |o| {
+                let default = o.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                    == Some(&json!("true"));
+                let name = if default {
+                    format!("{} (default)", s(o, "/metadata/name"))
+                } else {
+                    s(o, "/metadata/name").to_string()
+                };
+                vec![
+                    json!(name),
+                    json!(s(o, "/provisioner")),
+                    json!(s(o, "/reclaimPolicy")),
+                    json!(s(o, "/volumeBindingMode")),
+                    json!(o.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false).to_string()),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                ]
+            },
+        ),
+        "ingresses" => (
+            vec![
+                ("Name", "string", 0),
+                ("Class", "string", 0),
+                ("Hosts", "string", 0),
+                ("Address", "string", 0),
+                ("Ports", "string", 0),
+                ("Age", "string", 0),
+            ],
+            |o| {
+                let hosts: Vec<&str> = o
+                    .pointer("/spec/rules")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r.get("host").and_then(Value::as_str))
+                    .collect();
+                let tls = o.pointer("/spec/tls").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(or_none(s(o, "/spec/ingressClassName"))),
+                    json!(if hosts.is_empty() { "*".into() } else { hosts.join(",") }),
+                    json!(""),
+                    json!(if tls { "80, 443" } else { "80" }),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                ]
+            },
+        ),
+        "poddisruptionbudgets" => (
+            vec![
+                ("Name", "string", 0),
+                ("Min Available", "string", 0),
+                ("Max Unavailable", "string", 0),
+                ("Allowed Disruptions", "integer", 0),
+                ("Age", "string", 0),
+            ],
+            |o| {
+                let v = |p: &str| {
+                    o.pointer(p)
+                        .map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))
+                        .unwrap_or_else(|| "N/A".into())
+                };
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(v("/spec/minAvailable")),
+                    json!(v("/spec/maxUnavailable")),
+                    json!(n(o, "/status/disruptionsAllowed")),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                ]
+            },
+        ),
+        _ => (vec![("Name", "string", 0), ("Age", "string", 0)], |o| {
+            vec![json!(s(o, "/metadata/name")), json!(age(o, "/metadata/creationTimestamp"))]
         }),
-        "ingresses" => (vec![("Name", "string", 0), ("Class", "string", 0), ("Hosts", "string", 0), ("Address", "string", 0), ("Ports", "string", 0), ("Age", "string", 0)], |o| {
-            let hosts: Vec<&str> = o.pointer("/spec/rules").and_then(Value::as_array).into_iter().flatten().filter_map(|r| r.get("host").and_then(Value::as_str)).collect();
-            let tls = o.pointer("/spec/tls").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
-            vec![json!(s(o, "/metadata/name")), json!(or_none(s(o, "/spec/ingressClassName"))), json!(if hosts.is_empty() { "*".into() } else { hosts.join(",") }),
-                json!(""), json!(if tls { "80, 443" } else { "80" }), json!(age(o, "/metadata/creationTimestamp"))]
-        }),
-        "poddisruptionbudgets" => (vec![("Name", "string", 0), ("Min Available", "string", 0), ("Max Unavailable", "string", 0), ("Allowed Disruptions", "integer", 0), ("Age", "string", 0)], |o| {
-            let v = |p: &str| o.pointer(p).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).unwrap_or_else(|| "N/A".into());
-            vec![json!(s(o, "/metadata/name")), json!(v("/spec/minAvailable")), json!(v("/spec/maxUnavailable")), json!(n(o, "/status/disruptionsAllowed")), json!(age(o, "/metadata/creationTimestamp"))]
-        }),
-        _ => (vec![("Name", "string", 0), ("Age", "string", 0)], |o| vec![json!(s(o, "/metadata/name")), json!(age(o, "/metadata/creationTimestamp"))]),
     }
 }
 
 fn access_modes(o: &Value) -> String {
-    o.pointer("/spec/accessModes").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)
-        .map(|m| match m { "ReadWriteOnce" => "RWO", "ReadOnlyMany" => "ROX", "ReadWriteMany" => "RWX", "ReadWriteOncePod" => "RWOP", other => other })
-        .collect::<Vec<_>>().join(",")
+    o.pointer("/spec/accessModes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// How much of each object a row carries, from `?includeObject=`.
@@ -289,7 +682,9 @@ fn row_object(o: &Value, include: IncludeObject) -> Value {
     match include {
         IncludeObject::None => Value::Null,
         IncludeObject::Object => o.clone(),
-        IncludeObject::Metadata => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))}),
+        IncludeObject::Metadata => {
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
+        }
     }
 }
 
@@ -341,7 +736,9 @@ mod tests {
 
     #[test]
     fn table_accept_detection() {
-        assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+        ));
         assert!(!wants_table("application/json"));
     }
 }

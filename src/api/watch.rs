@@ -44,7 +44,12 @@ struct Encoder {
 impl Encoder {
     fn event(&mut self, kind: &str, obj: Value) -> Bytes {
         let object = if self.as_table && kind != "ERROR" && kind != "BOOKMARK" {
-            let mut t = table::table(self.plural, std::slice::from_ref(&obj), self.include, json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)}));
+            let mut t = table::table(
+                self.plural,
+                std::slice::from_ref(&obj),
+                self.include,
+                json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)}),
+            );
             if self.sent_columns {
                 t["columnDefinitions"] = json!([]);
             }
@@ -69,11 +74,23 @@ pub fn watch(api: Arc<Api>, t: &Target, q: &Query, as_table: bool) -> Result<Res
     let send_initial = q.flag("sendInitialEvents") && q.get("sendInitialEvents").is_some();
     let from: Option<u64> = match rv {
         "" | "0" => None,
-        r => Some(r.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version \"{r}\": must be a number")))?),
+        r => Some(
+            r.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version \"{r}\": must be a number")))?,
+        ),
     };
-    let timeout = q.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs).unwrap_or(Duration::from_secs(1800));
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
     let bookmarks = q.flag("allowWatchBookmarks") && q.get("allowWatchBookmarks").is_some();
-    let mut enc = Encoder { plural: t.res.plural, as_table, include: table::IncludeObject::parse(q.get("includeObject")), sent_columns: false };
+    let mut enc = Encoder {
+        plural: t.res.plural,
+        as_table,
+        include: table::IncludeObject::parse(q.get("includeObject")),
+        sent_columns: false,
+    };
     let kind = t.res.kind;
     let api_version = t.res.api_version();
 
@@ -87,7 +104,11 @@ pub fn watch(api: Arc<Api>, t: &Target, q: &Query, as_table: bool) -> Result<Res
             for item in list["items"].as_array().into_iter().flatten() {
                 initial.push(enc.event("ADDED", item.clone()));
             }
-            let rev = list.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse().ok()).unwrap_or(0);
+            let rev = list
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
             if send_initial {
                 let bm = json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rev.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
                 initial.push(enc.event("BOOKMARK", bm));
@@ -112,7 +133,8 @@ pub fn watch(api: Arc<Api>, t: &Target, q: &Query, as_table: bool) -> Result<Res
             let now = api.store.revision();
             match api.store.hub().since(cursor, &prefix) {
                 Err(e) => {
-                    let status = ApiError::gone(format!("too old resource version: {} ({})", e.asked, e.oldest)).to_status();
+                    let status =
+                        ApiError::gone(format!("too old resource version: {} ({})", e.asked, e.oldest)).to_status();
                     let _ = tx.send(enc.event("ERROR", status)).await;
                     return;
                 }
@@ -124,7 +146,13 @@ pub fn watch(api: Arc<Api>, t: &Target, q: &Query, as_table: bool) -> Result<Res
                             object_at(&raw, rev).ok()
                         };
                         let new = decode(&ev.value, ev.revision);
-                        let old = if ev.value.is_none() { decode(&ev.prev, ev.revision) } else if filter.labels.is_empty() && filter.fields.is_empty() { None } else { decode(&ev.prev, ev.revision) };
+                        let old = if ev.value.is_none() {
+                            decode(&ev.prev, ev.revision)
+                        } else if filter.labels.is_empty() && filter.fields.is_empty() {
+                            None
+                        } else {
+                            decode(&ev.prev, ev.revision)
+                        };
                         let old_match = match (&ev.prev, &old) {
                             (None, _) => false,
                             (Some(_), Some(o)) => filter.matches(o),

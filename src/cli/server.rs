@@ -13,7 +13,9 @@ use crate::pki::{self, Pki};
 use crate::store::{Store, StoreOptions};
 
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// The address this host uses for its default route, if it has one (no packet is sent).
@@ -62,10 +64,19 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         .split_once('-')
         .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
         .filter(|(a, b)| a < b)
-        .with_context(|| format!("--service-node-port-range {:?} is not a range such as 30000-32767", args.service_node_port_range))?;
+        .with_context(|| {
+            format!("--service-node-port-range {:?} is not a range such as 30000-32767", args.service_node_port_range)
+        })?;
     let node_name = args.node_name.clone().unwrap_or_else(host_name);
 
-    let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), host_name(), "kubernetes".into(), "kubernetes.default".into(), "kubernetes.default.svc".into()];
+    let mut sans = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        host_name(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+    ];
     sans.push(Ipv4Addr::from(u32::from(service_cidr.0) + 1).to_string());
     if let Some(ip) = primary_ip() {
         sans.push(ip);
@@ -85,11 +96,19 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     pki::write_private(&token_path, format!("{token}\n").as_bytes(), 0o600)?;
 
-    let host = if args.bind_address == "0.0.0.0" || args.bind_address == "::" { "127.0.0.1".to_string() } else { args.bind_address.clone() };
+    let host = if args.bind_address == "0.0.0.0" || args.bind_address == "::" {
+        "127.0.0.1".to_string()
+    } else {
+        args.bind_address.clone()
+    };
     let advertise = format!("{host}:{}", args.https_listen_port);
     let kubeconfig = pki::kubeconfig(&format!("https://{advertise}"), &pki.ca.cert_pem, &admin);
-    pki::write_private(&args.write_kubeconfig, kubeconfig.as_bytes(), 0o600)
-        .with_context(|| format!("writing the kubeconfig to {} (choose another place with --write-kubeconfig)", args.write_kubeconfig.display()))?;
+    pki::write_private(&args.write_kubeconfig, kubeconfig.as_bytes(), 0o600).with_context(|| {
+        format!(
+            "writing the kubeconfig to {} (choose another place with --write-kubeconfig)",
+            args.write_kubeconfig.display()
+        )
+    })?;
 
     let store = Store::open(StoreOptions {
         dir: server_dir.join("store"),
@@ -106,19 +125,23 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         Some(p) => Tokens::load(p).with_context(|| format!("reading {}", p.display()))?,
         None => Tokens::default(),
     };
-    let api = Api::new(store, ApiOptions { service_cidr, node_port_range: node_ports, advertise: advertise.clone() }, tokens);
+    let api =
+        Api::new(store, ApiOptions { service_cidr, node_port_range: node_ports, advertise: advertise.clone() }, tokens);
     api.bootstrap().await.map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
 
-    let tls = api::server::tls_config(&pki.serving.cert_pem, &pki.serving.key_pem, &pki.ca.cert_pem).map_err(anyhow::Error::msg)?;
-    let listener = TcpListener::bind((args.bind_address.as_str(), args.https_listen_port))
-        .await
-        .with_context(|| format!("listening on {}:{} (is another server running?)", args.bind_address, args.https_listen_port))?;
+    let tls = api::server::tls_config(&pki.serving.cert_pem, &pki.serving.key_pem, &pki.ca.cert_pem)
+        .map_err(anyhow::Error::msg)?;
+    let listener =
+        TcpListener::bind((args.bind_address.as_str(), args.https_listen_port)).await.with_context(|| {
+            format!("listening on {}:{} (is another server running?)", args.bind_address, args.https_listen_port)
+        })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(api::server::serve(Arc::clone(&api), listener, tls, stop_rx));
     tracing::info!(node = %node_name, addr = %advertise, kubeconfig = %args.write_kubeconfig.display(), agent = !args.disable_agent, "bramble server is ready");
     notify_ready();
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

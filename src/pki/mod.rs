@@ -95,7 +95,8 @@ impl Pki {
                 let mut params = CertificateParams::new(Vec::<String>::new())?;
                 params.distinguished_name = name("bramble-ca", &["bramble"]);
                 params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-                params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+                params.key_usages =
+                    vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
                 validity(&mut params, 3650);
                 let cert = params.self_signed(&key)?;
                 let pair = CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
@@ -113,7 +114,11 @@ impl Pki {
         let serving = match existing {
             Some(p) if have == want.join("\n") => p,
             _ => {
-                let mut pki = Pki { dir: dir.to_path_buf(), ca, serving: CertPair { cert_pem: String::new(), key_pem: String::new() } };
+                let mut pki = Pki {
+                    dir: dir.to_path_buf(),
+                    ca,
+                    serving: CertPair { cert_pem: String::new(), key_pem: String::new() },
+                };
                 let pair = pki.issue("bramble-apiserver", &[], &want, true)?;
                 write_private(&dir.join("serving.key"), pair.key_pem.as_bytes(), 0o600)?;
                 write_private(&dir.join("serving.crt"), pair.cert_pem.as_bytes(), 0o644)?;

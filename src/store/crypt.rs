@@ -37,7 +37,9 @@ impl SecretCipher {
                     .mode(0o600)
                     .open(path)
                     .map_err(|e| StoreError::Io(format!("creating {}", path.display()), e))?;
-                f.write_all(&k).and_then(|_| f.sync_all()).map_err(|e| StoreError::Io(format!("writing {}", path.display()), e))?;
+                f.write_all(&k)
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| StoreError::Io(format!("writing {}", path.display()), e))?;
                 k.to_vec()
             }
             Err(e) => return Err(StoreError::Io(format!("reading {}", path.display()), e)),

@@ -102,9 +102,7 @@ impl LogStore {
         }
         let flush_file = file.try_clone()?;
         let (flush_tx, flush_rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        std::thread::Builder::new()
-            .name("raft-log-flush".into())
-            .spawn(move || flush_loop(flush_file, flush_rx))?;
+        std::thread::Builder::new().name("raft-log-flush".into()).spawn(move || flush_loop(flush_file, flush_rx))?;
         Ok(LogStore {
             inner: Arc::new(Mutex::new(LogInner { file, positions, end: offset, last_log_id, meta, meta_path })),
             flush_tx,

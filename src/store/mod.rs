@@ -18,7 +18,7 @@ use std::sync::Arc;
 use openraft::Raft;
 
 pub use state::{Expect, Op, Record, TxnResult};
-pub use watch::{Event, Expired, WatchHub};
+pub use watch::WatchHub;
 
 use crypt::SecretCipher;
 use raft::TypeConfig;
@@ -65,7 +65,8 @@ impl Store {
     /// Opens the store, replays what the state machine had not yet persisted, and waits
     /// until this server leads its Raft group.
     pub async fn open(opts: StoreOptions) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(&opts.dir).map_err(|e| StoreError::Io(format!("creating {}", opts.dir.display()), e))?;
+        std::fs::create_dir_all(&opts.dir)
+            .map_err(|e| StoreError::Io(format!("creating {}", opts.dir.display()), e))?;
         let db = sled::Config::new()
             .path(opts.dir.join("db"))
             .cache_capacity(opts.cache_bytes)
@@ -105,7 +106,12 @@ impl Store {
     }
 
     /// Up to `limit` records under `prefix` after `start_after`, and the revision of the read.
-    pub fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<(Vec<Record>, u64), StoreError> {
+    pub fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Record>, u64), StoreError> {
         let (records, rev) = self.shared.list(prefix, start_after, limit)?;
         let records = records.into_iter().map(|r| self.open_record(r)).collect::<Result<_, _>>()?;
         Ok((records, rev))

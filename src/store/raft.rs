@@ -18,9 +18,9 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 
+use super::StoreError;
 use super::log::LogStore;
 use super::state::{StateMachine, Txn, TxnResult};
-use super::StoreError;
 
 /// Raft node ids; the first server is 1.
 pub type NodeId = u64;
@@ -81,12 +81,7 @@ impl RaftNetwork<TypeConfig> for NoPeerConnection {
 
 /// Starts the local Raft node; on a new data dir it initialises a one-voter cluster of itself
 /// and waits until it leads.
-pub async fn start(
-    id: NodeId,
-    addr: &str,
-    log: LogStore,
-    sm: StateMachine,
-) -> Result<Raft<TypeConfig>, StoreError> {
+pub async fn start(id: NodeId, addr: &str, log: LogStore, sm: StateMachine) -> Result<Raft<TypeConfig>, StoreError> {
     let config = Config {
         cluster_name: "bramble".into(),
         heartbeat_interval: 250,

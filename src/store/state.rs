@@ -9,6 +9,9 @@
 //! Keys: `o/<key>` objects (value = `mod_rev u64 BE | create_rev u64 BE | bytes`),
 //! `m/applied`, `m/membership`.
 
+// openraft's StorageError is large by design; it is what its traits return.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
@@ -53,9 +56,14 @@ pub enum Expect {
 /// What applying a [`Txn`] did.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum TxnResult {
-    Applied { revision: u64 },
+    Applied {
+        revision: u64,
+    },
     /// A precondition failed; nothing was written. `current` is the key's mod revision.
-    Failed { key: String, current: Option<u64> },
+    Failed {
+        key: String,
+        current: Option<u64>,
+    },
 }
 
 /// A stored object version as read back.
@@ -63,7 +71,6 @@ pub enum TxnResult {
 pub struct Record {
     pub key: String,
     pub mod_rev: u64,
-    pub create_rev: u64,
     pub value: Vec<u8>,
 }
 
@@ -96,7 +103,7 @@ impl Shared {
     pub fn get(&self, key: &str) -> sled::Result<Option<Record>> {
         let k = [OBJ, key.as_bytes()].concat();
         Ok(self.tree.get(k)?.and_then(|raw| {
-            decode_record(&raw).map(|(m, c, v)| Record { key: key.to_string(), mod_rev: m, create_rev: c, value: v.to_vec() })
+            decode_record(&raw).map(|(m, _, v)| Record { key: key.to_string(), mod_rev: m, value: v.to_vec() })
         }))
     }
 
@@ -121,8 +128,8 @@ impl Shared {
                 break;
             }
             let key = String::from_utf8_lossy(&k[OBJ.len()..]).into_owned();
-            if let Some((m, c, v)) = decode_record(&raw) {
-                out.push(Record { key, mod_rev: m, create_rev: c, value: v.to_vec() });
+            if let Some((m, _, v)) = decode_record(&raw) {
+                out.push(Record { key, mod_rev: m, value: v.to_vec() });
             }
         }
         Ok((out, revision))
@@ -130,7 +137,9 @@ impl Shared {
 
     fn read_meta<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
         match self.tree.get(key).map_err(|e| StorageIOError::read_state_machine(&e))? {
-            Some(raw) => bincode::deserialize(&raw).map(Some).map_err(|e| StorageIOError::read_state_machine(&e).into()),
+            Some(raw) => {
+                bincode::deserialize(&raw).map(Some).map_err(|e| StorageIOError::read_state_machine(&e).into())
+            }
             None => Ok(None),
         }
     }
@@ -156,7 +165,9 @@ impl StateMachine {
         let revision = entry.log_id.index;
         let mut batch = sled::Batch::default();
         let mut events = Vec::new();
-        let err = |e: &dyn std::fmt::Display| StorageError::from(StorageIOError::apply(entry.log_id, &std::io::Error::other(e.to_string())));
+        let err = |e: &dyn std::fmt::Display| {
+            StorageError::from(StorageIOError::apply(entry.log_id, &std::io::Error::other(e.to_string())))
+        };
         let mut result = TxnResult::Applied { revision };
         match &entry.payload {
             EntryPayload::Blank => {}

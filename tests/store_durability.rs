@@ -1,0 +1,185 @@
+//! The store's promises, checked through the real server over HTTPS: acknowledged writes
+//! survive `kill -9`, revisions stay monotonic across restarts, compare-and-swap refuses
+//! stale writes, Secrets never reach the disk in the clear, and bad input is refused
+//! without touching what is stored.
+
+mod common;
+
+use common::{TestServer, configmap};
+use serde_json::json;
+
+const CM: &str = "/api/v1/namespaces/default/configmaps";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9() {
+    let mut server = TestServer::start(&[]);
+    let client = server.client();
+    let mut handles = Vec::new();
+    for i in 0..64 {
+        let c = server.client();
+        handles.push(tokio::spawn(async move {
+            c.post(CM, &configmap(&format!("cm-{i}"), &[("i", &i.to_string())])).await
+        }));
+    }
+    let mut revisions = Vec::new();
+    for h in handles {
+        let r = h.await.expect("task");
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        revisions.push(r.json()["metadata"]["resourceVersion"].as_str().expect("rv").parse::<u64>().expect("number"));
+    }
+    revisions.sort();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 64, "every write has its own revision");
+    let before = client.get(CM).await.json();
+    drop(client);
+
+    server.kill9();
+    server.spawn();
+    let client = server.client();
+    let after = client.get(CM).await.json();
+    assert_eq!(after["items"].as_array().map(Vec::len), Some(64));
+    for (a, b) in before["items"].as_array().expect("items").iter().zip(after["items"].as_array().expect("items")) {
+        assert_eq!(a["metadata"]["resourceVersion"], b["metadata"]["resourceVersion"]);
+        assert_eq!(a["data"], b["data"]);
+    }
+    let list_rv: u64 = after["metadata"]["resourceVersion"].as_str().expect("rv").parse().expect("number");
+    let next = client.post(CM, &configmap("after-restart", &[])).await.json();
+    let next_rv: u64 = next["metadata"]["resourceVersion"].as_str().expect("rv").parse().expect("number");
+    assert!(next_rv > list_rv && next_rv > *revisions.last().expect("some"), "revisions keep growing after a restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_updates_conflict_and_current_ones_apply() {
+    let server = TestServer::start(&[]);
+    let c = server.client();
+    let created = c.post(CM, &configmap("cas", &[("v", "1")])).await.json();
+    let mut first = created.clone();
+    first["data"]["v"] = json!("2");
+    let r = c.put(&format!("{CM}/cas"), &first).await;
+    assert_eq!(r.status, 200);
+    let mut stale = created.clone();
+    stale["data"]["v"] = json!("3");
+    let r = c.put(&format!("{CM}/cas"), &stale).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["reason"], "Conflict");
+    assert_eq!(c.get(&format!("{CM}/cas")).await.json()["data"]["v"], "2");
+    let r = c.post(CM, &configmap("cas", &[])).await;
+    assert_eq!((r.status, r.json()["reason"].clone()), (409, json!("AlreadyExists")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_encrypted_at_rest() {
+    let mut server = TestServer::start(&[]);
+    let c = server.client();
+    let value = "correct-horse-battery-staple-7351";
+    let secret =
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"password": value}});
+    let r = c.post("/api/v1/namespaces/default/secrets", &secret).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let got = c.get("/api/v1/namespaces/default/secrets/s").await.json();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+    assert_eq!(got["data"]["password"], json!(b64));
+    server.kill9();
+    let mut needles = vec![value.as_bytes().to_vec(), b64.as_bytes().to_vec()];
+    needles.push(base64::engine::general_purpose::STANDARD.encode(b64.as_bytes()).into_bytes());
+    let mut stack = vec![server.data_dir()];
+    let mut files = 0;
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).expect("read dir") {
+            let path = e.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            files += 1;
+            let bytes = std::fs::read(&path).expect("read file");
+            for n in &needles {
+                assert!(
+                    !bytes.windows(n.len()).any(|w| w == &n[..]),
+                    "{} holds the secret in the clear",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files > 3, "the data dir was walked");
+    server.spawn();
+    let again = server.client().get("/api/v1/namespaces/default/secrets/s").await.json();
+    assert_eq!(again["data"]["password"], json!(b64), "secrets read back after a restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_status_and_changes_nothing() {
+    let server = TestServer::start(&[]);
+    let c = server.client();
+    let ok = c.post(CM, &configmap("keep", &[("a", "1")])).await.json();
+    let rv = ok["metadata"]["resourceVersion"].clone();
+
+    let r = c.request("POST", CM, "application/json", "{not json").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["kind"], "Status");
+
+    let big = "x".repeat(4 * 1024 * 1024);
+    let r = c.post(CM, &configmap("huge", &[("x", &big)])).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["reason"], "RequestEntityTooLarge");
+
+    let r = c
+        .request(
+            "PUT",
+            &format!("{CM}/keep"),
+            "application/json",
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"keep"},"data":{"a":5}}"#,
+        )
+        .await;
+    assert_eq!(r.status, 400, "a number where a string belongs: {}", String::from_utf8_lossy(&r.body));
+
+    let r = c
+        .request(
+            "POST",
+            &format!("{CM}?fieldValidation=Strict"),
+            "application/json",
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"strict"},"dta":{}}"#,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"].as_str().expect("message").contains("unknown field \"dta\""));
+
+    let r = c.post(CM, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Bad_Name"}})).await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["details"]["causes"][0]["field"], "metadata.name");
+
+    let r = c.post("/api/v1/namespaces/nowhere/configmaps", &configmap("x", &[])).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["message"], "namespaces \"nowhere\" not found");
+
+    let r = c
+        .request(
+            "POST",
+            &format!("{CM}?dryRun=All"),
+            "application/json",
+            serde_json::to_vec(&configmap("dry", &[])).expect("json"),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(c.get(&format!("{CM}/dry")).await.status, 404, "a dry run stores nothing");
+
+    let after = c.get(&format!("{CM}/keep")).await.json();
+    assert_eq!(after["metadata"]["resourceVersion"], rv);
+    assert_eq!(after["data"]["a"], "1");
+    let list = c.get(CM).await.json();
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "no half-stored objects");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_required() {
+    let server = TestServer::start(&[]);
+    let anon = server.anonymous_client();
+    assert_eq!(anon.get("/version").await.status, 200);
+    assert_eq!(anon.get("/readyz").await.status, 200);
+    let r = anon.get("/api/v1/namespaces").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["reason"], "Unauthorized");
+    assert_eq!(server.client().get("/api/v1/namespaces").await.status, 200);
+}

@@ -1,0 +1,75 @@
+//! Watches through the real server: replay from a resourceVersion, selectors, timeouts,
+//! bookmarks, and 410 Gone for history that has been compacted.
+
+mod common;
+
+use common::{TestServer, configmap};
+use serde_json::json;
+
+const CM: &str = "/api/v1/namespaces/default/configmaps";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_every_event_since_a_revision() {
+    let server = TestServer::start(&[]);
+    let c = server.client();
+    let start = c.get(CM).await.json()["metadata"]["resourceVersion"].as_str().expect("rv").to_string();
+    let created = c.post(CM, &configmap("w", &[("v", "1")])).await.json();
+    let mut changed = created.clone();
+    changed["data"]["v"] = json!("2");
+    assert_eq!(c.put(&format!("{CM}/w"), &changed).await.status, 200);
+    assert_eq!(c.request("DELETE", &format!("{CM}/w"), "application/json", "").await.status, 200);
+    let events = c.watch_lines(&format!("{CM}?watch=1&resourceVersion={start}&timeoutSeconds=2"), 3).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().expect("type")).collect();
+    assert_eq!(types, ["ADDED", "MODIFIED", "DELETED"]);
+    assert_eq!(events[1]["object"]["data"]["v"], "2");
+    let revs: Vec<u64> = events
+        .iter()
+        .map(|e| e["object"]["metadata"]["resourceVersion"].as_str().expect("rv").parse().expect("n"))
+        .collect();
+    assert!(revs.windows(2).all(|w| w[0] < w[1]), "revisions increase: {revs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selector_changes_turn_into_added_and_deleted() {
+    let server = TestServer::start(&[]);
+    let c = server.client();
+    let start = c.get(CM).await.json()["metadata"]["resourceVersion"].as_str().expect("rv").to_string();
+    let mut cm = configmap("sel", &[]);
+    cm["metadata"]["labels"] = json!({"app": "web"});
+    let created = c.post(CM, &cm).await.json();
+    let mut relabelled = created.clone();
+    relabelled["metadata"]["labels"] = json!({"app": "db"});
+    assert_eq!(c.put(&format!("{CM}/sel"), &relabelled).await.status, 200);
+    let events = c
+        .watch_lines(&format!("{CM}?watch=true&resourceVersion={start}&labelSelector=app%3Dweb&timeoutSeconds=2"), 2)
+        .await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().expect("type")).collect();
+    assert_eq!(types, ["ADDED", "DELETED"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_ends_at_timeout_and_sends_initial_state_without_revision() {
+    let server = TestServer::start(&[]);
+    let c = server.client();
+    c.post(CM, &configmap("a", &[])).await;
+    let started = std::time::Instant::now();
+    let events = c.watch_lines(&format!("{CM}?watch=1&timeoutSeconds=1"), 100).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], "ADDED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_history_answers_410_expired() {
+    let server = TestServer::start(&["--watch-history", "4"]);
+    let c = server.client();
+    let first = c.post(CM, &configmap("old", &[])).await.json();
+    let rv = first["metadata"]["resourceVersion"].as_str().expect("rv").to_string();
+    for i in 0..10 {
+        c.post(CM, &configmap(&format!("n{i}"), &[])).await;
+    }
+    let events = c.watch_lines(&format!("{CM}?watch=1&resourceVersion={rv}"), 1).await;
+    assert_eq!(events[0]["type"], "ERROR");
+    assert_eq!(events[0]["object"]["code"], 410);
+    assert_eq!(events[0]["object"]["reason"], "Expired");
+}
