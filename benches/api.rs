@@ -1,0 +1,317 @@
+//! What users feel of the server, beside etcd 3.4 measured in the same run on the same
+//! machine: idle memory, start-to-ready, create latency (sequential p50/p99), throughput with
+//! 16 concurrent clients, watch delivery latency, and bytes written to disk per 1,000 writes.
+//!
+//! Run: `cargo bench --bench api` (etcd from Debian's `etcd-server` package is used when
+//! installed; set `BENCH_WRITES` to change the number of writes per phase).
+//! Figures are printed, never asserted: machines are noisy.
+
+use std::io::BufReader;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+fn pid_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+}
+
+fn pid_write_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "bench", "tier": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "registry.local/web:1.2.3", "ports": [{"containerPort": 8080}],
+            "env": [{"name": "MODE", "value": "bench"}], "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}})
+}
+
+/// A kept-alive connection speaking HTTP/1.1, over TLS or not.
+type Conn = SendRequest<Full<Bytes>>;
+
+struct Target {
+    tls: Option<TlsConnector>,
+    port: u16,
+}
+
+impl Target {
+    async fn connect(&self) -> Conn {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        match &self.tls {
+            Some(tls) => {
+                let s = tls.connect(ServerName::try_from("localhost").expect("name"), tcp).await.expect("tls");
+                let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await.expect("handshake");
+                tokio::spawn(conn);
+                sender
+            }
+            None => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.expect("handshake");
+                tokio::spawn(conn);
+                sender
+            }
+        }
+    }
+}
+
+async fn send(conn: &mut Conn, method: &str, path: &str, body: Vec<u8>) -> (u16, Bytes) {
+    conn.ready().await.expect("ready");
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let resp = conn.send_request(req).await.expect("send");
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.expect("body").to_bytes())
+}
+
+fn tls_from_kubeconfig(path: &std::path::Path) -> TlsConnector {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc: serde_yaml::Value = serde_yaml::from_slice(&std::fs::read(path).expect("kubeconfig")).expect("yaml");
+    let b64 = |v: &serde_yaml::Value| base64::engine::general_purpose::STANDARD.decode(v.as_str().expect("str")).expect("b64");
+    let ca = b64(&kc["clusters"][0]["cluster"]["certificate-authority-data"]);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut BufReader::new(&ca[..])) {
+        roots.add(c.expect("ca")).expect("ca");
+    }
+    let cert = b64(&kc["users"][0]["user"]["client-certificate-data"]);
+    let key = b64(&kc["users"][0]["user"]["client-key-data"]);
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut BufReader::new(&cert[..])).map(|c| c.expect("cert")).collect();
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut BufReader::new(&key[..])).expect("key").expect("key");
+    let cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(certs, key).expect("client cert");
+    TlsConnector::from(Arc::new(cfg))
+}
+
+/// Sequential then concurrent writes; returns (p50, p99, writes/s with 16 clients, bytes
+/// written per 1,000 writes).
+async fn write_phases(target: Arc<Target>, pid: u32, n: usize, make: Arc<dyn Fn(usize) -> (String, Vec<u8>) + Send + Sync>) -> (Duration, Duration, f64, f64) {
+    let mut conn = target.connect().await;
+    let mut lat = Vec::with_capacity(n);
+    let io_before = pid_write_bytes(pid);
+    for i in 0..n {
+        let (path, body) = make(i);
+        let t = Instant::now();
+        let (status, _) = send(&mut conn, "POST", &path, body).await;
+        lat.push(t.elapsed());
+        assert!(status == 200 || status == 201, "write failed: {status}");
+    }
+    // Let background flushes (sled's, etcd's) land before reading the I/O counters.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let bytes_per_1000 = (pid_write_bytes(pid) - io_before) as f64 * 1000.0 / n as f64;
+    lat.sort();
+    let clients = 16;
+    let per = n.max(clients) / clients;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let target = target.clone();
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = target.connect().await;
+            for i in 0..per {
+                let (path, body) = make(n + c * per + i);
+                let (status, _) = send(&mut conn, "POST", &path, body).await;
+                assert!(status == 200 || status == 201, "write failed: {status}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let rate = (per * clients) as f64 / started.elapsed().as_secs_f64();
+    (percentile(&lat, 0.5), percentile(&lat, 0.99), rate, bytes_per_1000)
+}
+
+async fn wait_ready(target: &Target, path: &str, child: &mut Child) -> Duration {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("exited early: {s}");
+        }
+        if let Ok(Ok(tcp)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(("127.0.0.1", target.port))).await {
+            drop(tcp);
+            let mut c = target.connect().await;
+            let (status, _) = send(&mut c, "GET", path, Vec::new()).await;
+            if status == 200 {
+                return start.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn bench_bramble(n: usize) {
+    let dir = std::env::temp_dir().join(format!("bramble-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let kubeconfig = dir.join("kc.yaml");
+    let start = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_bramble"))
+        .args(["server", "--disable-agent", "--bind-address", "127.0.0.1"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--https-listen-port")
+        .arg(port.to_string())
+        .arg("--write-kubeconfig")
+        .arg(&kubeconfig)
+        .env("BRAMBLE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start bramble");
+    let mut child = Killed(child);
+    let pid = child.0.id();
+    // /readyz is anonymous; connect without a client certificate first.
+    while !kubeconfig.exists() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let target = Arc::new(Target { tls: Some(tls_from_kubeconfig(&kubeconfig)), port });
+    let ready = wait_ready(&target, "/readyz", &mut child.0).await.max(start.elapsed());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_rss = pid_rss_kib(pid);
+
+    // Watch delivery: time from sending a write to its event arriving on an open watch.
+    let mut watch_conn = target.connect().await;
+    let req = hyper::Request::builder()
+        .uri("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=1")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let resp = watch_conn.send_request(req).await.expect("watch");
+    let mut watch_body = resp.into_body();
+    let mut writer = target.connect().await;
+    let mut watch_lat = Vec::new();
+    for i in 0..200 {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("w{i}")}, "data": {"k": "v"}});
+        let t = Instant::now();
+        send(&mut writer, "POST", "/api/v1/namespaces/default/configmaps", serde_json::to_vec(&cm).expect("json")).await;
+        loop {
+            let f = watch_body.frame().await.expect("frame").expect("frame ok");
+            if f.data_ref().is_some_and(|d| d.windows(format!("\"w{i}\"").len()).any(|w| w == format!("\"w{i}\"").as_bytes())) {
+                break;
+            }
+        }
+        watch_lat.push(t.elapsed());
+    }
+    watch_lat.sort();
+
+    let make: Arc<dyn Fn(usize) -> (String, Vec<u8>) + Send + Sync> =
+        Arc::new(|i| ("/api/v1/namespaces/default/pods".to_string(), serde_json::to_vec(&pod(&format!("p{i}"))).expect("json")));
+    let (p50, p99, rate, bytes) = write_phases(target.clone(), pid, n, make).await;
+    println!("bramble  idle RSS          {:>8.1} MiB", idle_rss as f64 / 1024.0);
+    println!("bramble  exec to /readyz   {:>8.1} ms", ready.as_secs_f64() * 1e3);
+    println!("bramble  create pod p50    {:>8.2} ms   (sequential, full API over TLS)", p50.as_secs_f64() * 1e3);
+    println!("bramble  create pod p99    {:>8.2} ms", p99.as_secs_f64() * 1e3);
+    println!("bramble  creates/s, 16 cl. {:>8.0}", rate);
+    println!("bramble  watch delivery    {:>8.2} ms p50, {:.2} ms p99", percentile(&watch_lat, 0.5).as_secs_f64() * 1e3, percentile(&watch_lat, 0.99).as_secs_f64() * 1e3);
+    println!("bramble  written/1000 wr.  {:>8.2} MB", bytes / 1e6);
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn bench_etcd(n: usize) {
+    let Ok(etcd) = which("etcd") else {
+        println!("etcd     (not installed: apt-get install etcd-server to compare)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("etcd-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (port, peer) = (free_port(), free_port());
+    let start = Instant::now();
+    let child = Command::new(etcd)
+        .arg("--data-dir")
+        .arg(&dir)
+        .arg(format!("--listen-client-urls=http://127.0.0.1:{port}"))
+        .arg(format!("--advertise-client-urls=http://127.0.0.1:{port}"))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
+        .arg("--log-level=error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcd");
+    let mut child = Killed(child);
+    let pid = child.0.id();
+    let target = Arc::new(Target { tls: None, port });
+    let body = pod("x").to_string();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    // First write accepted = ready, as for bramble's first create.
+    loop {
+        if let Ok(Some(s)) = child.0.try_wait() {
+            panic!("etcd exited: {s}");
+        }
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            let mut c = target.connect().await;
+            let put = json!({"key": b64("/ready"), "value": b64("1")}).to_string().into_bytes();
+            if send(&mut c, "POST", "/v3/kv/put", put).await.0 == 200 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let ready = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_rss = pid_rss_kib(pid);
+    let make: Arc<dyn Fn(usize) -> (String, Vec<u8>) + Send + Sync> = Arc::new(move |i| {
+        let put = json!({"key": b64(&format!("/registry/pods/default/p{i}")), "value": b64(&body)});
+        ("/v3/kv/put".to_string(), put.to_string().into_bytes())
+    });
+    let (p50, p99, rate, bytes) = write_phases(target, pid, n, make).await;
+    println!("etcd     idle RSS          {:>8.1} MiB", idle_rss as f64 / 1024.0);
+    println!("etcd     exec to 1st write {:>8.1} ms", ready.as_secs_f64() * 1e3);
+    println!("etcd     put p50           {:>8.2} ms   (sequential, raw put over HTTP)", p50.as_secs_f64() * 1e3);
+    println!("etcd     put p99           {:>8.2} ms", p99.as_secs_f64() * 1e3);
+    println!("etcd     puts/s, 16 cl.    {:>8.0}", rate);
+    println!("etcd     written/1000 wr.  {:>8.2} MB", bytes / 1e6);
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
+        .ok_or(())
+}
+
+fn main() {
+    let n: usize = std::env::var("BENCH_WRITES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        bench_bramble(n).await;
+        bench_etcd(n).await;
+    });
+}
