@@ -22,7 +22,10 @@ use tokio_rustls::TlsConnector;
 
 fn pid_rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn pid_write_bytes(pid: u32) -> u64 {
@@ -62,12 +65,14 @@ impl Target {
         match &self.tls {
             Some(tls) => {
                 let s = tls.connect(ServerName::try_from("localhost").expect("name"), tcp).await.expect("tls");
-                let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await.expect("handshake");
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await.expect("handshake");
                 tokio::spawn(conn);
                 sender
             }
             None => {
-                let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.expect("handshake");
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.expect("handshake");
                 tokio::spawn(conn);
                 sender
             }
@@ -92,7 +97,9 @@ async fn send(conn: &mut Conn, method: &str, path: &str, body: Vec<u8>) -> (u16,
 fn tls_from_kubeconfig(path: &std::path::Path) -> TlsConnector {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kc: serde_yaml::Value = serde_yaml::from_slice(&std::fs::read(path).expect("kubeconfig")).expect("yaml");
-    let b64 = |v: &serde_yaml::Value| base64::engine::general_purpose::STANDARD.decode(v.as_str().expect("str")).expect("b64");
+    let b64 = |v: &serde_yaml::Value| {
+        base64::engine::general_purpose::STANDARD.decode(v.as_str().expect("str")).expect("b64")
+    };
     let ca = b64(&kc["clusters"][0]["cluster"]["certificate-authority-data"]);
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut BufReader::new(&ca[..])) {
@@ -100,15 +107,25 @@ fn tls_from_kubeconfig(path: &std::path::Path) -> TlsConnector {
     }
     let cert = b64(&kc["users"][0]["user"]["client-certificate-data"]);
     let key = b64(&kc["users"][0]["user"]["client-key-data"]);
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut BufReader::new(&cert[..])).map(|c| c.expect("cert")).collect();
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut BufReader::new(&key[..])).expect("key").expect("key");
-    let cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(certs, key).expect("client cert");
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut BufReader::new(&cert[..])).map(|c| c.expect("cert")).collect();
+    let key: PrivateKeyDer<'static> =
+        rustls_pemfile::private_key(&mut BufReader::new(&key[..])).expect("key").expect("key");
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .expect("client cert");
     TlsConnector::from(Arc::new(cfg))
 }
 
 /// Sequential then concurrent writes; returns (p50, p99, writes/s with 16 clients, bytes
 /// written per 1,000 writes).
-async fn write_phases(target: Arc<Target>, pid: u32, n: usize, make: Arc<dyn Fn(usize) -> (String, Vec<u8>) + Send + Sync>) -> (Duration, Duration, f64, f64) {
+async fn write_phases(
+    target: Arc<Target>,
+    pid: u32,
+    n: usize,
+    make: Arc<dyn Fn(usize) -> (String, Vec<u8>) + Send + Sync>,
+) -> (Duration, Duration, f64, f64) {
     let mut conn = target.connect().await;
     let mut lat = Vec::with_capacity(n);
     let io_before = pid_write_bytes(pid);
@@ -152,7 +169,9 @@ async fn wait_ready(target: &Target, path: &str, child: &mut Child) -> Duration 
         if let Ok(Some(s)) = child.try_wait() {
             panic!("exited early: {s}");
         }
-        if let Ok(Ok(tcp)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(("127.0.0.1", target.port))).await {
+        if let Ok(Ok(tcp)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(("127.0.0.1", target.port))).await
+        {
             drop(tcp);
             let mut c = target.connect().await;
             let (status, _) = send(&mut c, "GET", path, Vec::new()).await;
@@ -215,12 +234,16 @@ async fn bench_bramble(n: usize) {
     let mut writer = target.connect().await;
     let mut watch_lat = Vec::new();
     for i in 0..200 {
-        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("w{i}")}, "data": {"k": "v"}});
+        let cm =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("w{i}")}, "data": {"k": "v"}});
         let t = Instant::now();
-        send(&mut writer, "POST", "/api/v1/namespaces/default/configmaps", serde_json::to_vec(&cm).expect("json")).await;
+        send(&mut writer, "POST", "/api/v1/namespaces/default/configmaps", serde_json::to_vec(&cm).expect("json"))
+            .await;
         loop {
             let f = watch_body.frame().await.expect("frame").expect("frame ok");
-            if f.data_ref().is_some_and(|d| d.windows(format!("\"w{i}\"").len()).any(|w| w == format!("\"w{i}\"").as_bytes())) {
+            if f.data_ref()
+                .is_some_and(|d| d.windows(format!("\"w{i}\"").len()).any(|w| w == format!("\"w{i}\"").as_bytes()))
+            {
                 break;
             }
         }
@@ -228,15 +251,20 @@ async fn bench_bramble(n: usize) {
     }
     watch_lat.sort();
 
-    let make: Arc<dyn Fn(usize) -> (String, Vec<u8>) + Send + Sync> =
-        Arc::new(|i| ("/api/v1/namespaces/default/pods".to_string(), serde_json::to_vec(&pod(&format!("p{i}"))).expect("json")));
+    let make: Arc<dyn Fn(usize) -> (String, Vec<u8>) + Send + Sync> = Arc::new(|i| {
+        ("/api/v1/namespaces/default/pods".to_string(), serde_json::to_vec(&pod(&format!("p{i}"))).expect("json"))
+    });
     let (p50, p99, rate, bytes) = write_phases(target.clone(), pid, n, make).await;
     println!("bramble  idle RSS          {:>8.1} MiB", idle_rss as f64 / 1024.0);
     println!("bramble  exec to /readyz   {:>8.1} ms", ready.as_secs_f64() * 1e3);
     println!("bramble  create pod p50    {:>8.2} ms   (sequential, full API over TLS)", p50.as_secs_f64() * 1e3);
     println!("bramble  create pod p99    {:>8.2} ms", p99.as_secs_f64() * 1e3);
     println!("bramble  creates/s, 16 cl. {:>8.0}", rate);
-    println!("bramble  watch delivery    {:>8.2} ms p50, {:.2} ms p99", percentile(&watch_lat, 0.5).as_secs_f64() * 1e3, percentile(&watch_lat, 0.99).as_secs_f64() * 1e3);
+    println!(
+        "bramble  watch delivery    {:>8.2} ms p50, {:.2} ms p99",
+        percentile(&watch_lat, 0.5).as_secs_f64() * 1e3,
+        percentile(&watch_lat, 0.99).as_secs_f64() * 1e3
+    );
     println!("bramble  written/1000 wr.  {:>8.2} MB", bytes / 1e6);
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);

@@ -36,6 +36,7 @@ struct LogMeta {
 
 struct LogInner {
     file: File,
+    path: PathBuf,
     /// index -> (offset, payload length) of every entry present in the file.
     positions: BTreeMap<u64, (u64, u32)>,
     end: u64,
@@ -48,8 +49,12 @@ struct LogInner {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<LogInner>>,
-    flush_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+    flush_tx: mpsc::Sender<(File, LogFlushed<TypeConfig>)>,
 }
+
+/// Rewrite the file without its purged head once that head is this big and at least half
+/// of the file.
+const COMPACT_MIN_BYTES: u64 = 4 * 1024 * 1024;
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -100,11 +105,10 @@ impl LogStore {
                 last_log_id = Some(p);
             }
         }
-        let flush_file = file.try_clone()?;
-        let (flush_tx, flush_rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        std::thread::Builder::new().name("raft-log-flush".into()).spawn(move || flush_loop(flush_file, flush_rx))?;
+        let (flush_tx, flush_rx) = mpsc::channel::<(File, LogFlushed<TypeConfig>)>();
+        std::thread::Builder::new().name("raft-log-flush".into()).spawn(move || flush_loop(flush_rx))?;
         Ok(LogStore {
-            inner: Arc::new(Mutex::new(LogInner { file, positions, end: offset, last_log_id, meta, meta_path })),
+            inner: Arc::new(Mutex::new(LogInner { file, path, positions, end: offset, last_log_id, meta, meta_path })),
             flush_tx,
         })
     }
@@ -117,12 +121,15 @@ impl LogStore {
 }
 
 /// Group commit: wait for one append, take every other append already queued, fdatasync once,
-/// then complete them all.
-fn flush_loop(file: File, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+/// then complete them all. Each append carries a handle on the file it wrote (the file is
+/// replaced when compacted); all queued appends wrote the newest file, the last handle's.
+fn flush_loop(rx: mpsc::Receiver<(File, LogFlushed<TypeConfig>)>) {
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+        let mut file = first.0;
+        let mut batch = vec![first.1];
         while let Ok(more) = rx.try_recv() {
-            batch.push(more);
+            file = more.0;
+            batch.push(more.1);
         }
         let result = file.sync_data();
         for cb in batch {
@@ -146,6 +153,36 @@ impl LogInner {
         if let Some(dir) = self.meta_path.parent() {
             File::open(dir)?.sync_all()?;
         }
+        Ok(())
+    }
+
+    /// Drops the purged head of the file: copy the live tail to a new file, fsync, rename.
+    fn compact(&mut self) -> io::Result<()> {
+        let head = self.positions.values().next().map_or(self.end, |(o, _)| *o);
+        if head < COMPACT_MIN_BYTES || head * 2 < self.end {
+            return Ok(());
+        }
+        let tmp = self.path.with_extension("log.compact");
+        let mut out = File::create(&tmp)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = head;
+        while at < self.end {
+            let n = ((self.end - at) as usize).min(buf.len());
+            self.file.read_exact_at(&mut buf[..n], at)?;
+            out.write_all(&buf[..n])?;
+            at += n as u64;
+        }
+        out.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        self.file = OpenOptions::new().read(true).write(true).open(&self.path)?;
+        for pos in self.positions.values_mut() {
+            pos.0 -= head;
+        }
+        self.end -= head;
+        tracing::info!(dropped_bytes = head, kept_bytes = self.end, "compacted the raft log");
         Ok(())
     }
 
@@ -234,8 +271,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if last.is_some() {
             inner.last_log_id = last;
         }
+        let handle = inner.file.try_clone().map_err(|e| StorageIOError::write_logs(&e))?;
         drop(inner);
-        self.flush_tx.send(callback).map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
+        self.flush_tx.send((handle, callback)).map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
         Ok(())
     }
 
@@ -262,6 +300,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             inner.last_log_id = Some(log_id);
         }
         inner.save_meta().map_err(|e| StorageIOError::write_logs(&e))?;
+        inner.compact().map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 }

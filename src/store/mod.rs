@@ -67,18 +67,11 @@ impl Store {
     pub async fn open(opts: StoreOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| StoreError::Io(format!("creating {}", opts.dir.display()), e))?;
-        let db = sled::Config::new()
-            .path(opts.dir.join("db"))
-            .cache_capacity(opts.cache_bytes)
-            .flush_every_ms(Some(2000))
-            .open()?;
-        let tree = db.open_tree("state")?;
+        let shared = Arc::new(Shared::open(&opts.dir, opts.cache_bytes, opts.watch_events, opts.watch_bytes)?);
+        state::spawn_checkpointer(&shared);
         let log = log::LogStore::open(&opts.dir.join("raft"))
             .map_err(|e| StoreError::Io(format!("opening raft log in {}", opts.dir.display()), e))?;
         let cipher = SecretCipher::load_or_create(&opts.dir.join("encryption.key"))?;
-        let applied = state::applied_revision(&tree);
-        let hub = Arc::new(WatchHub::new(applied, opts.watch_events, opts.watch_bytes));
-        let shared = Arc::new(Shared { tree, db, apply_lock: Default::default(), hub });
         let sm = StateMachine { shared: shared.clone() };
         let raft = raft::start(opts.node_id, &opts.advertise, log, sm).await?;
         Ok(Store { raft, shared, cipher, sealed_prefixes: opts.sealed_prefixes })
@@ -139,13 +132,16 @@ impl Store {
         self.shared.hub.revision()
     }
 
-    /// Stops Raft and flushes the state machine so the next start replays nothing.
+    /// Stops Raft and makes the state machine durable so the next start replays nothing.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-        if let Err(e) = self.shared.db.flush_async().await {
-            tracing::warn!(error = %e, "flushing state machine");
+        let shared = self.shared.clone();
+        match tokio::task::spawn_blocking(move || shared.make_durable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "making the state machine durable"),
+            Err(e) => tracing::warn!(error = %e, "making the state machine durable"),
         }
     }
 }

@@ -87,9 +87,10 @@ pub async fn start(id: NodeId, addr: &str, log: LogStore, sm: StateMachine) -> R
         heartbeat_interval: 250,
         election_timeout_min: 600,
         election_timeout_max: 1200,
-        // Snapshots (and with them log purging) are triggered by the store's compactor,
-        // which knows when the state machine is durable.
-        snapshot_policy: SnapshotPolicy::Never,
+        // A snapshot makes sled durable and lets the log be purged behind it: this bounds
+        // the log on disk (and what a restart replays).
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1_000,
         max_payload_entries: 512,
         ..Default::default()
     };
