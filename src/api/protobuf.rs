@@ -22,7 +22,8 @@ use super::status::ApiError;
 
 const MAGIC: &[u8] = b"k8s\0";
 
-/// One field of a message: number, JSON name, kind (`opt`, `rep`, `map`) and type.
+/// One field of a message: number, JSON name, kind (`opt`, `omit` = plain Go value with
+/// `omitempty` whose zero is dropped, `rep`, `map`) and type.
 type Field = (u64, String, String, String);
 
 fn schema() -> &'static HashMap<String, Vec<Field>> {
@@ -220,7 +221,8 @@ fn decode_message(message: &str, bytes: &[u8], depth: usize) -> Result<Value, Ap
             }
             _ => {
                 let v = scalar_or_message(ty, w, depth)?;
-                if v.is_null() || v == json!("") {
+                let zero = v == json!(0) || v == json!(false) || v == json!(0.0);
+                if v.is_null() || v == json!("") || (kind == "omit" && zero) {
                     out.remove(name);
                 } else {
                     out.insert(name.clone(), v);
@@ -373,6 +375,18 @@ mod tests {
             v,
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": "fast"}})
         );
+    }
+
+    /// Go always encodes plain scalars; JSON omits the `omitempty` ones when zero but keeps
+    /// pointer fields such as `replicas: 0`.
+    #[test]
+    fn zero_values_follow_go_json_tags() {
+        let mut spec = Vec::new();
+        field_varint(1, 0, &mut spec); // replicas: *int32, kept
+        field_varint(5, 0, &mut spec); // minReadySeconds: int32 omitempty, dropped
+        field_varint(7, 0, &mut spec); // paused: bool omitempty, dropped
+        let v = decode_message("k8s.io.api.apps.v1.DeploymentSpec", &spec, 0).unwrap();
+        assert_eq!(v, json!({"replicas": 0}));
     }
 
     #[test]
