@@ -5,6 +5,7 @@
 
 mod api;
 mod cli;
+mod kubectl;
 mod pki;
 mod store;
 

@@ -21,6 +21,8 @@ mod status;
 mod table;
 mod watch;
 
+pub use table::human_duration;
+
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Weak};
 

@@ -1,5 +1,6 @@
 //! The command tree. `bramble server` runs the control plane (API + store, and the agent
-//! once it exists); flags mirror k3s's names where the idea is the same.
+//! once it exists); flags mirror k3s's names where the idea is the same. `bramble kubectl`
+//! is the built-in client.
 
 mod server;
 
@@ -19,6 +20,9 @@ struct Cli {
 enum Command {
     /// Run a server: the Kubernetes API over a Raft-replicated store.
     Server(ServerArgs),
+    /// The built-in kubectl (also what runs when the binary is invoked as `kubectl`).
+    #[command(disable_help_subcommand = true)]
+    Kubectl(crate::kubectl::KubectlArgs),
 }
 
 /// `bramble server` flags.
@@ -69,11 +73,26 @@ pub struct ServerArgs {
     pub token_auth_file: Option<PathBuf>,
 }
 
+/// The command line, with `kubectl` inserted when the binary runs through a link of that
+/// name (the multi-call convention k3s uses too).
+fn command_line() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args.first().map(PathBuf::from).and_then(|p| p.file_name().map(|n| n.to_os_string()));
+    if invoked_as.as_deref() == Some(std::ffi::OsStr::new("kubectl")) {
+        args.insert(1, "kubectl".into());
+    }
+    args
+}
+
 /// Parses the command line (or behaves as `kubectl` when invoked by that name) and runs.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(command_line());
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match &cli.command {
+        Command::Kubectl(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Command::Server(_) => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bramble: cannot start the async runtime: {e}");
@@ -82,6 +101,7 @@ pub fn run() -> ExitCode {
     };
     let result = match cli.command {
         Command::Server(args) => rt.block_on(server::run(args)),
+        Command::Kubectl(args) => return ExitCode::from(crate::kubectl::run(&rt, args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,326 @@
+//! The HTTPS side of the built-in kubectl: reads a kubeconfig (the one `bramble server`
+//! writes, or any other with embedded or file-referenced certificates or a bearer token) and
+//! sends requests with the cluster CA verified.
+
+use std::fmt;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Where kubeconfigs are looked for when neither `--kubeconfig` nor `$KUBECONFIG` says:
+/// the server's own first (as k3s does with `/etc/rancher/k3s/k3s.yaml`), then the usual one.
+const DEFAULT_KUBECONFIG: &str = "/etc/bramble/bramble.yaml";
+
+#[derive(Deserialize, Default)]
+struct Kubeconfig {
+    #[serde(default)]
+    clusters: Vec<NamedCluster>,
+    #[serde(default)]
+    users: Vec<NamedUser>,
+    #[serde(default)]
+    contexts: Vec<NamedContext>,
+    #[serde(rename = "current-context", default)]
+    current_context: String,
+}
+
+#[derive(Deserialize)]
+struct NamedCluster {
+    name: String,
+    cluster: Cluster,
+}
+
+#[derive(Deserialize)]
+struct Cluster {
+    server: String,
+    #[serde(rename = "certificate-authority-data")]
+    ca_data: Option<String>,
+    #[serde(rename = "certificate-authority")]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct NamedUser {
+    name: String,
+    user: User,
+}
+
+#[derive(Deserialize, Default)]
+struct User {
+    #[serde(rename = "client-certificate-data")]
+    cert_data: Option<String>,
+    #[serde(rename = "client-key-data")]
+    key_data: Option<String>,
+    #[serde(rename = "client-certificate")]
+    cert_file: Option<PathBuf>,
+    #[serde(rename = "client-key")]
+    key_file: Option<PathBuf>,
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NamedContext {
+    name: String,
+    context: KubeContext,
+}
+
+#[derive(Deserialize)]
+struct KubeContext {
+    cluster: String,
+    #[serde(default)]
+    user: String,
+    namespace: Option<String>,
+}
+
+/// A failed API call, printed the way kubectl prints a `Status`.
+#[derive(Debug)]
+pub struct ServerError {
+    /// HTTP status code.
+    pub code: u16,
+    /// The Status `reason` (`NotFound`, `Conflict`, ...).
+    pub reason: String,
+    /// The Status `message`.
+    pub message: String,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Error from server ({}): {}", self.reason, self.message)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// A connection recipe for one API server.
+pub struct Client {
+    tls: TlsConnector,
+    addr: String,
+    server_name: ServerName<'static>,
+    authority: String,
+    token: Option<String>,
+    /// The context's namespace, `default` when it names none.
+    pub namespace: String,
+}
+
+fn b64(field: &str, v: &str) -> anyhow::Result<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(v.trim()).with_context(|| format!("{field} is not base64"))
+}
+
+fn inline_or_file(field: &str, data: &Option<String>, file: &Option<PathBuf>) -> anyhow::Result<Option<Vec<u8>>> {
+    match (data, file) {
+        (Some(d), _) => b64(field, d).map(Some),
+        (None, Some(f)) => std::fs::read(f).map(Some).with_context(|| format!("reading {field} {}", f.display())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The kubeconfig to use: `--kubeconfig`, then `$KUBECONFIG` (first entry), then the
+/// server's own, then `~/.kube/config`.
+fn kubeconfig_path(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = flag {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(env) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty())
+        && let Some(first) = std::env::split_paths(&env).next()
+    {
+        return Ok(first);
+    }
+    if Path::new(DEFAULT_KUBECONFIG).exists() {
+        return Ok(PathBuf::from(DEFAULT_KUBECONFIG));
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let user = home.join(".kube/config");
+    if user.exists() {
+        return Ok(user);
+    }
+    bail!(
+        "no kubeconfig found: pass --kubeconfig, set KUBECONFIG, or run on a server node ({DEFAULT_KUBECONFIG} is written by `bramble server`)"
+    )
+}
+
+impl Client {
+    /// Builds a client from the kubeconfig's current context (or `context`).
+    pub fn from_kubeconfig(flag: Option<&Path>, context: Option<&str>) -> anyhow::Result<Client> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let path = kubeconfig_path(flag)?;
+        let raw = std::fs::read(&path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        let kc: Kubeconfig =
+            serde_yaml::from_slice(&raw).with_context(|| format!("parsing kubeconfig {}", path.display()))?;
+        let ctx_name = context.unwrap_or(&kc.current_context);
+        let ctx = kc
+            .contexts
+            .iter()
+            .find(|c| c.name == ctx_name)
+            .map(|c| &c.context)
+            .ok_or_else(|| anyhow!("context {ctx_name:?} is not in {}", path.display()))?;
+        let cluster = kc
+            .clusters
+            .iter()
+            .find(|c| c.name == ctx.cluster)
+            .map(|c| &c.cluster)
+            .ok_or_else(|| anyhow!("cluster {:?} is not in {}", ctx.cluster, path.display()))?;
+        let default_user = User::default();
+        let user = kc.users.iter().find(|u| u.name == ctx.user).map_or(&default_user, |u| &u.user);
+
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = inline_or_file("certificate-authority", &cluster.ca_data, &cluster.ca_file)?
+            .ok_or_else(|| anyhow!("cluster {:?} has no certificate-authority", ctx.cluster))?;
+        for cert in rustls_pemfile::certs(&mut BufReader::new(&ca[..])) {
+            roots.add(cert.context("reading the cluster CA")?).context("adding the cluster CA")?;
+        }
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let cert = inline_or_file("client-certificate", &user.cert_data, &user.cert_file)?;
+        let key = inline_or_file("client-key", &user.key_data, &user.key_file)?;
+        let config = match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut BufReader::new(&cert[..]))
+                    .collect::<Result<_, _>>()
+                    .context("reading the client certificate")?;
+                let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut BufReader::new(&key[..]))
+                    .context("reading the client key")?
+                    .ok_or_else(|| anyhow!("the client key holds no private key"))?;
+                builder.with_client_auth_cert(certs, key).context("loading the client certificate")?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+
+        let uri: http::Uri = cluster.server.parse().with_context(|| format!("server URL {:?}", cluster.server))?;
+        if uri.scheme_str() != Some("https") {
+            bail!("server URL {:?} must be https", cluster.server);
+        }
+        let host = uri.host().ok_or_else(|| anyhow!("server URL {:?} has no host", cluster.server))?;
+        let port = uri.port_u16().unwrap_or(443);
+        let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let server_name = ServerName::try_from(bare.clone()).context("server host name")?;
+        Ok(Client {
+            tls: TlsConnector::from(Arc::new(config)),
+            addr: if bare.contains(':') { format!("[{bare}]:{port}") } else { format!("{bare}:{port}") },
+            server_name,
+            authority: uri.authority().map(|a| a.to_string()).unwrap_or(bare),
+            token: user.token.clone(),
+            namespace: ctx.namespace.clone().unwrap_or_else(|| "default".into()),
+        })
+    }
+
+    async fn open(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        accept: &str,
+        body: Bytes,
+    ) -> anyhow::Result<hyper::Response<Incoming>> {
+        let tcp = TcpStream::connect(&self.addr).await.with_context(|| format!("connecting to {}", self.addr))?;
+        let tls = self.tls.connect(self.server_name.clone(), tcp).await.context("TLS handshake with the server")?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.authority)
+            .header("accept", accept)
+            .header("user-agent", concat!("bramble-kubectl/", env!("CARGO_PKG_VERSION")));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Full::new(body)).context("building the request")?;
+        sender.send_request(req).await.with_context(|| format!("{method} {path}"))
+    }
+
+    /// Sends a request and returns the JSON answer, or the server's Status as an error.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        accept: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let bytes = match body {
+            Some(v) => Bytes::from(serde_json::to_vec(v)?),
+            None => Bytes::new(),
+        };
+        let resp = self.open(method, path, content_type, accept, bytes).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
+        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            let reason = value["reason"].as_str().unwrap_or("Unknown").to_string();
+            let message = match value["message"].as_str() {
+                Some(m) => m.to_string(),
+                None => String::from_utf8_lossy(&body).trim().to_string(),
+            };
+            return Err(ServerError { code: status, reason, message }.into());
+        }
+        Ok(value)
+    }
+
+    /// GET as JSON.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call("GET", path, None, "application/json", None).await
+    }
+
+    /// Opens a streaming GET (a watch) and hands back the body to read lines from.
+    pub async fn stream(&self, path: &str, accept: &str) -> anyhow::Result<Incoming> {
+        let resp = self.open("GET", path, None, accept, Bytes::new()).await?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
+            let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            return Err(ServerError {
+                code: status,
+                reason: value["reason"].as_str().unwrap_or("Unknown").to_string(),
+                message: value["message"].as_str().unwrap_or_default().to_string(),
+            }
+            .into());
+        }
+        Ok(resp.into_body())
+    }
+}
+
+/// Reads newline-delimited JSON values from a streaming body.
+pub struct Lines {
+    body: Incoming,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    /// Wraps a watch body.
+    pub fn new(body: Incoming) -> Lines {
+        Lines { body, buf: Vec::new() }
+    }
+
+    /// The next JSON line, or `None` when the server closed the stream.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Value>> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(&line).map(Some).context("a watch event is not JSON");
+            }
+            match self.body.frame().await {
+                Some(frame) => {
+                    if let Some(d) = frame.context("reading the watch")?.data_ref() {
+                        self.buf.extend_from_slice(d);
+                    }
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+}
