@@ -3,7 +3,8 @@
 //! 16 concurrent clients, watch delivery latency, and bytes written to disk per 1,000 writes.
 //!
 //! Run: `cargo bench --bench api` (etcd from Debian's `etcd-server` package is used when
-//! installed; set `BENCH_WRITES` to change the number of writes per phase).
+//! installed; set `BENCH_WRITES` to change the number of writes per phase, `BENCH_ONLY=bramble`
+//! or `etcd` to run one side).
 //! Figures are printed, never asserted: machines are noisy.
 
 use std::io::BufReader;
@@ -118,14 +119,47 @@ fn tls_from_kubeconfig(path: &std::path::Path) -> TlsConnector {
     TlsConnector::from(Arc::new(cfg))
 }
 
-/// Sequential then concurrent writes; returns (p50, p99, writes/s with 16 clients, bytes
-/// written per 1,000 writes).
+/// (busy, total) jiffies of the whole machine, from /proc/stat.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = cpu.iter().sum();
+    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// CPU time (user + system) a process has used, in clock ticks.
+fn pid_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after_comm.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    // Fields after the command: state is not numeric, so utime/stime are at 10 and 11.
+    f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+}
+
+/// What the write phases measured.
+struct Writes {
+    p50: Duration,
+    p99: Duration,
+    rate: f64,
+    /// Bytes written to disk per 1,000 sequential writes (each its own fsync).
+    bytes_seq: f64,
+    /// Bytes written to disk per 1,000 writes from 16 concurrent clients (group commit).
+    bytes_conc: f64,
+    /// Server CPU time per write in the concurrent phase, in milliseconds.
+    cpu_ms_per_write: f64,
+    /// How busy the whole machine (server and load generator) was in the concurrent phase.
+    machine_busy: f64,
+}
+
+/// Sequential then concurrent writes.
 async fn write_phases(
     target: Arc<Target>,
     pid: u32,
     n: usize,
     make: Arc<dyn Fn(usize) -> (String, Vec<u8>) + Send + Sync>,
-) -> (Duration, Duration, f64, f64) {
+) -> Writes {
     let mut conn = target.connect().await;
     let mut lat = Vec::with_capacity(n);
     let io_before = pid_write_bytes(pid);
@@ -142,6 +176,8 @@ async fn write_phases(
     lat.sort();
     let clients = 16;
     let per = n.max(clients) / clients;
+    let io_before = pid_write_bytes(pid);
+    let (cpu_before, (busy_before, total_before)) = (pid_cpu_ticks(pid), machine_jiffies());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -160,7 +196,20 @@ async fn write_phases(
         t.await.expect("client");
     }
     let rate = (per * clients) as f64 / started.elapsed().as_secs_f64();
-    (percentile(&lat, 0.5), percentile(&lat, 0.99), rate, bytes_per_1000)
+    let (busy_after, total_after) = machine_jiffies();
+    let machine_busy = (busy_after - busy_before) as f64 / (total_after - total_before).max(1) as f64;
+    let cpu_ms_per_write = (pid_cpu_ticks(pid) - cpu_before) as f64 * 10.0 / (per * clients) as f64;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let bytes_conc = (pid_write_bytes(pid) - io_before) as f64 * 1000.0 / (per * clients) as f64;
+    Writes {
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        rate,
+        bytes_seq: bytes_per_1000,
+        bytes_conc,
+        cpu_ms_per_write,
+        machine_busy,
+    }
 }
 
 async fn wait_ready(target: &Target, path: &str, child: &mut Child) -> Duration {
@@ -254,18 +303,27 @@ async fn bench_bramble(n: usize) {
     let make: Arc<dyn Fn(usize) -> (String, Vec<u8>) + Send + Sync> = Arc::new(|i| {
         ("/api/v1/namespaces/default/pods".to_string(), serde_json::to_vec(&pod(&format!("p{i}"))).expect("json"))
     });
-    let (p50, p99, rate, bytes) = write_phases(target.clone(), pid, n, make).await;
+    let w = write_phases(target.clone(), pid, n, make).await;
     println!("bramble  idle RSS          {:>8.1} MiB", idle_rss as f64 / 1024.0);
     println!("bramble  exec to /readyz   {:>8.1} ms", ready.as_secs_f64() * 1e3);
-    println!("bramble  create pod p50    {:>8.2} ms   (sequential, full API over TLS)", p50.as_secs_f64() * 1e3);
-    println!("bramble  create pod p99    {:>8.2} ms", p99.as_secs_f64() * 1e3);
-    println!("bramble  creates/s, 16 cl. {:>8.0}", rate);
+    println!("bramble  create pod p50    {:>8.2} ms   (sequential, full API over TLS)", w.p50.as_secs_f64() * 1e3);
+    println!("bramble  create pod p99    {:>8.2} ms", w.p99.as_secs_f64() * 1e3);
+    println!(
+        "bramble  creates/s, 16 cl. {:>8.0}   ({:.2} ms server CPU per write, machine {:.0}% busy)",
+        w.rate,
+        w.cpu_ms_per_write,
+        w.machine_busy * 100.0
+    );
     println!(
         "bramble  watch delivery    {:>8.2} ms p50, {:.2} ms p99",
         percentile(&watch_lat, 0.5).as_secs_f64() * 1e3,
         percentile(&watch_lat, 0.99).as_secs_f64() * 1e3
     );
-    println!("bramble  written/1000 wr.  {:>8.2} MB", bytes / 1e6);
+    println!(
+        "bramble  written/1000 wr.  {:>8.2} MB sequential, {:.2} MB with 16 clients",
+        w.bytes_seq / 1e6,
+        w.bytes_conc / 1e6
+    );
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -318,13 +376,22 @@ async fn bench_etcd(n: usize) {
         let put = json!({"key": b64(&format!("/registry/pods/default/p{i}")), "value": b64(&body)});
         ("/v3/kv/put".to_string(), put.to_string().into_bytes())
     });
-    let (p50, p99, rate, bytes) = write_phases(target, pid, n, make).await;
+    let w = write_phases(target, pid, n, make).await;
     println!("etcd     idle RSS          {:>8.1} MiB", idle_rss as f64 / 1024.0);
     println!("etcd     exec to 1st write {:>8.1} ms", ready.as_secs_f64() * 1e3);
-    println!("etcd     put p50           {:>8.2} ms   (sequential, raw put over HTTP)", p50.as_secs_f64() * 1e3);
-    println!("etcd     put p99           {:>8.2} ms", p99.as_secs_f64() * 1e3);
-    println!("etcd     puts/s, 16 cl.    {:>8.0}", rate);
-    println!("etcd     written/1000 wr.  {:>8.2} MB", bytes / 1e6);
+    println!("etcd     put p50           {:>8.2} ms   (sequential, raw put over HTTP)", w.p50.as_secs_f64() * 1e3);
+    println!("etcd     put p99           {:>8.2} ms", w.p99.as_secs_f64() * 1e3);
+    println!(
+        "etcd     puts/s, 16 cl.    {:>8.0}   ({:.2} ms server CPU per write, machine {:.0}% busy)",
+        w.rate,
+        w.cpu_ms_per_write,
+        w.machine_busy * 100.0
+    );
+    println!(
+        "etcd     written/1000 wr.  {:>8.2} MB sequential, {:.2} MB with 16 clients",
+        w.bytes_seq / 1e6,
+        w.bytes_conc / 1e6
+    );
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -339,7 +406,13 @@ fn main() {
     let n: usize = std::env::var("BENCH_WRITES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
-        bench_bramble(n).await;
-        bench_etcd(n).await;
+        // BENCH_ONLY=bramble or etcd runs one side (for profiling one of them).
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+        if only != "etcd" {
+            bench_bramble(n).await;
+        }
+        if only != "bramble" {
+            bench_etcd(n).await;
+        }
     });
 }

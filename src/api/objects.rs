@@ -94,6 +94,12 @@ fn has_finalizers(o: &Value) -> bool {
     o.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
 }
 
+/// Kinds whose upstream strategy keeps `metadata.generation` (controllers compare it with
+/// `status.observedGeneration`); the rest, such as ConfigMaps and Pods, carry none.
+fn tracks_generation(kind: &str) -> bool {
+    matches!(kind, "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" | "CronJob" | "Ingress")
+}
+
 fn spec_part(o: &Value) -> Value {
     let mut v = o.clone();
     if let Some(m) = v.as_object_mut() {
@@ -241,7 +247,11 @@ impl Api {
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-        meta.insert("generation".into(), json!(1));
+        if tracks_generation(res.kind) {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
         let t = Target { name: Some(name.clone()), ..t.clone() };
         if res.status
             && !matches!(res.kind, "Node" | "Namespace" | "PersistentVolume")
@@ -421,9 +431,13 @@ impl Api {
             kinds::fold_string_data(&mut new);
         }
         kinds::apply_defaults(res.kind, &mut new);
-        let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-        let generation = if spec_part(&old) != spec_part(&new) { generation + 1 } else { generation };
-        new["metadata"]["generation"] = json!(generation);
+        if tracks_generation(res.kind) {
+            let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let generation = if spec_part(&old) != spec_part(&new) { generation + 1 } else { generation };
+            new["metadata"]["generation"] = json!(generation);
+        } else if let Some(m) = new["metadata"].as_object_mut() {
+            m.remove("generation");
+        }
         if !applied {
             let sub = t.sub.as_deref().unwrap_or("");
             apply::record_update(Some(&old), &mut new, manager(q), &res.api_version(), sub);

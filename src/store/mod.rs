@@ -2,10 +2,12 @@
 //!
 //! Owns the data directory's `raft/` (log + vote, fsynced, group commit) and `db/` (sled state
 //! machine). The API is its only caller: it reads (`get`, `list`), writes compare-and-swap
-//! transactions (`commit`) and follows changes through the watch hub. The revision of an
-//! object is the Raft index of the entry that last wrote it, so it is monotonic across the
-//! whole store and, later, across all servers.
+//! transactions (`commit`) and follows changes through the watch hub. The store revision
+//! (`resourceVersion`) is a counter the state machine advances by one per applied
+//! transaction; as it is computed in apply, every server derives the same numbers. Concurrent
+//! writers share one Raft entry and one fsync (`batch.rs`).
 
+mod batch;
 mod crypt;
 mod log;
 mod raft;
@@ -20,6 +22,7 @@ use openraft::Raft;
 pub use state::{Expect, Op, Record, TxnResult};
 pub use watch::WatchHub;
 
+use batch::Batcher;
 use crypt::SecretCipher;
 use raft::TypeConfig;
 use state::{Shared, StateMachine, Txn};
@@ -56,6 +59,7 @@ pub struct StoreOptions {
 /// The open store.
 pub struct Store {
     raft: Raft<TypeConfig>,
+    batcher: Batcher,
     shared: Arc<Shared>,
     cipher: SecretCipher,
     sealed_prefixes: Vec<String>,
@@ -74,7 +78,8 @@ impl Store {
         let cipher = SecretCipher::load_or_create(&opts.dir.join("encryption.key"))?;
         let sm = StateMachine { shared: shared.clone() };
         let raft = raft::start(opts.node_id, &opts.advertise, log, sm).await?;
-        Ok(Store { raft, shared, cipher, sealed_prefixes: opts.sealed_prefixes })
+        let batcher = Batcher::start(raft.clone());
+        Ok(Store { raft, batcher, shared, cipher, sealed_prefixes: opts.sealed_prefixes })
     }
 
     fn sealed(&self, key: &str) -> bool {
@@ -118,8 +123,7 @@ impl Store {
                 op.value = Some(self.cipher.seal(&op.key, v)?);
             }
         }
-        let resp = self.raft.client_write(Txn { ops }).await.map_err(|e| StoreError::Raft(e.to_string()))?;
-        Ok(resp.data)
+        self.batcher.commit(Txn { ops }).await
     }
 
     /// Change history and notifications for watches.

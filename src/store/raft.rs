@@ -20,16 +20,17 @@ use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 
 use super::StoreError;
 use super::log::LogStore;
-use super::state::{StateMachine, Txn, TxnResult};
+use super::state::{StateMachine, TxnBatch, TxnResult};
 
 /// Raft node ids; the first server is 1.
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// The store's Raft types: entries carry a [`Txn`], applying one yields a [`TxnResult`].
+    /// The store's Raft types: entries carry a [`TxnBatch`], applying one yields a
+    /// [`TxnResult`] per transaction.
     pub TypeConfig:
-        D = Txn,
-        R = TxnResult,
+        D = TxnBatch,
+        R = Vec<TxnResult>,
         NodeId = NodeId,
         Node = BasicNode,
 );

@@ -40,14 +40,24 @@ type AppliedState = (Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)
 const OBJ: &[u8] = b"o/";
 const APPLIED: &[u8] = b"m/applied";
 const MEMBERSHIP: &[u8] = b"m/membership";
+/// The store revision (`resourceVersion`) of the last applied change.
+const REVISION: &[u8] = b"m/revision";
 
 /// Checkpoint at once when the overlay holds more than this.
 const OVERLAY_MAX_BYTES: usize = 8 * 1024 * 1024;
 
-/// One change proposed through Raft: all its operations apply, or none.
+/// One change: all its operations apply, or none. A successful one takes the next store
+/// revision.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Txn {
     pub ops: Vec<Op>,
+}
+
+/// What one Raft entry carries: the changes that were waiting together (group commit; see
+/// `batch.rs`). They apply in order, each seeing the ones before it.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct TxnBatch {
+    pub txns: Vec<Txn>,
 }
 
 /// Write or delete one key, if its current version is what the writer saw.
@@ -117,6 +127,8 @@ struct Overlay {
     /// The last applied log id and membership, when newer than sled's.
     applied: Option<LogId<NodeId>>,
     membership: Option<StoredMembership<NodeId, BasicNode>>,
+    /// The store revision, when newer than sled's.
+    revision: Option<u64>,
 }
 
 /// State shared between the state machine (the writer), the checkpointer and readers.
@@ -145,6 +157,10 @@ fn sync_tree(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+fn stored_revision(tree: &sled::Tree) -> sled::Result<u64> {
+    Ok(tree.get(REVISION)?.and_then(|raw| bincode::deserialize::<u64>(&raw).ok()).unwrap_or(0))
+}
+
 impl Shared {
     /// Opens the state machine database under `dir` (`db/` for sled, `snapshot.bin`).
     pub fn open(dir: &Path, cache_bytes: u64, watch_events: usize, watch_bytes: usize) -> sled::Result<Shared> {
@@ -156,9 +172,8 @@ impl Shared {
             .flush_every_ms(None)
             .open()?;
         let tree = db.open_tree("state")?;
-        let applied =
-            tree.get(APPLIED)?.and_then(|raw| bincode::deserialize::<LogId<NodeId>>(&raw).ok()).map_or(0, |l| l.index);
-        let hub = Arc::new(WatchHub::new(applied, watch_events, watch_bytes));
+        let revision = stored_revision(&tree)?;
+        let hub = Arc::new(WatchHub::new(revision, watch_events, watch_bytes));
         Ok(Shared { tree, db, dir: dir.to_path_buf(), overlay: RwLock::default(), hub })
     }
 
@@ -266,7 +281,11 @@ impl Shared {
     }
 
     fn checkpoint_locked(&self, overlay: &mut Overlay) -> sled::Result<()> {
-        if overlay.pending.is_empty() && overlay.applied.is_none() && overlay.membership.is_none() {
+        if overlay.pending.is_empty()
+            && overlay.applied.is_none()
+            && overlay.membership.is_none()
+            && overlay.revision.is_none()
+        {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
@@ -283,6 +302,9 @@ impl Shared {
         }
         if let Some(m) = &overlay.membership {
             batch.insert(MEMBERSHIP, bincode::serialize(m).map_err(encode_err)?);
+        }
+        if let Some(r) = overlay.revision {
+            batch.insert(REVISION, bincode::serialize(&r).map_err(encode_err)?);
         }
         self.tree.apply_batch(batch)?;
         *overlay = Overlay::default();
@@ -325,59 +347,81 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Applies one entry to the overlay and returns its result and events.
+    /// Applies one transaction to the overlay at `revision` (the next store revision).
+    fn apply_txn(
+        &self,
+        overlay: &mut Overlay,
+        txn: &Txn,
+        revision: u64,
+    ) -> Result<(TxnResult, Vec<Event>), StorageError<NodeId>> {
+        let mut planned = Vec::new();
+        for op in &txn.ops {
+            let cur = self.shared.raw_get(overlay, &op.key).map_err(sm_err)?;
+            let cur_rec = cur.as_deref().and_then(decode_record);
+            let ok = match op.expect {
+                Expect::Any => true,
+                Expect::Absent => cur_rec.is_none(),
+                Expect::ModRev(r) => cur_rec.is_some_and(|(m, _, _)| m == r),
+            };
+            if !ok {
+                let failed = TxnResult::Failed { key: op.key.clone(), current: cur_rec.map(|(m, _, _)| m) };
+                return Ok((failed, Vec::new()));
+            }
+            planned.push((op, cur_rec.map(|(_, c, v)| (c, Arc::<[u8]>::from(v)))));
+        }
+        let mut events = Vec::new();
+        for (op, cur) in planned {
+            let prev = cur.as_ref().map(|(_, v)| v.clone());
+            match &op.value {
+                Some(v) => {
+                    let create = cur.as_ref().map_or(revision, |(c, _)| *c);
+                    let raw: Arc<[u8]> = Arc::from(encode_record(revision, create, v));
+                    overlay.bytes += raw.len() + op.key.len();
+                    overlay.pending.insert(op.key.clone(), Some(raw));
+                    events.push(Event { revision, key: op.key.clone(), value: Some(Arc::from(&v[..])), prev });
+                }
+                None if cur.is_some() => {
+                    overlay.bytes += op.key.len();
+                    overlay.pending.insert(op.key.clone(), None);
+                    events.push(Event { revision, key: op.key.clone(), value: None, prev });
+                }
+                None => {}
+            }
+        }
+        Ok((TxnResult::Applied { revision }, events))
+    }
+
+    /// Applies one entry: each transaction of a batch in order, successful ones taking
+    /// consecutive revisions, their events published as they apply.
     fn apply_entry(
         &self,
         overlay: &mut Overlay,
         entry: &Entry<TypeConfig>,
-    ) -> Result<(TxnResult, Vec<Event>), StorageError<NodeId>> {
-        let revision = entry.log_id.index;
-        let mut events = Vec::new();
-        let mut result = TxnResult::Applied { revision };
+    ) -> Result<Vec<TxnResult>, StorageError<NodeId>> {
+        let mut results = Vec::new();
         match &entry.payload {
             EntryPayload::Blank => {}
             EntryPayload::Membership(m) => {
                 overlay.membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
             }
-            EntryPayload::Normal(txn) => {
-                let mut planned = Vec::new();
-                for op in &txn.ops {
-                    let cur = self.shared.raw_get(overlay, &op.key).map_err(sm_err)?;
-                    let cur_rec = cur.as_deref().and_then(decode_record);
-                    let ok = match op.expect {
-                        Expect::Any => true,
-                        Expect::Absent => cur_rec.is_none(),
-                        Expect::ModRev(r) => cur_rec.is_some_and(|(m, _, _)| m == r),
-                    };
-                    if !ok {
-                        result = TxnResult::Failed { key: op.key.clone(), current: cur_rec.map(|(m, _, _)| m) };
-                        planned.clear();
-                        break;
+            EntryPayload::Normal(batch) => {
+                let mut revision = match overlay.revision {
+                    Some(r) => r,
+                    None => stored_revision(&self.shared.tree).map_err(sm_err)?,
+                };
+                for txn in &batch.txns {
+                    let (result, events) = self.apply_txn(overlay, txn, revision + 1)?;
+                    if let TxnResult::Applied { revision: r } = result {
+                        revision = r;
+                        overlay.revision = Some(r);
+                        self.shared.hub.publish(r, events);
                     }
-                    planned.push((op, cur_rec.map(|(_, c, v)| (c, Arc::<[u8]>::from(v)))));
-                }
-                for (op, cur) in planned {
-                    let prev = cur.as_ref().map(|(_, v)| v.clone());
-                    match &op.value {
-                        Some(v) => {
-                            let create = cur.as_ref().map_or(revision, |(c, _)| *c);
-                            let raw: Arc<[u8]> = Arc::from(encode_record(revision, create, v));
-                            overlay.bytes += raw.len() + op.key.len();
-                            overlay.pending.insert(op.key.clone(), Some(raw));
-                            events.push(Event { revision, key: op.key.clone(), value: Some(Arc::from(&v[..])), prev });
-                        }
-                        None if cur.is_some() => {
-                            overlay.bytes += op.key.len();
-                            overlay.pending.insert(op.key.clone(), None);
-                            events.push(Event { revision, key: op.key.clone(), value: None, prev });
-                        }
-                        None => {}
-                    }
+                    results.push(result);
                 }
             }
         }
         overlay.applied = Some(entry.log_id);
-        Ok((result, events))
+        Ok(results)
     }
 }
 
@@ -446,7 +490,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared.applied_state()
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<TxnResult>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<TxnResult>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -454,9 +498,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         let mut overlay = self.shared.write();
         for entry in entries {
-            let (result, events) = self.apply_entry(&mut overlay, &entry)?;
-            self.shared.hub.publish(entry.log_id.index, events);
-            out.push(result);
+            out.push(self.apply_entry(&mut overlay, &entry)?);
         }
         if overlay.bytes > OVERLAY_MAX_BYTES {
             self.shared.checkpoint_locked(&mut overlay).map_err(sm_err)?;
@@ -496,7 +538,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let file = SnapshotFile { meta: meta.clone(), pairs };
         let bytes = bincode::serialize(&file).map_err(sm_err)?;
         write_atomic(&self.shared.snapshot_path(), &bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        self.shared.hub.publish(meta.last_log_id.map_or(0, |l| l.index), Vec::new());
+        let revision = stored_revision(&self.shared.tree).map_err(sm_err)?;
+        self.shared.hub.publish(revision, Vec::new());
         Ok(())
     }
 
