@@ -8,6 +8,7 @@
 //! writers share one Raft entry and one fsync (`batch.rs`).
 
 mod batch;
+mod codec;
 mod crypt;
 mod log;
 mod raft;
@@ -38,6 +39,8 @@ pub enum StoreError {
     Raft(String),
     #[error("encryption: {0}")]
     Crypto(String),
+    #[error("stored data: {0}")]
+    Corrupt(String),
 }
 
 /// How to open a store.
@@ -86,15 +89,14 @@ impl Store {
         self.sealed_prefixes.iter().any(|p| key.starts_with(p.as_str()))
     }
 
-    /// Decrypts a stored value of `key` (a no-op for keys that are not sealed).
+    /// The original bytes of a stored value of `key`: decrypted when the key is sealed,
+    /// then decompressed.
     pub fn open_value(&self, key: &str, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
-        if self.sealed(key) { self.cipher.open(key, stored) } else { Ok(stored.to_vec()) }
+        if self.sealed(key) { codec::unpack(&self.cipher.open(key, stored)?) } else { codec::unpack(stored) }
     }
 
     fn open_record(&self, mut r: Record) -> Result<Record, StoreError> {
-        if self.sealed(&r.key) {
-            r.value = self.cipher.open(&r.key, &r.value)?;
-        }
+        r.value = self.open_value(&r.key, &r.value)?;
         Ok(r)
     }
 
@@ -119,8 +121,9 @@ impl Store {
     /// durable and applied.
     pub async fn commit(&self, mut ops: Vec<Op>) -> Result<TxnResult, StoreError> {
         for op in &mut ops {
-            if let (true, Some(v)) = (self.sealed(&op.key), op.value.as_ref()) {
-                op.value = Some(self.cipher.seal(&op.key, v)?);
+            if let Some(v) = op.value.as_ref() {
+                let packed = codec::pack(v);
+                op.value = Some(if self.sealed(&op.key) { self.cipher.seal(&op.key, &packed)? } else { packed });
             }
         }
         self.batcher.commit(Txn { ops }).await

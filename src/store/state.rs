@@ -43,6 +43,10 @@ const MEMBERSHIP: &[u8] = b"m/membership";
 /// The store revision (`resourceVersion`) of the last applied change.
 const REVISION: &[u8] = b"m/revision";
 
+/// How often the overlay moves into sled. Longer coalesces more rewrites of the same key
+/// (leases, statuses) into one sled write; the overlay's memory is capped below anyway.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Checkpoint at once when the overlay holds more than this.
 const OVERLAY_MAX_BYTES: usize = 8 * 1024 * 1024;
 
@@ -324,12 +328,12 @@ impl Shared {
     }
 }
 
-/// Runs checkpoints about once a second until the store is dropped.
+/// Runs checkpoints every [`CHECKPOINT_EVERY`] until the store is dropped.
 pub fn spawn_checkpointer(shared: &Arc<Shared>) {
     let weak = Arc::downgrade(shared);
     let spawned = std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || {
         loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
+            std::thread::sleep(CHECKPOINT_EVERY);
             let Some(shared) = weak.upgrade() else { return };
             if let Err(e) = shared.checkpoint() {
                 tracing::error!(error = %e, "store checkpoint failed; will retry");
