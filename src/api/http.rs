@@ -33,6 +33,15 @@ pub fn json_response(code: u16, v: &Value) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(full("")))
 }
 
+/// A 200 response with a body in `content_type`.
+pub fn bytes_response(content_type: &str, body: Vec<u8>) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type)
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
 /// The Status response of an error.
 pub fn error_response(e: &ApiError) -> Response<Body> {
     json_response(e.code, &e.to_status())

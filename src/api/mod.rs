@@ -12,6 +12,7 @@ mod http;
 mod kinds;
 mod objects;
 mod openapi;
+mod openapi_pb;
 mod patch;
 mod protobuf;
 pub mod resources;
@@ -151,6 +152,14 @@ impl Api {
                     .ok_or_else(|| ApiError::not_found_path(&path));
             }
             ["openapi", ..] => {
+                let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+                if accept.contains("protobuf") && !accept.contains("json") && !accept.contains("*/*") {
+                    if segs.as_slice() != ["openapi", "v2"] {
+                        return Err(ApiError::not_acceptable(accept));
+                    }
+                    let doc = openapi::serve(&segs[1..]).ok_or_else(|| ApiError::not_found_path(&path))?;
+                    return Ok(http::bytes_response("application/octet-stream", openapi_pb::encode(&doc)));
+                }
                 return openapi::serve(&segs[1..])
                     .map(|v| json_response(200, &v))
                     .ok_or_else(|| ApiError::not_found_path(&path));

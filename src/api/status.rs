@@ -112,6 +112,13 @@ impl ApiError {
             ),
         )
     }
+    pub fn not_acceptable(accept: &str) -> ApiError {
+        ApiError::new(
+            406,
+            "NotAcceptable",
+            format!("only the following media types are accepted: application/json (got {accept})"),
+        )
+    }
     pub fn too_large(limit: usize) -> ApiError {
         ApiError::new(
             413,
