@@ -201,7 +201,8 @@ def test_errors_are_clear(kubectl, ns):
     immutable = kubectl.run("-n", ns, "apply", "-f", "-", input=STACK)
     assert immutable.returncode == 0
     changed = kubectl.run("-n", ns, "patch", "deploy", "web", "--type=merge", "-p",
-                          '{"spec":{"selector":{"matchLabels":{"app":"other"}}}}', check=False)
+                          '{"spec":{"selector":{"matchLabels":{"app":"other"}},"template":{"metadata":{"labels":{"app":"other"}}}}}',
+                          check=False)
     assert changed.returncode != 0 and "immutable" in changed.stderr
 
 
