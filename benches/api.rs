@@ -133,9 +133,10 @@ fn machine_jiffies() -> (u64, u64) {
 fn pid_cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after_comm = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = after_comm.split_whitespace().filter_map(|v| v.parse().ok()).collect();
-    // Fields after the command: state is not numeric, so utime/stime are at 10 and 11.
-    f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+    // Fields after the command, from `state` (0): utime and stime are the 12th and 13th.
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
 }
 
 /// What the write phases measured.
