@@ -6,7 +6,7 @@
 //! without an explicit resourceVersion (patches, subresources) is retried against the
 //! fresh object, and one with a resourceVersion is answered 409 Conflict.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::Api;
 use super::alloc;
@@ -71,13 +71,41 @@ pub fn object_at(bytes: &[u8], rev: u64) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// An object as stored: without `metadata.resourceVersion` and `selfLink`, which are the
+/// store's to answer. Serialized through views, so the object is not copied first.
 fn encode(v: &Value) -> Result<Vec<u8>, ApiError> {
-    let mut v = v.clone();
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
-        m.remove("selfLink");
+    use serde::ser::{Serialize, SerializeMap, Serializer};
+
+    struct Without<'a>(&'a Map<String, Value>, &'a [&'a str]);
+    impl Serialize for Without<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(None)?;
+            for (k, v) in self.0.iter().filter(|(k, _)| !self.1.contains(&k.as_str())) {
+                m.serialize_entry(k, v)?;
+            }
+            m.end()
+        }
     }
-    serde_json::to_vec(&v).map_err(|e| ApiError::internal(e.to_string()))
+
+    struct Stored<'a>(&'a Map<String, Value>);
+    impl Serialize for Stored<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(self.0.len()))?;
+            for (k, v) in self.0 {
+                match v.as_object().filter(|_| k == "metadata") {
+                    Some(meta) => m.serialize_entry(k, &Without(meta, &["resourceVersion", "selfLink"]))?,
+                    None => m.serialize_entry(k, v)?,
+                }
+            }
+            m.end()
+        }
+    }
+
+    let out = match v.as_object() {
+        Some(obj) => serde_json::to_vec(&Stored(obj)),
+        None => serde_json::to_vec(v),
+    };
+    out.map_err(|e| ApiError::internal(e.to_string()))
 }
 
 fn random_suffix(n: usize) -> String {

@@ -3,8 +3,10 @@
 //!
 //! Why not sled for the log: sled 0.34's `flush()` does not fsync (sled issue 1452), and the
 //! log is the one thing that must be durable before a write is acknowledged. Here every
-//! `append` is written at once and handed to a flusher thread that batches all pending
-//! appends into one `fdatasync` (group commit), then completes their callbacks.
+//! `append` is written and `fdatasync`ed at once: openraft 0.9 waits for each append's flush
+//! before it does anything else, so a separate flusher thread would only add two thread
+//! hand-offs per write. Group commit happens one level up, where concurrent writes are
+//! gathered into one entry (`batch.rs`).
 //!
 //! Record layout: `len: u32 LE | crc32(payload): u32 LE | payload (bincode Entry)`. A torn
 //! tail (short or bad-checksum record) found at open is cut off: it was never acknowledged.
@@ -15,7 +17,6 @@ use std::io::{self, Read, Write};
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -49,7 +50,6 @@ struct LogInner {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<LogInner>>,
-    flush_tx: mpsc::Sender<(File, LogFlushed<TypeConfig>)>,
 }
 
 /// Rewrite the file without its purged head once that head is this big and at least half
@@ -105,11 +105,8 @@ impl LogStore {
                 last_log_id = Some(p);
             }
         }
-        let (flush_tx, flush_rx) = mpsc::channel::<(File, LogFlushed<TypeConfig>)>();
-        std::thread::Builder::new().name("raft-log-flush".into()).spawn(move || flush_loop(flush_rx))?;
         Ok(LogStore {
             inner: Arc::new(Mutex::new(LogInner { file, path, positions, end: offset, last_log_id, meta, meta_path })),
-            flush_tx,
         })
     }
 
@@ -120,25 +117,12 @@ impl LogStore {
     }
 }
 
-/// Group commit: wait for one append, take every other append already queued, fdatasync once,
-/// then complete them all. Each append carries a handle on the file it wrote (the file is
-/// replaced when compacted); all queued appends wrote the newest file, the last handle's.
-fn flush_loop(rx: mpsc::Receiver<(File, LogFlushed<TypeConfig>)>) {
-    while let Ok(first) = rx.recv() {
-        let mut file = first.0;
-        let mut batch = vec![first.1];
-        while let Ok(more) = rx.try_recv() {
-            file = more.0;
-            batch.push(more.1);
-        }
-        let result = file.sync_data();
-        for cb in batch {
-            let r = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            };
-            cb.log_io_completed(r);
-        }
+/// Runs a blocking disk call from async code: on the multi-threaded runtime other tasks move
+/// to another worker meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -271,9 +255,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if last.is_some() {
             inner.last_log_id = last;
         }
-        let handle = inner.file.try_clone().map_err(|e| StorageIOError::write_logs(&e))?;
+        let synced = blocking(|| inner.file.sync_data());
         drop(inner);
-        self.flush_tx.send((handle, callback)).map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
+        callback.log_io_completed(synced);
         Ok(())
     }
 
