@@ -1,7 +1,9 @@
-//! Stored values are compressed. Objects are JSON with long repeated keys (managedFields
-//! above all), and every value is written twice (the Raft log, then sled): LZ4 roughly
-//! halves both the flash writes and the memory the watch history holds, for a few
-//! microseconds per object. A one-byte tag says how the rest is stored.
+//! How values are encoded on their way through the store. A one-byte tag says how the rest
+//! is stored: plain, or LZ4. Each place gets the form that costs it least: the Raft log
+//! takes plain values and zstd-compresses whole entries (a batch of similar objects shrinks
+//! far more than each object alone); the state machine keeps LZ4-packed values in memory
+//! (the overlay and the watch history, about half the size); sled gets plain values again
+//! and zstd-compresses its pages. Sealed secrets pass everywhere untouched.
 
 use super::StoreError;
 
@@ -28,6 +30,42 @@ pub fn pack(value: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A value tagged as plain, for the Raft log (which compresses whole entries).
+pub fn plain(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + 1);
+    out.push(RAW);
+    out.extend_from_slice(value);
+    out
+}
+
+/// What the state machine keeps in memory (overlay, watch history): plain values packed;
+/// packed and sealed ones as they are.
+pub fn for_memory(stored: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match stored.split_first() {
+        Some((&RAW, rest)) if rest.len() >= MIN_COMPRESS => std::borrow::Cow::Owned(pack(rest)),
+        _ => std::borrow::Cow::Borrowed(stored),
+    }
+}
+
+/// A packed value as sled should hold it: plain. sled compresses whole pages with zstd, and
+/// a page of similar plain objects compresses far better than the same objects each
+/// LZ4-compressed on its own. Values that are not LZ4-packed (plain ones, sealed secrets)
+/// pass through untouched.
+pub fn for_sled(stored: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match stored.split_first() {
+        Some((&LZ4, rest)) => match lz4_flex::decompress_size_prepended(rest) {
+            Ok(plain) => {
+                let mut out = Vec::with_capacity(plain.len() + 1);
+                out.push(RAW);
+                out.extend_from_slice(&plain);
+                std::borrow::Cow::Owned(out)
+            }
+            Err(_) => std::borrow::Cow::Borrowed(stored),
+        },
+        _ => std::borrow::Cow::Borrowed(stored),
+    }
+}
+
 /// The original bytes of a packed value.
 pub fn unpack(stored: &[u8]) -> Result<Vec<u8>, StoreError> {
     match stored.split_first() {
@@ -52,5 +90,11 @@ mod tests {
         assert_eq!(unpack(&pack(b"{}")).unwrap(), b"{}");
         assert!(unpack(&[LZ4, 9, 9]).is_err());
         assert!(unpack(&[7]).is_err());
+        let in_sled = for_sled(&packed);
+        assert_eq!(in_sled[0], RAW);
+        assert_eq!(unpack(&in_sled).unwrap(), obj);
+        assert_eq!(&*for_sled(b"brenc1:sealed"), b"brenc1:sealed");
+        assert_eq!(&*for_memory(&plain(&obj)), &packed[..]);
+        assert_eq!(&*for_memory(b"brenc1:sealed"), b"brenc1:sealed");
     }
 }

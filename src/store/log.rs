@@ -8,7 +8,9 @@
 //! hand-offs per write. Group commit happens one level up, where concurrent writes are
 //! gathered into one entry (`batch.rs`).
 //!
-//! Record layout: `len: u32 LE | crc32(payload): u32 LE | payload (bincode Entry)`. A torn
+//! Record layout: `len: u32 LE | crc32(payload): u32 LE | payload (zstd of the bincode
+//! Entry)`. An entry usually carries a batch of similar objects (group commit), which zstd
+//! shrinks several times over: flash writes are what a board's storage wears out on. A torn
 //! tail (short or bad-checksum record) found at open is cut off: it was never acknowledged.
 
 use std::collections::BTreeMap;
@@ -37,6 +39,9 @@ struct LogMeta {
 
 struct LogInner {
     file: File,
+    /// Reused zstd contexts: a fresh one per record would cost more than the compression.
+    zc: zstd::block::Compressor,
+    zd: zstd::block::Decompressor,
     path: PathBuf,
     /// index -> (offset, payload length) of every entry present in the file.
     positions: BTreeMap<u64, (u64, u32)>,
@@ -60,6 +65,22 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// zstd level for log records: fast, and most of the gain is in the repetition anyway.
+const ZSTD_LEVEL: i32 = 3;
+
+/// No record decompresses to more than this (entries are batches of at most a few MiB).
+const MAX_ENTRY_BYTES: usize = 64 * 1024 * 1024;
+
+fn encode_entry(zc: &mut zstd::block::Compressor, entry: &Entry<TypeConfig>) -> io::Result<Vec<u8>> {
+    let plain = bincode::serialize(entry).map_err(io_err)?;
+    zc.compress(&plain, ZSTD_LEVEL)
+}
+
+fn decode_entry(zd: &mut zstd::block::Decompressor, payload: &[u8]) -> io::Result<Entry<TypeConfig>> {
+    let plain = zd.decompress(payload, MAX_ENTRY_BYTES)?;
+    bincode::deserialize(&plain).map_err(io_err)
+}
+
 impl LogStore {
     /// Opens (or creates) `dir/raft.log` and `dir/raft.meta`, repairing a torn tail.
     pub fn open(dir: &Path) -> io::Result<LogStore> {
@@ -70,6 +91,7 @@ impl LogStore {
         file.read_to_end(&mut bytes)?;
         let mut positions = BTreeMap::new();
         let mut last_log_id = None;
+        let mut zd = zstd::block::Decompressor::new();
         let mut offset = 0u64;
         while (offset + HEADER_LEN) as usize <= bytes.len() {
             let at = offset as usize;
@@ -80,7 +102,7 @@ impl LogStore {
             if crc32fast::hash(payload) != crc {
                 break;
             }
-            let entry: Entry<TypeConfig> = match bincode::deserialize(payload) {
+            let entry = match decode_entry(&mut zd, payload) {
                 Ok(e) => e,
                 Err(_) => break,
             };
@@ -106,7 +128,17 @@ impl LogStore {
             }
         }
         Ok(LogStore {
-            inner: Arc::new(Mutex::new(LogInner { file, path, positions, end: offset, last_log_id, meta, meta_path })),
+            inner: Arc::new(Mutex::new(LogInner {
+                file,
+                zc: zstd::block::Compressor::new(),
+                zd,
+                path,
+                positions,
+                end: offset,
+                last_log_id,
+                meta,
+                meta_path,
+            })),
         })
     }
 
@@ -170,11 +202,11 @@ impl LogInner {
         Ok(())
     }
 
-    fn read_entry(&self, index: u64) -> io::Result<Option<Entry<TypeConfig>>> {
+    fn read_entry(&mut self, index: u64) -> io::Result<Option<Entry<TypeConfig>>> {
         let Some(&(offset, len)) = self.positions.get(&index) else { return Ok(None) };
         let mut buf = vec![0u8; len as usize];
         self.file.read_exact_at(&mut buf, offset + HEADER_LEN)?;
-        bincode::deserialize(&buf).map(Some).map_err(io_err)
+        decode_entry(&mut self.zd, &buf).map(Some)
     }
 }
 
@@ -183,7 +215,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let mut out = Vec::new();
         let indexes: Vec<u64> = inner.positions.range(range).map(|(i, _)| *i).collect();
         for i in indexes {
@@ -240,7 +272,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut placed = Vec::new();
         let mut last = None;
         for entry in entries {
-            let payload = bincode::serialize(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            let payload = encode_entry(&mut inner.zc, &entry).map_err(|e| StorageIOError::write_logs(&e))?;
             let offset = inner.end + buf.len() as u64;
             buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());

@@ -122,8 +122,13 @@ impl Store {
     pub async fn commit(&self, mut ops: Vec<Op>) -> Result<TxnResult, StoreError> {
         for op in &mut ops {
             if let Some(v) = op.value.as_ref() {
-                let packed = codec::pack(v);
-                op.value = Some(if self.sealed(&op.key) { self.cipher.seal(&op.key, &packed)? } else { packed });
+                // Plain into the log (compressed there as a whole batch), packed by the state
+                // machine; secrets are sealed before they leave this process's memory.
+                op.value = Some(if self.sealed(&op.key) {
+                    self.cipher.seal(&op.key, &codec::pack(v))?
+                } else {
+                    codec::plain(v)
+                });
             }
         }
         self.batcher.commit(Txn { ops }).await
