@@ -139,6 +139,10 @@ fn pid_cpu_ticks(pid: u32) -> u64 {
     field(11) + field(12)
 }
 
+/// How long to wait after a write phase for deferred writes (checkpoints, backend commits)
+/// to reach the disk counters.
+const SETTLE: Duration = Duration::from_secs(7);
+
 /// What the write phases measured.
 struct Writes {
     p50: Duration,
@@ -171,8 +175,9 @@ async fn write_phases(
         lat.push(t.elapsed());
         assert!(status == 200 || status == 201, "write failed: {status}");
     }
-    // Let background flushes (sled's, etcd's) land before reading the I/O counters.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let background writes land before reading the I/O counters: bramble's store
+    // checkpoints into sled every 5 s, etcd's backend commits every 100 ms.
+    tokio::time::sleep(SETTLE).await;
     let bytes_per_1000 = (pid_write_bytes(pid) - io_before) as f64 * 1000.0 / n as f64;
     lat.sort();
     let clients = 16;
@@ -200,7 +205,7 @@ async fn write_phases(
     let (busy_after, total_after) = machine_jiffies();
     let machine_busy = (busy_after - busy_before) as f64 / (total_after - total_before).max(1) as f64;
     let cpu_ms_per_write = (pid_cpu_ticks(pid) - cpu_before) as f64 * 10.0 / (per * clients) as f64;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(SETTLE).await;
     let bytes_conc = (pid_write_bytes(pid) - io_before) as f64 * 1000.0 / (per * clients) as f64;
     Writes {
         p50: percentile(&lat, 0.5),
