@@ -8,6 +8,7 @@
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod agent;
 mod api;
 mod cli;
 mod kubectl;

@@ -71,6 +71,12 @@ pub struct ServerArgs {
     /// Bearer tokens in the upstream `--token-auth-file` format.
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,
+    /// A label this node registers with, `key=value` (repeatable).
+    #[arg(long)]
+    pub node_label: Vec<String>,
+    /// A taint this node registers with, `key=value:Effect` (repeatable).
+    #[arg(long)]
+    pub node_taint: Vec<String>,
 }
 
 /// The command line, with `kubectl` inserted when the binary runs through a link of that

@@ -52,6 +52,11 @@ fn notify_ready() {
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
+    if !args.disable_agent {
+        // Refuse to start a node that could never enforce pod limits, with the fix.
+        crate::agent::facts::check_kernel()?;
+        crate::agent::check_flags(&args.node_label, &args.node_taint)?;
+    }
     let server_dir = args.data_dir.join("server");
     std::fs::create_dir_all(&server_dir).with_context(|| format!("creating {}", server_dir.display()))?;
     let service_cidr = api::parse_cidr(&args.service_cidr)
@@ -136,7 +141,22 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             format!("listening on {}:{} (is another server running?)", args.bind_address, args.https_listen_port)
         })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(api::server::serve(Arc::clone(&api), listener, tls, stop_rx));
+    let serving = tokio::spawn(api::server::serve(Arc::clone(&api), listener, tls, stop_rx.clone()));
+    let agent = (!args.disable_agent).then(|| {
+        let opts = crate::agent::AgentOptions {
+            kubeconfig: args.write_kubeconfig.clone(),
+            node_name: node_name.clone(),
+            data_dir: args.data_dir.clone(),
+            labels: args.node_label.clone(),
+            taints: args.node_taint.clone(),
+            server: true,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = crate::agent::run(opts, stop_rx).await {
+                tracing::error!(error = %format!("{e:#}"), "the node agent stopped");
+            }
+        })
+    });
     tracing::info!(node = %node_name, addr = %advertise, kubeconfig = %args.write_kubeconfig.display(), agent = !args.disable_agent, "bramble server is ready");
     notify_ready();
 
@@ -149,6 +169,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     let _ = serving.await;
+    if let Some(agent) = agent {
+        let _ = agent.await;
+    }
     api.store.shutdown().await;
     Ok(())
 }

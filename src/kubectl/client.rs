@@ -1,6 +1,6 @@
-//! The HTTPS side of the built-in kubectl: reads a kubeconfig (the one `bramble server`
-//! writes, or any other with embedded or file-referenced certificates or a bearer token) and
-//! sends requests with the cluster CA verified.
+//! The HTTPS client of the built-in kubectl and of the node agent: reads a kubeconfig (the
+//! one `bramble server` writes, or any other with embedded or file-referenced certificates
+//! or a bearer token) and sends requests with the cluster CA verified.
 
 use std::fmt;
 use std::io::BufReader;

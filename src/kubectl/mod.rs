@@ -6,7 +6,7 @@
 //! `apply` is server-side apply (field manager `kubectl`): the server keeps the managed
 //! fields, so no last-applied annotation is needed and removals work as users expect.
 
-mod client;
+pub(crate) mod client;
 mod describe;
 mod discovery;
 mod get;

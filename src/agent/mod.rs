@@ -1,0 +1,298 @@
+//! The node agent. It talks to the API over HTTPS exactly as a remote agent would, so the
+//! in-process agent of `bramble server` and a future `bramble agent` on another board are
+//! the same code.
+//!
+//! This stage registers the Node (labels, capacity, system info, addresses, conditions) and
+//! keeps it alive through a Lease in `kube-node-lease`, renewed every 10 s as the kubelet
+//! does: one small write per renewal, while the full status is written only when something
+//! in it changes or once every 5 minutes. Pods do not run yet, so the node reports
+//! `Ready=False` with that reason rather than promising what it cannot do.
+
+pub mod facts;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::kubectl::client::{Client, ServerError};
+
+/// How often the Lease is renewed (the kubelet's default).
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// How long a Lease stays valid without renewal.
+const LEASE_SECONDS: u64 = 40;
+/// The full status is rewritten at least this often even when nothing changed.
+const STATUS_EVERY: Duration = Duration::from_secs(300);
+
+/// What the agent needs to know.
+pub struct AgentOptions {
+    /// Credentials for the API (the server's admin kubeconfig for the in-process agent).
+    pub kubeconfig: PathBuf,
+    /// The Node's name.
+    pub node_name: String,
+    /// Where pods' data will live: its disk decides the `disktype` label.
+    pub data_dir: PathBuf,
+    /// `--node-label key=value`.
+    pub labels: Vec<String>,
+    /// `--node-taint key=value:Effect`.
+    pub taints: Vec<String>,
+    /// Whether this node also runs the control plane (`node-role.kubernetes.io/control-plane`).
+    pub server: bool,
+}
+
+/// Parses `key=value` (or `key`) into a label.
+fn parse_label(s: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s.split_once('=').unwrap_or((s, ""));
+    if k.is_empty() {
+        bail!("--node-label {s:?} must look like key=value");
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Parses `key=value:Effect` (or `key:Effect`) into a taint.
+fn parse_taint(s: &str) -> anyhow::Result<Value> {
+    let (kv, effect) =
+        s.rsplit_once(':').with_context(|| format!("--node-taint {s:?} must look like key=value:NoSchedule"))?;
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        bail!("--node-taint {s:?}: the effect must be NoSchedule, PreferNoSchedule or NoExecute");
+    }
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    if key.is_empty() {
+        bail!("--node-taint {s:?} has no key");
+    }
+    let mut taint = json!({"key": key, "effect": effect});
+    if !value.is_empty() {
+        taint["value"] = json!(value);
+    }
+    Ok(taint)
+}
+
+/// Checks `--node-label` and `--node-taint` before anything starts.
+pub fn check_flags(labels: &[String], taints: &[String]) -> anyhow::Result<()> {
+    labels.iter().try_for_each(|l| parse_label(l).map(|_| ()))?;
+    taints.iter().try_for_each(|t| parse_taint(t).map(|_| ()))
+}
+
+fn now_rfc3339(micros: bool) -> String {
+    let t = jiff::Timestamp::now();
+    if micros { t.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string() } else { t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string() }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ServerError>().is_some_and(|s| s.code == 404)
+}
+
+/// The conditions for `facts`, keeping the transition time of those that did not change.
+fn conditions(f: &facts::Facts, previous: &Value) -> Value {
+    let now = now_rfc3339(false);
+    // (type, under pressure, reason and message when under it, when not) as the kubelet says them.
+    let wanted = [
+        (
+            "MemoryPressure",
+            f.memory_pressure,
+            ("KubeletHasInsufficientMemory", "kubelet has insufficient memory available"),
+            ("KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        ),
+        (
+            "DiskPressure",
+            f.disk_pressure,
+            ("KubeletHasDiskPressure", "kubelet has disk pressure"),
+            ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        ),
+        (
+            "PIDPressure",
+            false,
+            ("KubeletHasInsufficientPID", "kubelet has insufficient PID available"),
+            ("KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        ),
+    ];
+    let mut out: Vec<Value> = wanted
+        .iter()
+        .map(|(kind, on, when_on, when_off)| {
+            let (reason, message) = if *on { when_on } else { when_off };
+            json!({"type": kind, "status": if *on { "True" } else { "False" }, "reason": reason, "message": message})
+        })
+        .collect();
+    out.push(json!({
+        "type": "Ready",
+        "status": "False",
+        "reason": "KubeletNotReady",
+        "message": "pods cannot run on this node yet: this bramble build has no container runtime",
+    }));
+    for c in &mut out {
+        let before = previous
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["type"] == c["type"]))
+            .filter(|p| p["status"] == c["status"]);
+        c["lastHeartbeatTime"] = json!(now);
+        c["lastTransitionTime"] = before.map_or(json!(now), |p| p["lastTransitionTime"].clone());
+    }
+    Value::Array(out)
+}
+
+/// Creates the Node, or brings the labels the agent owns up to date on an existing one.
+async fn register(client: &Client, opts: &AgentOptions, f: &facts::Facts) -> anyhow::Result<()> {
+    let path = format!("/api/v1/nodes/{}", opts.node_name);
+    let mut labels = f.labels.clone();
+    for l in &opts.labels {
+        let (k, v) = parse_label(l)?;
+        labels[k] = json!(v);
+    }
+    let taints: Vec<Value> = opts.taints.iter().map(|t| parse_taint(t)).collect::<anyhow::Result<_>>()?;
+    match client.get(&path).await {
+        Ok(_) => {
+            let patch = json!({"metadata": {"labels": labels}});
+            client.call("PATCH", &path, Some("application/merge-patch+json"), "application/json", Some(&patch)).await?;
+        }
+        Err(e) if is_not_found(&e) => {
+            let mut node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": opts.node_name, "labels": labels}, "spec": {}});
+            if !taints.is_empty() {
+                node["spec"]["taints"] = json!(taints);
+            }
+            client.call("POST", "/api/v1/nodes", Some("application/json"), "application/json", Some(&node)).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// Writes the Node's status from fresh facts; returns what was written, to compare with
+/// the next round.
+async fn write_status(client: &Client, opts: &AgentOptions) -> anyhow::Result<Value> {
+    let f = facts::gather(&opts.node_name, &opts.data_dir, opts.server);
+    let path = format!("/api/v1/nodes/{}/status", opts.node_name);
+    let mut node = client.get(&format!("/api/v1/nodes/{}", opts.node_name)).await?;
+    let status = json!({
+        "capacity": f.capacity,
+        "allocatable": f.allocatable,
+        "addresses": f.addresses,
+        "nodeInfo": f.node_info,
+        "conditions": conditions(&f, &node["status"]["conditions"]),
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+    });
+    node["status"] = status.clone();
+    client.call("PUT", &path, Some("application/json"), "application/json", Some(&node)).await?;
+    Ok(status)
+}
+
+/// Renews this node's Lease, creating it (owned by the Node) when it is missing.
+async fn renew_lease(client: &Client, opts: &AgentOptions) -> anyhow::Result<()> {
+    let ns_path = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+    let path = format!("{ns_path}/{}", opts.node_name);
+    let patch = json!({"spec": {"renewTime": now_rfc3339(true)}});
+    match client.call("PATCH", &path, Some("application/merge-patch+json"), "application/json", Some(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => {
+            let node = client.get(&format!("/api/v1/nodes/{}", opts.node_name)).await?;
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": opts.node_name, "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Node", "name": opts.node_name, "uid": node["metadata"]["uid"]}]},
+                "spec": {"holderIdentity": opts.node_name, "leaseDurationSeconds": LEASE_SECONDS,
+                         "renewTime": now_rfc3339(true)},
+            });
+            client.call("POST", ns_path, Some("application/json"), "application/json", Some(&lease)).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What of the status decides whether it must be rewritten now (times excluded).
+fn status_digest(status: &Value) -> Value {
+    let mut s = status.clone();
+    if let Some(conds) = s["conditions"].as_array_mut() {
+        for c in conds {
+            if let Some(m) = c.as_object_mut() {
+                m.remove("lastHeartbeatTime");
+                m.remove("lastTransitionTime");
+            }
+        }
+    }
+    s
+}
+
+/// Registers the node, then renews its Lease and status until `stop` turns true.
+pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+    facts::check_kernel()?;
+    let client = Client::from_kubeconfig(Some(&opts.kubeconfig), None).context("the agent's API credentials")?;
+    let first = facts::gather(&opts.node_name, &opts.data_dir, opts.server);
+    register(&client, &opts, &first).await.context("registering the node")?;
+    let mut last_status = write_status(&client, &opts).await.context("writing the node status")?;
+    let mut last_full = Instant::now();
+    tracing::info!(node = %opts.node_name, "node registered");
+    loop {
+        if let Err(e) = renew_lease(&client, &opts).await {
+            tracing::warn!(error = %format!("{e:#}"), "renewing the node lease");
+        }
+        let fresh = facts::gather(&opts.node_name, &opts.data_dir, opts.server);
+        let changed = fresh.memory_pressure.to_string() != last_status_flag(&last_status, "MemoryPressure")
+            || fresh.disk_pressure.to_string() != last_status_flag(&last_status, "DiskPressure")
+            || fresh.addresses != last_status["addresses"];
+        if changed || last_full.elapsed() >= STATUS_EVERY {
+            let written = match write_status(&client, &opts).await {
+                // Someone deleted the Node: register it again, as the kubelet does.
+                Err(e) if is_not_found(&e) => match register(&client, &opts, &fresh).await {
+                    Ok(()) => write_status(&client, &opts).await,
+                    Err(e) => Err(e),
+                },
+                other => other,
+            };
+            match written {
+                Ok(s) => {
+                    if status_digest(&s) != status_digest(&last_status) {
+                        tracing::info!(node = %opts.node_name, "node status changed");
+                    }
+                    last_status = s;
+                    last_full = Instant::now();
+                }
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "writing the node status"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LEASE_RENEW) => {}
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+}
+
+/// `"true"` / `"false"` for a pressure condition in a written status.
+fn last_status_flag(status: &Value, kind: &str) -> String {
+    let on = status["conditions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["type"] == kind))
+        .is_some_and(|c| c["status"] == "True");
+    on.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_taints_parse_like_k3s_flags() {
+        assert_eq!(parse_label("disktype=ssd").unwrap(), ("disktype".into(), "ssd".into()));
+        assert!(parse_label("=x").is_err());
+        assert_eq!(
+            parse_taint("dedicated=gpu:NoSchedule").unwrap(),
+            json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"})
+        );
+        assert_eq!(parse_taint("edge:NoExecute").unwrap(), json!({"key": "edge", "effect": "NoExecute"}));
+        assert!(parse_taint("x=y:Sometimes").is_err());
+        assert!(parse_taint("novalue").is_err());
+    }
+
+    #[test]
+    fn transition_times_survive_unchanged_conditions() {
+        let f = facts::gather("n", std::path::Path::new("/"), false);
+        let first = conditions(&f, &Value::Null);
+        let mut aged = first.clone();
+        for c in aged.as_array_mut().unwrap() {
+            c["lastTransitionTime"] = json!("2020-01-01T00:00:00Z");
+        }
+        let second = conditions(&f, &aged);
+        assert!(second.as_array().unwrap().iter().all(|c| c["lastTransitionTime"] == "2020-01-01T00:00:00Z"));
+        let ready = second.as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!(ready["status"], "False");
+    }
+}

@@ -1,0 +1,95 @@
+"""The node agent inside `bramble server`: the Node it registers (labels, taints, capacity,
+system info, conditions), its Lease heartbeat, labels users add surviving the agent, and a
+deleted Node coming back."""
+import json
+import os
+import time
+
+import pytest
+from kubernetes import client, config
+
+from conftest import Server, Kubectl
+
+
+@pytest.fixture(scope="module")
+def node_server():
+    s = Server(extra_args=["--node-name", "board-1", "--node-label", "zone=shelf-a",
+                           "--node-taint", "dedicated=edge:NoSchedule"], agent=True).start()
+    yield s
+    s.cleanup()
+
+
+def wait_for(fn, timeout=15):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            value = fn()
+            if value:
+                return value
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+        if time.time() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.2)
+
+
+def test_node_registers_with_facts_labels_and_taints(node_server):
+    core = client.CoreV1Api(config.new_client_from_config(config_file=node_server.kubeconfig))
+    node = wait_for(lambda: core.read_node("board-1"))
+    labels = node.metadata.labels
+    assert labels["kubernetes.io/hostname"] == "board-1"
+    assert labels["kubernetes.io/os"] == "linux"
+    assert labels["kubernetes.io/arch"] in ("amd64", "arm64", "arm")
+    assert labels["node-role.kubernetes.io/control-plane"] == "true"
+    assert labels["zone"] == "shelf-a"
+    assert labels.get("disktype") in (None, "ssd", "hdd")
+    assert [(t.key, t.value, t.effect) for t in node.spec.taints] == [("dedicated", "edge", "NoSchedule")]
+
+    assert int(node.status.capacity["cpu"]) == os.cpu_count()
+    assert node.status.capacity["memory"].endswith("Ki") and node.status.capacity["pods"] == "110"
+    assert "ephemeral-storage" in node.status.allocatable
+    info = node.status.node_info
+    assert info.kernel_version == os.uname().release
+    assert info.container_runtime_version.startswith("bramble://")
+    assert info.operating_system == "linux"
+    assert any(a.type == "Hostname" and a.address == "board-1" for a in node.status.addresses)
+    conditions = {c.type: c for c in node.status.conditions}
+    assert set(conditions) == {"Ready", "MemoryPressure", "DiskPressure", "PIDPressure"}
+    assert conditions["MemoryPressure"].status == "False"
+    # No container runtime in this build: the node says so instead of claiming Ready.
+    assert conditions["Ready"].status == "False" and "no container runtime" in conditions["Ready"].message
+
+
+def test_lease_is_renewed(node_server):
+    coord = client.CoordinationV1Api(config.new_client_from_config(config_file=node_server.kubeconfig))
+    lease = wait_for(lambda: coord.read_namespaced_lease("board-1", "kube-node-lease"))
+    assert lease.spec.holder_identity == "board-1" and lease.spec.lease_duration_seconds == 40
+    assert lease.metadata.owner_references[0].kind == "Node"
+    first = lease.spec.renew_time
+    renewed = wait_for(lambda: coord.read_namespaced_lease("board-1", "kube-node-lease").spec.renew_time > first,
+                       timeout=25)
+    assert renewed
+
+
+def test_kubectl_sees_the_node_and_user_labels_stay(node_server):
+    kubectl = Kubectl(node_server, "1.33")
+    wait_for(lambda: kubectl.run("get", "node", "board-1", check=False).returncode == 0)
+    table = kubectl.run("get", "nodes").stdout.splitlines()
+    assert table[0].split() == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    assert table[1].split()[:3] == ["board-1", "NotReady", "control-plane"]
+    kubectl.run("label", "node", "board-1", "disktype=ssd", "--overwrite")
+    kubectl.run("cordon", "board-1")
+    node = json.loads(kubectl.run("get", "node", "board-1", "-o", "json").stdout)
+    assert node["metadata"]["labels"]["disktype"] == "ssd" and node["spec"]["unschedulable"] is True
+    kubectl.run("uncordon", "board-1")
+
+
+def test_server_refuses_bad_node_flags():
+    s = Server(extra_args=["--node-taint", "oops"], agent=True)
+    try:
+        with pytest.raises(RuntimeError) as e:
+            s.start()
+        assert "--node-taint" in str(e.value) and "key=value:NoSchedule" in str(e.value)
+    finally:
+        s.cleanup()
