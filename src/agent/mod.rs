@@ -9,6 +9,7 @@
 //! `Ready=False` with that reason rather than promising what it cannot do.
 
 pub mod facts;
+pub mod join;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -9,6 +9,7 @@ mod apply;
 pub mod auth;
 mod discovery;
 mod http;
+pub mod join;
 mod kinds;
 mod objects;
 mod openapi;
@@ -46,6 +47,8 @@ pub struct ApiOptions {
     pub node_port_range: (u16, u16),
     /// `https://host:port` clients should use.
     pub advertise: String,
+    /// Agent admission (`/cacerts`, `/v1-bramble/node-credentials`).
+    pub join: Option<join::Join>,
 }
 
 /// The API handler state.
@@ -127,6 +130,21 @@ impl Api {
         match path.as_str() {
             "/livez" | "/readyz" | "/healthz" => return Ok(Response::new(http::full("ok"))),
             "/version" => return Ok(json_response(200, &discovery::version())),
+            "/cacerts" => {
+                if let Some(j) = &self.opts.join {
+                    return Ok(http::bytes_response("text/plain", j.pki.ca.cert_pem.clone().into_bytes()));
+                }
+            }
+            "/v1-bramble/node-credentials" if req.method() == hyper::Method::POST => {
+                if let Some(j) = &self.opts.join {
+                    let authorization =
+                        req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(String::from);
+                    let (parts, body) = http::read_body(req).await?;
+                    let ct = parts.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    let body = http::decode_body(ct, &body)?;
+                    return Ok(json_response(200, &j.credentials(authorization.as_deref(), &body)?));
+                }
+            }
             _ => {}
         }
         let user = cert_user

@@ -7,6 +7,7 @@ mod server;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run a server: the Kubernetes API over a Raft-replicated store.
     Server(ServerArgs),
+    /// Run a node agent that joins a server with its token.
+    Agent(AgentArgs),
     /// The built-in kubectl (also what runs when the binary is invoked as `kubectl`).
     #[command(disable_help_subcommand = true)]
     Kubectl(crate::kubectl::KubectlArgs),
@@ -90,13 +93,73 @@ fn command_line() -> Vec<std::ffi::OsString> {
     args
 }
 
+/// `bramble agent` flags (k3s agent names).
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// The server to join, `https://host:6443`.
+    #[arg(long, env = "BRAMBLE_URL")]
+    pub server: String,
+    /// The join token from the server's `<data-dir>/server/node-token`.
+    #[arg(long, env = "BRAMBLE_TOKEN")]
+    pub token: String,
+    /// Where this node keeps its credentials and, later, its pods' data.
+    #[arg(long, short = 'd', default_value = "/var/lib/bramble")]
+    pub data_dir: PathBuf,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// A label this node registers with, `key=value` (repeatable).
+    #[arg(long)]
+    pub node_label: Vec<String>,
+    /// A taint this node registers with, `key=value:Effect` (repeatable).
+    #[arg(long)]
+    pub node_taint: Vec<String>,
+}
+
+/// Runs `bramble agent` until SIGTERM.
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    crate::agent::facts::check_kernel()?;
+    crate::agent::check_flags(&args.node_label, &args.node_taint)?;
+    let node_name = match args.node_name.clone() {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_lowercase())
+            .context("reading the host name; pass --node-name")?,
+    };
+    let kubeconfig = crate::agent::join::credentials(&args.data_dir, &args.server, &args.token, &node_name)
+        .await
+        .context("joining the cluster")?;
+    tracing::info!(server = %args.server, node = %node_name, "joined");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let opts = crate::agent::AgentOptions {
+        kubeconfig,
+        node_name,
+        data_dir: args.data_dir.clone(),
+        labels: args.node_label.clone(),
+        taints: args.node_taint.clone(),
+        server: false,
+    };
+    let agent = tokio::spawn(crate::agent::run(opts, stop_rx));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        r = agent => return r.context("the agent task")?,
+    }
+    let _ = stop_tx.send(true);
+    Ok(())
+}
+
 /// Parses the command line (or behaves as `kubectl` when invoked by that name) and runs.
 pub fn run() -> ExitCode {
     let cli = Cli::parse_from(command_line());
     init_tracing();
     let rt = match &cli.command {
         Command::Kubectl(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        Command::Server(_) => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build(),
+        Command::Server(_) | Command::Agent(_) => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+        }
     };
     let rt = match rt {
         Ok(rt) => rt,
@@ -107,6 +170,7 @@ pub fn run() -> ExitCode {
     };
     let result = match cli.command {
         Command::Server(args) => rt.block_on(server::run(args)),
+        Command::Agent(args) => rt.block_on(run_agent(args)),
         Command::Kubectl(args) => return ExitCode::from(crate::kubectl::run(&rt, args)),
     };
     match result {

@@ -90,15 +90,17 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         sans.push(args.bind_address.clone());
     }
     sans.extend(args.tls_san.iter().cloned());
-    let pki = Pki::load_or_create(&server_dir.join("tls"), &sans).context("preparing certificates")?;
+    let pki = Arc::new(Pki::load_or_create(&server_dir.join("tls"), &sans).context("preparing certificates")?);
     let admin = pki.admin().context("issuing the admin certificate")?;
 
+    // The file holds the full k3s-style token (CA hash + secret) that agents join with.
     let token_path = server_dir.join("node-token");
-    let token = match (&args.token, std::fs::read_to_string(&token_path)) {
-        (Some(t), _) => t.clone(),
-        (None, Ok(t)) => t.trim().to_string(),
+    let secret = match (&args.token, std::fs::read_to_string(&token_path)) {
+        (Some(t), _) => api::join::parse_token(t.trim()).1.to_string(),
+        (None, Ok(t)) => api::join::parse_token(t.trim()).1.to_string(),
         (None, Err(_)) => random_token()?,
     };
+    let token = api::join::token(&pki.ca.cert_pem, &secret);
     pki::write_private(&token_path, format!("{token}\n").as_bytes(), 0o600)?;
 
     let host = if args.bind_address == "0.0.0.0" || args.bind_address == "::" {
@@ -130,8 +132,16 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         Some(p) => Tokens::load(p).with_context(|| format!("reading {}", p.display()))?,
         None => Tokens::default(),
     };
-    let api =
-        Api::new(store, ApiOptions { service_cidr, node_port_range: node_ports, advertise: advertise.clone() }, tokens);
+    let api = Api::new(
+        store,
+        ApiOptions {
+            service_cidr,
+            node_port_range: node_ports,
+            advertise: advertise.clone(),
+            join: Some(api::join::Join { secret, pki: Arc::clone(&pki) }),
+        },
+        tokens,
+    );
     api.bootstrap().await.map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
 
     let tls = api::server::tls_config(&pki.serving.cert_pem, &pki.serving.key_pem, &pki.ca.cert_pem)

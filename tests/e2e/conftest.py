@@ -29,20 +29,21 @@ def free_port():
 class Server:
     """One running `bramble server`."""
 
-    def __init__(self, extra_args=(), agent=False):
+    def __init__(self, extra_args=(), agent=False, bind="127.0.0.1"):
         self.dir = tempfile.mkdtemp(prefix="bramble-e2e-")
         self.port = free_port()
         self.kubeconfig = os.path.join(self.dir, "kubeconfig.yaml")
         self.data_dir = os.path.join(self.dir, "data")
         self.log_path = os.path.join(self.dir, "server.log")
         self.extra_args = list(extra_args) + ([] if agent else ["--disable-agent"])
+        self.bind = bind
         self.proc = None
 
     def start(self):
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [BIN, "server", "--data-dir", self.data_dir, "--https-listen-port", str(self.port),
-             "--bind-address", "127.0.0.1", "--write-kubeconfig", self.kubeconfig,
+             "--bind-address", self.bind, "--write-kubeconfig", self.kubeconfig,
              *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT,
         )

@@ -1,0 +1,159 @@
+//! The agent's side of joining: pin the server's CA with the hash in the token, trade the
+//! token for a client certificate, and keep the result as a kubeconfig in the data
+//! directory so restarts need no token round trip.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::{Value, json};
+
+use crate::api::join::{ca_hash, parse_token};
+use crate::pki::{self, CertPair};
+
+/// Accepts any server certificate. Used for exactly one request, `GET /cacerts`, whose
+/// answer is then checked against the CA hash in the join token before anything is trusted.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One HTTPS request with `config`; returns the status and body.
+async fn request(
+    config: rustls::ClientConfig,
+    server: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> anyhow::Result<(u16, Bytes)> {
+    let uri: http::Uri = server.parse().with_context(|| format!("--server {server:?} is not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        bail!("--server {server:?} must be an https:// URL");
+    }
+    let host = uri.host().ok_or_else(|| anyhow!("--server {server:?} has no host"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = uri.port_u16().unwrap_or(6443);
+    let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
+        .await
+        .with_context(|| format!("connecting to {bare}:{port}"))?;
+    let name = ServerName::try_from(bare.clone()).context("server host name")?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .context("TLS handshake with the server (is this the server the token came from?)")?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder().method(method).uri(path).header("host", &bare);
+    if let Some(t) = bearer {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = match body {
+        Some(v) => {
+            req = req.header("content-type", "application/json");
+            Bytes::from(serde_json::to_vec(&v)?)
+        }
+        None => Bytes::new(),
+    };
+    let resp = sender.send_request(req.body(Full::new(body))?).await.with_context(|| format!("{method} {path}"))?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
+}
+
+/// Fetches the server's CA and checks it against the token's hash.
+async fn pinned_ca(server: &str, token: &str) -> anyhow::Result<String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let trusting = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    let (status, body) = request(trusting, server, "GET", "/cacerts", None, None).await?;
+    if status != 200 {
+        bail!("the server answered {status} for its CA certificate: is {server} a bramble server?");
+    }
+    let ca = String::from_utf8(body.to_vec()).context("the CA certificate is not text")?;
+    match parse_token(token).0 {
+        Some(hash) if hash != ca_hash(&ca) => bail!(
+            "the server's CA does not match the token: either the token is from another cluster or something is \
+             impersonating the server"
+        ),
+        Some(_) => {}
+        None => tracing::warn!("the token carries no CA hash: trusting the server's CA on first use"),
+    }
+    Ok(ca)
+}
+
+/// The kubeconfig this agent uses, joining first when there is none yet.
+pub async fn credentials(data_dir: &Path, server: &str, token: &str, node_name: &str) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("agent").join("kubeconfig.yaml");
+    if path.exists() {
+        return Ok(path);
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = pinned_ca(server, token).await?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(ca.as_bytes())) {
+        roots.add(cert.context("reading the CA certificate")?).context("trusting the CA certificate")?;
+    }
+    let pinned = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let (status, body) = request(
+        pinned,
+        server,
+        "POST",
+        "/v1-bramble/node-credentials",
+        Some(token),
+        Some(json!({"nodeName": node_name})),
+    )
+    .await?;
+    let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    match status {
+        200 => {}
+        401 => bail!("the server refused the token: use the one in <server data-dir>/server/node-token"),
+        _ => bail!("joining failed ({status}): {}", answer["message"].as_str().unwrap_or("no reason given")),
+    }
+    let pair = CertPair {
+        cert_pem: answer["certificate"].as_str().context("the server sent no certificate")?.to_string(),
+        key_pem: answer["key"].as_str().context("the server sent no key")?.to_string(),
+    };
+    let kubeconfig = pki::kubeconfig(server, &ca, &pair);
+    pki::write_private(&path, kubeconfig.as_bytes(), 0o600).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}

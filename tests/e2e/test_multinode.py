@@ -1,0 +1,104 @@
+"""An agent on another node joins a server with the node token: each node gets its own
+network namespace and address on this machine, connected by a veth pair. Everything the
+test creates (namespace, links, processes) is removed even when it fails."""
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+from kubernetes import client, config
+
+from conftest import BIN, Server
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
+                                reason="needs root and iproute2 for network namespaces")
+
+
+def sh(*args):
+    subprocess.run(args, check=True, capture_output=True)
+
+
+@pytest.fixture
+def remote_node():
+    """A network namespace reachable from the host at 10.251.N.1, itself at 10.251.N.2."""
+    tag = uuid.uuid4().hex[:6]
+    ns, host_if, node_if = f"brt-{tag}", f"brh{tag}", f"brn{tag}"
+    subnet = 1 + int(tag, 16) % 250
+    host_ip, node_ip = f"10.251.{subnet}.1", f"10.251.{subnet}.2"
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", node_if)
+        sh("ip", "link", "set", node_if, "netns", ns)
+        sh("ip", "addr", "add", f"{host_ip}/24", "dev", host_if)
+        sh("ip", "link", "set", host_if, "up")
+        sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{node_ip}/24", "dev", node_if)
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", node_if, "up")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        yield ns, host_ip, node_ip
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def wait_for(fn, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = fn()
+            if value:
+                return value
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_agent_joins_from_its_own_network_namespace(remote_node):
+    ns, host_ip, node_ip = remote_node
+    server = Server(extra_args=["--tls-san", host_ip, "--node-name", "server-1"], agent=True, bind="0.0.0.0").start()
+    agent = None
+    agent_dir = os.path.join(server.dir, "agent-node")
+    try:
+        with open(os.path.join(server.data_dir, "server", "node-token")) as f:
+            token = f.read().strip()
+        assert token.startswith("K10") and "::server:" in token
+        url = f"https://{host_ip}:{server.port}"
+
+        refused = subprocess.run(["ip", "netns", "exec", ns, BIN, "agent", "--server", url, "--token", "not-it",
+                                  "--data-dir", agent_dir + "-bad", "--node-name", "intruder"],
+                                 capture_output=True, text=True, timeout=30)
+        assert refused.returncode != 0 and "refused the token" in refused.stderr
+
+        log = open(os.path.join(server.dir, "agent.log"), "wb")
+        agent = subprocess.Popen(["ip", "netns", "exec", ns, BIN, "agent", "--server", url, "--token", token,
+                                  "--data-dir", agent_dir, "--node-name", "worker-1", "--node-label", "disktype=hdd"],
+                                 stdout=log, stderr=subprocess.STDOUT)
+        core = client.CoreV1Api(config.new_client_from_config(config_file=server.kubeconfig))
+        node = wait_for(lambda: core.read_node("worker-1"))
+        assert node.metadata.labels["disktype"] == "hdd"
+        assert "node-role.kubernetes.io/control-plane" not in node.metadata.labels
+        assert any(a.type == "InternalIP" and a.address == node_ip for a in node.status.addresses)
+        assert sorted(n.metadata.name for n in core.list_node().items) == ["server-1", "worker-1"]
+        lease = wait_for(lambda: client.CoordinationV1Api(core.api_client)
+                         .read_namespaced_lease("worker-1", "kube-node-lease"))
+        assert lease.spec.holder_identity == "worker-1"
+
+        # The agent's own credentials are a node identity: enough for its Node, not for the rest.
+        node_api = config.new_client_from_config(config_file=os.path.join(agent_dir, "agent", "kubeconfig.yaml"))
+        client.CoreV1Api(node_api).read_node("worker-1")
+        with pytest.raises(client.ApiException) as e:
+            client.AppsV1Api(node_api).list_namespaced_deployment("default")
+        assert e.value.status == 403
+    finally:
+        if agent:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+        server.cleanup()
