@@ -170,7 +170,6 @@ async fn write_status(client: &Client, opts: &AgentOptions) -> anyhow::Result<Va
         "addresses": f.addresses,
         "nodeInfo": f.node_info,
         "conditions": conditions(&f, &node["status"]["conditions"]),
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
     });
     node["status"] = status.clone();
     client.call("PUT", &path, Some("application/json"), "application/json", Some(&node)).await?;
