@@ -67,16 +67,20 @@ impl Tokens {
 }
 
 /// Allows `user` to perform `verb` on `resource`, or says why not.
-/// What an agent's identity (`system:node:<name>` in `system:nodes`) may do: run its Node
-/// and Lease, report pods and events, and read what pods need. A subset of upstream's node
-/// authorizer, without its per-node restriction to the node's own objects.
-fn node_may(user: &User, verb: &str, group: &str, resource: &str) -> bool {
-    if !user.name.starts_with("system:node:") || !user.groups.iter().any(|g| g == "system:nodes") {
+/// What an agent's identity (`system:node:<name>` in `system:nodes`) may do: run its own
+/// Node and Lease, report pods and events, and read what pods need. A subset of upstream's
+/// node authorizer and NodeRestriction: a node may change only the Node and Lease named
+/// after it (creation is not checked against the body's name yet).
+fn node_may(user: &User, verb: &str, group: &str, resource: &str, name: Option<&str>) -> bool {
+    let Some(me) = user.name.strip_prefix("system:node:") else { return false };
+    if !user.groups.iter().any(|g| g == "system:nodes") {
         return false;
     }
     let read = matches!(verb, "get" | "list" | "watch");
+    let own = name.is_none_or(|n| n == me);
     match (group, resource) {
-        ("", "nodes") | ("coordination.k8s.io", "leases") | ("", "pods") => true,
+        ("", "nodes") | ("coordination.k8s.io", "leases") => read || verb == "create" || own,
+        ("", "pods") => true,
         ("", "events") => read || matches!(verb, "create" | "update" | "patch"),
         ("", "configmaps" | "secrets" | "services" | "endpoints" | "namespaces")
         | ("", "persistentvolumeclaims" | "persistentvolumes") => read,
@@ -90,8 +94,9 @@ pub fn authorize(
     group: &str,
     resource: &str,
     namespace: Option<&str>,
+    name: Option<&str>,
 ) -> Result<(), ApiError> {
-    if user.is_admin() || node_may(user, verb, group, resource) {
+    if user.is_admin() || node_may(user, verb, group, resource, name) {
         return Ok(());
     }
     let scope = match namespace {
@@ -102,4 +107,29 @@ pub fn authorize(
         "{resource} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{group}\"{scope}",
         user.name
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_change_only_their_own_node_and_lease() {
+        let node = User { name: "system:node:board-2".into(), groups: vec!["system:nodes".into()] };
+        assert!(authorize(&node, "patch", "", "nodes", None, Some("board-2")).is_ok());
+        assert!(authorize(&node, "patch", "", "nodes", None, Some("board-1")).is_err());
+        assert!(authorize(&node, "get", "", "nodes", None, Some("board-1")).is_ok());
+        assert!(
+            authorize(&node, "patch", "coordination.k8s.io", "leases", Some("kube-node-lease"), Some("board-2"))
+                .is_ok()
+        );
+        assert!(
+            authorize(&node, "delete", "coordination.k8s.io", "leases", Some("kube-node-lease"), Some("x")).is_err()
+        );
+        assert!(authorize(&node, "list", "apps", "deployments", Some("default"), None).is_err());
+        assert!(authorize(&node, "get", "", "secrets", Some("default"), Some("s")).is_ok());
+        assert!(authorize(&node, "delete", "", "secrets", Some("default"), Some("s")).is_err());
+        let impostor = User { name: "system:node:board-2".into(), groups: vec![] };
+        assert!(authorize(&impostor, "get", "", "nodes", None, Some("board-2")).is_err());
+    }
 }

@@ -209,7 +209,7 @@ impl Api {
             ("DELETE", true) => "delete",
             _ => return Err(ApiError::method_not_allowed(format!("{method} is not supported on {path}"))),
         };
-        auth::authorize(&user, verb, group, target.res.plural, target.namespace.as_deref())?;
+        auth::authorize(&user, verb, group, target.res.plural, target.namespace.as_deref(), target.name.as_deref())?;
         let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let as_table = table::wants_table(&accept);
         let (parts, body) = http::read_body(req).await?;

@@ -130,6 +130,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         .await
         .context("joining the cluster")?;
     tracing::info!(server = %args.server, node = %node_name, "joined");
+    server::notify_ready();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let opts = crate::agent::AgentOptions {
         kubeconfig,

@@ -33,7 +33,7 @@ fn random_token() -> Result<String> {
 }
 
 /// Tells systemd we are ready, when run under `Type=notify`.
-fn notify_ready() {
+pub(super) fn notify_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
     let sock = match std::os::unix::net::UnixDatagram::unbound() {
         Ok(s) => s,
