@@ -226,7 +226,10 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
             tracing::warn!(error = %format!("{e:#}"), "renewing the node lease");
         }
         let fresh = facts::gather(&opts.node_name, &opts.data_dir, opts.server);
-        let changed = fresh.memory_pressure.to_string() != last_status_flag(&last_status, "MemoryPressure")
+        // A read, not a write: notices at once when someone deleted the Node.
+        let gone = matches!(client.get(&format!("/api/v1/nodes/{}", opts.node_name)).await, Err(e) if is_not_found(&e));
+        let changed = gone
+            || fresh.memory_pressure.to_string() != last_status_flag(&last_status, "MemoryPressure")
             || fresh.disk_pressure.to_string() != last_status_flag(&last_status, "DiskPressure")
             || fresh.addresses != last_status["addresses"];
         if changed || last_full.elapsed() >= STATUS_EVERY {

@@ -85,6 +85,14 @@ def test_kubectl_sees_the_node_and_user_labels_stay(node_server):
     kubectl.run("uncordon", "board-1")
 
 
+def test_deleted_node_comes_back(node_server):
+    core = client.CoreV1Api(config.new_client_from_config(config_file=node_server.kubeconfig))
+    old_uid = wait_for(lambda: core.read_node("board-1")).metadata.uid
+    core.delete_node("board-1")
+    back = wait_for(lambda: (lambda n: n if n.metadata.uid != old_uid else None)(core.read_node("board-1")), timeout=25)
+    assert back.metadata.labels["zone"] == "shelf-a" and back.status.node_info is not None
+
+
 def test_server_refuses_bad_node_flags():
     s = Server(extra_args=["--node-taint", "oops"], agent=True)
     try:
