@@ -142,7 +142,9 @@ const MEMORY_RESERVE_KIB: u64 = 100 * 1024;
 
 /// Reads the node's facts; `data_dir` is where pods' data will live.
 pub fn gather(node_name: &str, data_dir: &Path, server: bool) -> Facts {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Online CPUs, as the kubelet counts them (not this process's affinity or quota).
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1);
     let mem_kib = meminfo("MemTotal").unwrap_or(0);
     let mem_avail_kib = meminfo("MemAvailable").unwrap_or(mem_kib);
     let (disk_total, disk_avail) = fs_space(data_dir).unwrap_or((0, 0));
