@@ -215,6 +215,17 @@ fn status_digest(status: &Value) -> Value {
 /// Registers the node, then renews its Lease and status until `stop` turns true.
 pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
     facts::check_kernel()?;
+    // The airgap path: archives dropped in <data-dir>/agent/images/ are imported at start.
+    let data_dir = opts.data_dir.clone();
+    let imported = tokio::task::spawn_blocking(move || {
+        crate::images::ImageStore::open(&data_dir).and_then(|store| store.import_dropped(&data_dir))
+    })
+    .await;
+    match imported {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "importing dropped image archives"),
+        Err(e) => tracing::warn!(error = %e, "importing dropped image archives"),
+    }
     let client = Client::from_kubeconfig(Some(&opts.kubeconfig), None).context("the agent's API credentials")?;
     let first = facts::gather(&opts.node_name, &opts.data_dir, opts.server);
     register(&client, &opts, &first).await.context("registering the node")?;

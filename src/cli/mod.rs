@@ -23,6 +23,8 @@ enum Command {
     Server(ServerArgs),
     /// Run a node agent that joins a server with its token.
     Agent(AgentArgs),
+    /// Manage this node's images: import archives, list, remove.
+    Image(ImageArgs),
     /// The built-in kubectl (also what runs when the binary is invoked as `kubectl`).
     #[command(disable_help_subcommand = true)]
     Kubectl(crate::kubectl::KubectlArgs),
@@ -116,6 +118,58 @@ pub struct AgentArgs {
     pub node_taint: Vec<String>,
 }
 
+/// `bramble image` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ImageArgs {
+    /// The node's data directory.
+    #[arg(long, short = 'd', default_value = "/var/lib/bramble", global = true)]
+    pub data_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+/// What `bramble image` does.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ImageCommand {
+    /// Import `docker save` or OCI archives (plain or gzipped).
+    Import { files: Vec<PathBuf> },
+    /// List the images on this node.
+    Ls,
+    /// Remove images, and the layers nothing else uses.
+    Rm { references: Vec<String> },
+}
+
+fn run_image(args: ImageArgs) -> anyhow::Result<()> {
+    let store = crate::images::ImageStore::open(&args.data_dir)?;
+    match args.command {
+        ImageCommand::Import { files } => {
+            if files.is_empty() {
+                anyhow::bail!("give one or more archive files to import");
+            }
+            for f in files {
+                for r in store.import(&f).with_context(|| format!("importing {}", f.display()))? {
+                    println!("imported {r}");
+                }
+            }
+        }
+        ImageCommand::Ls => {
+            println!("{:<50} {:<20} {:<14} SIZE", "REPOSITORY", "TAG", "IMAGE ID");
+            for (r, image) in store.list()? {
+                let parsed = crate::images::reference::Reference::parse(&r)?;
+                let id: String = image.id.trim_start_matches("sha256:").chars().take(12).collect();
+                println!("{:<50} {:<20} {:<14} {:.1}MB", parsed.name(), parsed.tag, id, image.size as f64 / 1e6);
+            }
+        }
+        ImageCommand::Rm { references } => {
+            store.remove(&references)?;
+            for r in references {
+                println!("deleted {r}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `bramble agent` until SIGTERM.
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     crate::agent::facts::check_kernel()?;
@@ -158,7 +212,7 @@ pub fn run() -> ExitCode {
     init_tracing();
     let rt = match &cli.command {
         Command::Kubectl(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        Command::Server(_) | Command::Agent(_) => {
+        Command::Server(_) | Command::Agent(_) | Command::Image(_) => {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
         }
     };
@@ -172,6 +226,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Server(args) => rt.block_on(server::run(args)),
         Command::Agent(args) => rt.block_on(run_agent(args)),
+        Command::Image(args) => run_image(args),
         Command::Kubectl(args) => return ExitCode::from(crate::kubectl::run(&rt, args)),
     };
     match result {
