@@ -137,6 +137,11 @@ pub enum ImageCommand {
     Ls,
     /// Remove images, and the layers nothing else uses.
     Rm { references: Vec<String> },
+    /// Mount an image's root file system (overlayfs over its shared layers) under DIR, as a
+    /// container gets it; prints the merged directory.
+    Mount { reference: String, dir: PathBuf },
+    /// Unmount what `image mount` mounted under DIR and remove DIR.
+    Unmount { dir: PathBuf },
 }
 
 fn run_image(args: ImageArgs) -> anyhow::Result<()> {
@@ -160,6 +165,12 @@ fn run_image(args: ImageArgs) -> anyhow::Result<()> {
                 println!("{:<50} {:<20} {:<14} {:.1}MB", parsed.name(), parsed.tag, id, image.size as f64 / 1e6);
             }
         }
+        ImageCommand::Mount { reference, dir } => {
+            let image = store.get(&reference)?;
+            let rootfs = crate::images::rootfs::Rootfs::mount(&store, &image, &dir)?;
+            println!("{}", rootfs.merged.display());
+        }
+        ImageCommand::Unmount { dir } => crate::images::rootfs::Rootfs::at(&dir).unmount()?,
         ImageCommand::Rm { references } => {
             store.remove(&references)?;
             for r in references {

@@ -13,6 +13,7 @@
 
 pub mod layer;
 pub mod reference;
+pub mod rootfs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -104,6 +105,12 @@ impl ImageStore {
     /// Where the unpacked layer with `diff_id` lives.
     pub fn layer_dir(&self, diff_id: &str) -> PathBuf {
         self.root.join("layers").join(diff_id.trim_start_matches("sha256:"))
+    }
+
+    /// The image a reference names.
+    pub fn get(&self, reference: &str) -> anyhow::Result<Image> {
+        let key = Reference::parse(reference)?.to_string();
+        self.refs()?.remove(&key).with_context(|| format!("no such image: {key}"))
     }
 
     /// Every stored image by reference.

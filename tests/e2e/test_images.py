@@ -127,6 +127,18 @@ def test_import_list_share_and_remove(node_dir):
     assert os.getxattr(os.path.join(top_dir, "var", "cache"), "trusted.overlay.opaque") == b"y"
     assert open(os.path.join(top_dir, "app.txt")).read() == "app\n"
 
+    container = os.path.join(node_dir, "containers", "c1")
+    merged = image(node_dir, "mount", "registry.local:5000/team/app:2", container).stdout.strip()
+    try:
+        assert sorted(os.listdir(merged)) == ["app.txt", "bin", "etc", "var"]
+        assert not os.path.exists(os.path.join(merged, "etc", "motd"))  # hidden by the top layer's whiteout
+        assert os.listdir(os.path.join(merged, "var", "cache")) == []  # opaque in the top layer
+        with open(os.path.join(merged, "scratch"), "w") as f:
+            f.write("container data")
+    finally:
+        image(node_dir, "unmount", container)
+    assert not os.path.exists(container) and not os.path.exists(os.path.join(base_dir, "scratch"))
+
     image(node_dir, "rm", "registry.local:5000/team/app:2")
     assert sorted(os.listdir(layers)) == [sha(BASE)]  # the top layer went with its only image
     image(node_dir, "rm", "tool:1.0", "registry.local:5000/team/tool:1.0")
