@@ -278,6 +278,7 @@ impl ImageStore {
             std::fs::read(&done_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
         files.sort();
+        let before = done.clone();
         for f in files {
             let meta = std::fs::metadata(&f)?;
             let stamp = format!("{}:{:?}", meta.len(), meta.modified().ok());
@@ -290,6 +291,9 @@ impl ImageStore {
                 Err(e) => tracing::warn!(file = %key, error = %format!("{e:#}"), "could not import"),
             }
             done.insert(key, stamp);
+        }
+        if done == before {
+            return Ok(());
         }
         std::fs::write(&done_path, serde_json::to_vec(&done)?).context("recording imported archives")
     }

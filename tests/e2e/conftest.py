@@ -123,3 +123,21 @@ class Kubectl:
 @pytest.fixture(params=KUBECTL_VERSIONS)
 def kubectl(request, server):
     return Kubectl(server, request.param)
+
+
+def wait_for(fn, timeout=20):
+    """Polls `fn` until it returns something truthy; a 404 from the Python client counts as
+    not yet."""
+    from kubernetes import client
+    deadline = time.time() + timeout
+    while True:
+        try:
+            value = fn()
+            if value:
+                return value
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+        if time.time() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.2)

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from kubernetes import client, config
 
-from conftest import BIN, Server
+from conftest import BIN, Server, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
                                 reason="needs root and iproute2 for network namespaces")
@@ -43,18 +43,6 @@ def remote_node():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def wait_for(fn, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            value = fn()
-            if value:
-                return value
-        except client.ApiException as e:
-            if e.status != 404:
-                raise
-        time.sleep(0.2)
-    raise AssertionError("timed out")
 
 
 def test_agent_joins_from_its_own_network_namespace(remote_node):

@@ -8,7 +8,7 @@ import time
 import pytest
 from kubernetes import client, config
 
-from conftest import Server, Kubectl
+from conftest import Kubectl, Server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -19,19 +19,6 @@ def node_server():
     s.cleanup()
 
 
-def wait_for(fn, timeout=15):
-    deadline = time.time() + timeout
-    while True:
-        try:
-            value = fn()
-            if value:
-                return value
-        except client.ApiException as e:
-            if e.status != 404:
-                raise
-        if time.time() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.2)
 
 
 def test_node_registers_with_facts_labels_and_taints(node_server):
