@@ -133,6 +133,16 @@ pub struct ImageArgs {
 pub enum ImageCommand {
     /// Import `docker save` or OCI archives (plain or gzipped).
     Import { files: Vec<PathBuf> },
+    /// Pull an image from its registry.
+    Pull {
+        reference: String,
+        /// A registry (`host:port`) to reach over plain HTTP (repeatable).
+        #[arg(long)]
+        insecure_registry: Vec<String>,
+        /// `user:password` for the registry.
+        #[arg(long)]
+        creds: Option<String>,
+    },
     /// List the images on this node.
     Ls,
     /// Remove images, and the layers nothing else uses.
@@ -144,9 +154,18 @@ pub enum ImageCommand {
     Unmount { dir: PathBuf },
 }
 
-fn run_image(args: ImageArgs) -> anyhow::Result<()> {
+async fn run_image(args: ImageArgs) -> anyhow::Result<()> {
     let store = crate::images::ImageStore::open(&args.data_dir)?;
     match args.command {
+        ImageCommand::Pull { reference, insecure_registry, creds } => {
+            let auth = match creds.as_deref().map(|c| c.split_once(':')) {
+                None => oci_client::secrets::RegistryAuth::Anonymous,
+                Some(Some((user, password))) => oci_client::secrets::RegistryAuth::Basic(user.into(), password.into()),
+                Some(None) => anyhow::bail!("--creds must look like user:password"),
+            };
+            let pulled = crate::images::pull::pull(&store, &reference, &insecure_registry, auth).await?;
+            println!("pulled {pulled}");
+        }
         ImageCommand::Import { files } => {
             if files.is_empty() {
                 anyhow::bail!("give one or more archive files to import");
@@ -237,7 +256,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Server(args) => rt.block_on(server::run(args)),
         Command::Agent(args) => rt.block_on(run_agent(args)),
-        Command::Image(args) => run_image(args),
+        Command::Image(args) => rt.block_on(run_image(args)),
         Command::Kubectl(args) => return ExitCode::from(crate::kubectl::run(&rt, args)),
     };
     match result {

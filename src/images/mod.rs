@@ -12,6 +12,7 @@
 //! architecture.
 
 pub mod layer;
+pub mod pull;
 pub mod reference;
 pub mod rootfs;
 
@@ -41,7 +42,7 @@ pub struct Image {
 
 /// The store of one node.
 pub struct ImageStore {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
 /// Holds the store's lock until dropped.
@@ -145,6 +146,28 @@ impl ImageStore {
             diff_ids.push(self.add_layer(l, scratch)?);
         }
         Ok(Image { id, layers: diff_ids, size })
+    }
+
+    /// Stores an image fetched elsewhere (a registry pull) under `reference`.
+    pub fn add(&self, reference: &str, config: &Path, layers: &[PathBuf]) -> anyhow::Result<Image> {
+        let key = Reference::parse(reference)?.to_string();
+        let _lock = self.lock()?;
+        let scratch = self.root.join("tmp").join(hex(&rand_bytes()));
+        std::fs::create_dir_all(&scratch)?;
+        let added = self.add_image(config, layers, &scratch);
+        std::fs::remove_dir_all(&scratch).ok();
+        let image = added?;
+        let mut refs = self.refs()?;
+        refs.insert(key, image.clone());
+        self.save_refs(&refs)?;
+        Ok(image)
+    }
+
+    /// A scratch directory for downloads, removed by the caller.
+    pub fn scratch(&self) -> anyhow::Result<PathBuf> {
+        let d = self.root.join("tmp").join(hex(&rand_bytes()));
+        std::fs::create_dir_all(&d)?;
+        Ok(d)
     }
 
     /// Imports every image in a `docker save` or OCI archive; returns their references.

@@ -20,6 +20,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.environ.get("BRAMBLE_BIN", os.path.join(ROOT, "target", "debug", "bramble"))
 
 
+def die_with_parent():
+    """Runs in the child before exec: the kernel kills it if the test process dies, so even a
+    killed test run leaves no server behind."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,7 +53,7 @@ class Server:
             [BIN, "server", "--data-dir", self.data_dir, "--https-listen-port", str(self.port),
              "--bind-address", self.bind, "--write-kubeconfig", self.kubeconfig,
              *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )
         deadline = time.time() + 30
         ctx = ssl.create_default_context()

@@ -13,6 +13,9 @@ import subprocess
 import tarfile
 import tempfile
 
+import socket
+import time
+
 import pytest
 
 from conftest import BIN, Server
@@ -175,3 +178,44 @@ def test_airgap_directory_is_imported_when_the_agent_starts():
         assert "docker.io/airgap/tool" in image(server.data_dir, "ls").stdout
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+def registry():
+    """A real registry (Debian's docker-registry) on a free loopback port, removed afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = tempfile.mkdtemp(prefix="bramble-registry-")
+    config = os.path.join(root, "config.yml")
+    with open(config, "w") as f:
+        f.write(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+                f"http:\n  addr: 127.0.0.1:{port}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+        subprocess.run(["rm", "-rf", root])
+
+
+def test_pull_from_a_registry(node_dir, registry):
+    archive = os.path.join(node_dir, "tool.tar")
+    docker_archive(archive, ["tool:1.0"], [BASE, TOP])
+    subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"docker-archive:{archive}",
+                    f"docker://{registry}/team/tool:1.0"], check=True, capture_output=True, timeout=60)
+    out = image(node_dir, "pull", f"{registry}/team/tool:1.0", "--insecure-registry", registry).stdout
+    assert f"pulled {registry}/team/tool:1.0" in out
+    assert f"{registry}/team/tool" in image(node_dir, "ls").stdout
+    layers = os.path.join(node_dir, "agent", "content", "layers")
+    assert sorted(os.listdir(layers)) == sorted([sha(BASE), sha(TOP)])  # pushed gzipped, stored by diff ID
+    missing = image(node_dir, "pull", f"{registry}/team/nothing:1", "--insecure-registry", registry, check=False)
+    assert missing.returncode != 0 and "team/nothing" in missing.stderr
