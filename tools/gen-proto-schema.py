@@ -7,7 +7,9 @@ fields as [number, jsonName, "opt"|"omit"|"rep"|"map", type] where type is a
 scalar name, a fully qualified message name, or "K,V" for maps. "omit" marks a
 scalar that Go declares as a plain value with `omitempty`: protobuf always
 carries it, JSON leaves it out when zero, so the decoder drops its zero value
-(pointer fields such as `replicas: 0` keep theirs). That comes from the Go
+(pointer fields such as `replicas: 0` keep theirs). "inline" marks an embedded
+struct (`VolumeSource` in `Volume`, `ProbeHandler` in `Probe`) whose fields JSON puts
+in the parent. Both come from the Go
 struct tags in the packages' `*.go` files beside each `generated.proto`.
 
 Usage, with checkouts of k8s.io/api and k8s.io/apimachinery at the release the
@@ -39,12 +41,14 @@ FIELD = re.compile(r"^\s*(optional|repeated)\s+([\w.]+)\s+(\w+)\s*=\s*(\d+)")
 MAP = re.compile(r"^\s*map<\s*([\w.]+)\s*,\s*([\w.]+)\s*>\s+(\w+)\s*=\s*(\d+)")
 MESSAGE = re.compile(r"^message\s+(\w+)\s*\{")
 STRUCT = re.compile(r"^type\s+(\w+)\s+struct\s*\{")
+GO_INLINE = re.compile(r'^\s*[\w.]+\s+`json:",inline"\s+protobuf:"\w+,\d+,opt,name=(\w+)')
 GO_FIELD = re.compile(r'^\s*\w+\s+(\S+)\s+`json:"[^",]*,omitempty"\s+protobuf:"\w+,\d+,opt,name=(\w+)')
 
 
-def omitted_zero_fields(directory):
-    """(struct, protobuf field name) pairs of non-pointer scalar fields tagged omitempty."""
-    found = set()
+def go_tags(directory):
+    """(struct, protobuf field name) pairs of non-pointer scalar fields tagged omitempty, and
+    of embedded structs whose fields JSON inlines into the parent (`json:",inline"`)."""
+    found, inline = set(), set()
     for go in sorted(directory.glob("*.go")):
         if go.name.endswith("_test.go"):
             continue
@@ -54,11 +58,13 @@ def omitted_zero_fields(directory):
                 struct = m.group(1)
             elif line.startswith("}"):
                 struct = None
+            elif struct and (m := GO_INLINE.match(line)):
+                inline.add((struct, m.group(1)))
             elif struct and (m := GO_FIELD.match(line)):
                 go_type, name = m.groups()
                 if not go_type.startswith(("*", "[", "map[")):
                     found.add((struct, name))
-    return found
+    return found, inline
 
 
 def qualify(ty, package):
@@ -70,7 +76,7 @@ def qualify(ty, package):
 
 
 def parse(path, out):
-    omit = omitted_zero_fields(path.parent)
+    omit, inline = go_tags(path.parent)
     package, message = None, None
     for line in path.read_text().splitlines():
         line = line.split("//", 1)[0]
@@ -90,6 +96,8 @@ def parse(path, out):
                 kind = "rep"
             elif ty in SCALARS and (message.rsplit(".", 1)[1], name) in omit:
                 kind = "omit"
+            elif (message.rsplit(".", 1)[1], name) in inline:
+                kind = "inline"
             else:
                 kind = "opt"
             out[message].append([int(num), name, kind, qualify(ty, package)])

@@ -296,6 +296,10 @@ impl Api {
 }
 
 /// Maps the path after the group-version to a resource target.
+/// Subresource names the API knows; anything else after an object's name is not found.
+const SUBRESOURCES: &[&str] =
+    &["status", "scale", "finalize", "eviction", "binding", "log", "exec", "attach", "portforward", "proxy"];
+
 fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
     let own = |s: &Option<&&str>| s.map(|x| x.to_string());
     if let ["namespaces", ns, plural, tail @ ..] = rest
@@ -309,6 +313,11 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
     let (plural, tail) = rest.split_first()?;
     let res = resources::find(group, version, plural)?;
     if tail.len() > 2 || (res.namespaced && !tail.is_empty()) {
+        return None;
+    }
+    // `namespaces/<ns>/<resource we do not serve>` (resourcequotas, limitranges...) is a
+    // missing resource, 404 as upstream, not a subresource of the namespace.
+    if tail.get(1).is_some_and(|sub| !SUBRESOURCES.contains(sub)) {
         return None;
     }
     Some(Target { res, namespace: None, name: own(&tail.first()), sub: own(&tail.get(1)) })
@@ -333,6 +342,7 @@ mod tests {
         assert!(t.namespace.is_none() && t.name.is_none());
         assert!(parse_target("", "v1", &["pods", "x"]).is_none());
         assert!(parse_target("", "v1", &["nope"]).is_none());
+        assert!(parse_target("", "v1", &["namespaces", "x", "resourcequotas"]).is_none());
     }
 
     #[test]

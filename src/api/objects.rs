@@ -122,6 +122,35 @@ fn has_finalizers(o: &Value) -> bool {
     o.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
 }
 
+/// A Job without `manualSelector: true` gets its selector from the server, as upstream's
+/// job strategy does: the new uid as `batch.kubernetes.io/controller-uid`, also put with the
+/// job name on the pod template (and under the legacy label keys), and on the Job itself
+/// when it has no labels.
+fn generate_job_selector(job: &mut Value, name: &str) {
+    if job["spec"]["manualSelector"] == json!(true) {
+        return;
+    }
+    let uid = job["metadata"]["uid"].clone();
+    job["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    let labels = &mut job["spec"]["template"]["metadata"]["labels"];
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    for (k, v) in [
+        ("batch.kubernetes.io/controller-uid", uid.clone()),
+        ("batch.kubernetes.io/job-name", json!(name)),
+        ("controller-uid", uid),
+        ("job-name", json!(name)),
+    ] {
+        labels[k] = v;
+    }
+    // Upstream defaulting: a Job without labels of its own carries its pods' labels.
+    let own = &job["metadata"]["labels"];
+    if own.as_object().is_none_or(|m| m.is_empty()) {
+        job["metadata"]["labels"] = job["spec"]["template"]["metadata"]["labels"].clone();
+    }
+}
+
 /// Kinds whose upstream strategy keeps `metadata.generation` (controllers compare it with
 /// `status.observedGeneration`); the rest, such as ConfigMaps and Pods, carry none.
 fn tracks_generation(kind: &str) -> bool {
@@ -291,6 +320,9 @@ impl Api {
             kinds::fold_string_data(&mut obj);
         }
         kinds::apply_defaults(res.kind, &mut obj);
+        if res.kind == "Job" {
+            generate_job_selector(&mut obj, &name);
+        }
         match applied {
             Some(managed) => obj["metadata"]["managedFields"] = managed,
             None => apply::record_update(None, &mut obj, manager(q), &res.api_version(), ""),
@@ -336,6 +368,7 @@ impl Api {
     pub fn list(&self, t: &Target, q: &Query, as_table: bool) -> Result<Value, ApiError> {
         let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?;
         let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))?;
+        fields.check_supported(t.res.plural)?;
         let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
         let prefix = t.res.list_prefix(t.namespace.as_deref());
         let mut start = match q.get("continue").filter(|c| !c.is_empty()) {

@@ -23,7 +23,8 @@ use super::status::ApiError;
 const MAGIC: &[u8] = b"k8s\0";
 
 /// One field of a message: number, JSON name, kind (`opt`, `omit` = plain Go value with
-/// `omitempty` whose zero is dropped, `rep`, `map`) and type.
+/// `omitempty` whose zero is dropped, `inline` = embedded struct whose fields JSON puts in
+/// the parent, `rep`, `map`) and type.
 type Field = (u64, String, String, String);
 
 fn schema() -> &'static HashMap<String, Vec<Field>> {
@@ -219,6 +220,12 @@ fn decode_message(message: &str, bytes: &[u8], depth: usize) -> Result<Value, Ap
                     (w, _) => arr.push(scalar_or_message(ty, w, depth)?),
                 }
             }
+            "inline" => {
+                // An embedded Go struct: its fields belong to this object in JSON.
+                if let Value::Object(fields) = scalar_or_message(ty, w, depth)? {
+                    out.extend(fields);
+                }
+            }
             _ => {
                 let v = scalar_or_message(ty, w, depth)?;
                 let zero = v == json!(0) || v == json!(false) || v == json!(0.0);
@@ -387,6 +394,21 @@ mod tests {
         field_varint(7, 0, &mut spec); // paused: bool omitempty, dropped
         let v = decode_message("k8s.io.api.apps.v1.DeploymentSpec", &spec, 0).unwrap();
         assert_eq!(v, json!({"replicas": 0}));
+    }
+
+    /// `Volume` embeds `VolumeSource`: JSON has `emptyDir` beside `name`, not under
+    /// `volumeSource`.
+    #[test]
+    fn embedded_structs_are_inlined() {
+        let mut empty_dir = Vec::new();
+        field_bytes(1, b"Memory", &mut empty_dir);
+        let mut source = Vec::new();
+        field_bytes(2, &empty_dir, &mut source); // VolumeSource.emptyDir
+        let mut volume = Vec::new();
+        field_bytes(1, b"cache", &mut volume);
+        field_bytes(2, &source, &mut volume); // Volume.volumeSource (inline)
+        let v = decode_message("k8s.io.api.core.v1.Volume", &volume, 0).unwrap();
+        assert_eq!(v, json!({"name": "cache", "emptyDir": {"medium": "Memory"}}));
     }
 
     #[test]

@@ -49,6 +49,15 @@ fn valid_key(k: &str) -> bool {
     !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
 
+/// A label value: empty, or up to 63 of `[A-Za-z0-9._-]` starting and ending alphanumeric.
+fn valid_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
 fn parse_set(rest: &str, term: &str) -> Result<Vec<String>, ApiError> {
     let rest = rest.trim();
     let inner = rest.strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(|| {
@@ -80,16 +89,18 @@ impl LabelSelector {
             } else {
                 Requirement::Exists(term.to_string())
             };
-            let key = match &req {
-                Requirement::Eq(k, _)
-                | Requirement::NotEq(k, _)
-                | Requirement::In(k, _)
-                | Requirement::NotIn(k, _)
-                | Requirement::Exists(k)
-                | Requirement::NotExists(k) => k,
+            let (key, values): (&String, Vec<&String>) = match &req {
+                Requirement::Eq(k, v) | Requirement::NotEq(k, v) => (k, vec![v]),
+                Requirement::In(k, vs) | Requirement::NotIn(k, vs) => (k, vs.iter().collect()),
+                Requirement::Exists(k) | Requirement::NotExists(k) => (k, vec![]),
             };
             if !valid_key(key) {
                 return Err(bad());
+            }
+            if let Some(v) = values.iter().find(|v| !valid_value(v)) {
+                return Err(ApiError::bad_request(format!(
+                    "unable to parse requirement: values[0][{key}]: Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+                )));
             }
             reqs.push(req);
         }
@@ -190,6 +201,51 @@ impl FieldSelector {
         self.0.is_empty()
     }
 
+    /// Refuses fields `plural` cannot be selected by, as upstream does (400).
+    pub fn check_supported(&self, plural: &str) -> Result<(), ApiError> {
+        let extra: &[&str] = match plural {
+            "pods" => &[
+                "spec.nodeName",
+                "spec.restartPolicy",
+                "spec.schedulerName",
+                "spec.serviceAccountName",
+                "spec.hostNetwork",
+                "status.phase",
+                "status.podIP",
+                "status.nominatedNodeName",
+            ],
+            "events" => &[
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "reason",
+                "reportingComponent",
+                "source",
+                "type",
+            ],
+            "secrets" => &["type"],
+            "nodes" => &["spec.unschedulable"],
+            "namespaces" => &["status.phase"],
+            "replicasets" | "replicationcontrollers" => &["status.replicas"],
+            "jobs" => &["status.successful"],
+            "services" => &["spec.clusterIP", "spec.type"],
+            _ => &[],
+        };
+        for (path, _, _) in &self.0 {
+            if path != "metadata.name" && path != "metadata.namespace" && !extra.contains(&path.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "\"{path}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"{}",
+                    extra.iter().map(|e| format!(", \"{e}\"")).collect::<String>()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The value the selector requires of `path`, when it is an equality on it.
     pub fn equals(&self, path: &str) -> Option<&str> {
         self.0.iter().find(|(p, eq, _)| p == path && *eq).map(|(_, _, v)| v.as_str())
@@ -265,5 +321,9 @@ mod tests {
         assert!(!FieldSelector::parse("spec.nodeName=").unwrap().matches(&pod));
         assert!(FieldSelector::parse("spec.schedulerName=").unwrap().matches(&pod));
         assert!(FieldSelector::parse("nonsense").is_err());
+        assert!(FieldSelector::parse("data.index=1").unwrap().check_supported("configmaps").is_err());
+        assert!(FieldSelector::parse("spec.nodeName=n").unwrap().check_supported("pods").is_ok());
+        assert!(LabelSelector::parse("tier=a=b").is_err());
+        assert!(LabelSelector::parse("tier in (a,b)").is_ok());
     }
 }

@@ -70,6 +70,7 @@ pub fn watch(api: Arc<Api>, t: &Target, q: &Query, as_table: bool) -> Result<Res
         labels: LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?,
         fields: FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))?,
     };
+    filter.fields.check_supported(t.res.plural)?;
     let rv = q.get("resourceVersion").unwrap_or("");
     let send_initial = q.flag("sendInitialEvents") && q.get("sendInitialEvents").is_some();
     let from: Option<u64> = match rv {
