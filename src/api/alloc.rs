@@ -111,7 +111,21 @@ pub fn allocate_service(
         let mut chosen = Vec::new();
         let n_ports = svc.pointer("/spec/ports").and_then(Value::as_array).map_or(0, Vec::len);
         for i in 0..n_ports {
-            let want = svc["spec"]["ports"][i].get("nodePort").and_then(Value::as_i64).unwrap_or(0);
+            let mut want = svc["spec"]["ports"][i].get("nodePort").and_then(Value::as_i64).unwrap_or(0);
+            if want == 0 {
+                // An update that leaves a port's nodePort out keeps the one it has, as upstream.
+                let this = &svc["spec"]["ports"][i];
+                let proto = |p: &Value| p["protocol"].as_str().unwrap_or("TCP").to_string();
+                want = old
+                    .and_then(|o| o.pointer("/spec/ports"))
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["port"] == this["port"] && proto(p) == proto(this))
+                    .and_then(|p| p["nodePort"].as_i64())
+                    .filter(|np| !chosen.contains(np))
+                    .unwrap_or(0);
+            }
             let port = if want != 0 {
                 if want < lo as i64 || want > hi as i64 {
                     return Err(invalid(

@@ -122,6 +122,24 @@ fn has_finalizers(o: &Value) -> bool {
     o.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
 }
 
+/// Whether two versions of an object differ in nothing but their resourceVersion and the
+/// times recorded in managedFields.
+fn same_content(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+            for entry in meta.get_mut("managedFields").and_then(Value::as_array_mut).into_iter().flatten() {
+                if let Some(e) = entry.as_object_mut() {
+                    e.remove("time");
+                }
+            }
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
 /// A Job without `manualSelector: true` gets its selector from the server, as upstream's
 /// job strategy does: the new uid as `batch.kubernetes.io/controller-uid`, also put with the
 /// job name on the pod template (and under the legacy label keys), and on the Job itself
@@ -511,6 +529,11 @@ impl Api {
         let mut extra = Vec::new();
         if res.kind == "Service" {
             extra = alloc::allocate_service(&self.store, &self.opts, &mut new, Some(&old))?;
+        }
+        if extra.is_empty() && same_content(&old, &new) {
+            // Nothing changed but managedFields timestamps: store nothing, as upstream does
+            // (no new resourceVersion, no watch event, no flash write).
+            return Ok(old);
         }
         if q.dry_run() {
             return Ok(new);

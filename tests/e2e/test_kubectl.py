@@ -611,9 +611,42 @@ def test_patch(kubectl, ns):
     assert deploy["spec"]["replicas"] == 4
     assert deploy["metadata"]["labels"] == {"app": "web", "patched": "yes"}
 
-    # A patch that changes nothing is reported as such.
-    same = kubectl.run("-n", ns, "patch", "deployment", "web", "--type=merge", "-p", '{"spec":{"replicas":4}}')
-    assert "deployment.apps/web patched (no change)" in same.stdout
+
+NOOP_CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: steady}\ndata: {a: '1'}\n"
+
+
+@pytest.mark.parametrize("write", ["patch", "replace", "server-side-apply"])
+def test_noop_write_stores_nothing(kubectl, ns, write):
+    """Writing an object back unchanged is a no-op: same resourceVersion, no watch event.
+    A later managedFields timestamp is not a change (upstream since 1.27), so each write
+    waits for the clock to pass a second first."""
+    if write == "server-side-apply":
+        kubectl.run("-n", ns, "apply", "--server-side", "-f", "-", input=NOOP_CONFIGMAP)
+    else:
+        kubectl.run("-n", ns, "create", "-f", "-", input=NOOP_CONFIGMAP)
+    before = jsonpath(kubectl, ns, "cm", "steady", path="{.metadata.resourceVersion}")
+
+    proc = kubectl.popen("-n", ns, "get", "cm", "steady", "--watch-only", "-o", "name")
+    try:
+        reader = LineReader(proc)
+        time.sleep(1.1)
+        if write == "patch":
+            out = kubectl.run("-n", ns, "patch", "cm", "steady", "--type=merge", "-p", '{"data":{"a":"1"}}').stdout
+            assert "configmap/steady patched (no change)" in out, out
+        elif write == "replace":
+            dumped = kubectl.run("-n", ns, "get", "cm", "steady", "-o", "yaml").stdout
+            kubectl.run("-n", ns, "replace", "-f", "-", input=dumped)
+        else:
+            kubectl.run("-n", ns, "apply", "--server-side", "-f", "-", input=NOOP_CONFIGMAP)
+        assert jsonpath(kubectl, ns, "cm", "steady", path="{.metadata.resourceVersion}") == before
+
+        # A real change afterwards is the first (and only) event the watch sees.
+        kubectl.run("-n", ns, "label", "cm", "steady", "changed=yes")
+        reader.wait_for(lambda line: "steady" in line)
+        time.sleep(0.5)
+        assert reader.lines == ["configmap/steady"]
+    finally:
+        stop(proc)
 
 
 def test_label_and_annotate(kubectl, ns):
