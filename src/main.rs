@@ -14,6 +14,7 @@ mod cli;
 mod images;
 mod kubectl;
 mod pki;
+mod runtime;
 mod store;
 
 fn main() -> std::process::ExitCode {

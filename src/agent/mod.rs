@@ -5,13 +5,17 @@
 //! This stage registers the Node (labels, capacity, system info, addresses, conditions) and
 //! keeps it alive through a Lease in `kube-node-lease`, renewed every 10 s as the kubelet
 //! does: one small write per renewal, while the full status is written only when something
-//! in it changes or once every 5 minutes. Pods do not run yet, so the node reports
-//! `Ready=False` with that reason rather than promising what it cannot do.
+//! in it changes or once every 5 minutes. It runs the pods bound to the node ([`pods`]) and
+//! serves their logs to the API server ([`kubelet`]).
 
 pub mod facts;
+pub mod kubelet;
+pub mod pods;
+pub mod registries;
 pub mod join;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -40,6 +44,8 @@ pub struct AgentOptions {
     pub taints: Vec<String>,
     /// Whether this node also runs the control plane (`node-role.kubernetes.io/control-plane`).
     pub server: bool,
+    /// How pods run here.
+    pub runtime: crate::cli::RuntimeArgs,
 }
 
 /// Parses `key=value` (or `key`) into a label.
@@ -117,9 +123,9 @@ fn conditions(f: &facts::Facts, previous: &Value) -> Value {
         .collect();
     out.push(json!({
         "type": "Ready",
-        "status": "False",
-        "reason": "KubeletNotReady",
-        "message": "pods cannot run on this node yet: this bramble build has no container runtime",
+        "status": "True",
+        "reason": "KubeletReady",
+        "message": "kubelet is posting ready status",
     }));
     for c in &mut out {
         let before = previous
@@ -170,6 +176,7 @@ async fn write_status(client: &Client, opts: &AgentOptions) -> anyhow::Result<Va
         "addresses": f.addresses,
         "nodeInfo": f.node_info,
         "conditions": conditions(&f, &node["status"]["conditions"]),
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": opts.runtime.kubelet_port}},
     });
     node["status"] = status.clone();
     client.call("PUT", &path, Some("application/json"), "application/json", Some(&node)).await?;
@@ -230,6 +237,25 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
     let first = facts::gather(&opts.node_name, &opts.data_dir, opts.server);
     register(&client, &opts, &first).await.context("registering the node")?;
     let mut last_status = write_status(&client, &opts).await.context("writing the node status")?;
+    let host_ip = last_status["addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
+        .and_then(|x| x["address"].as_str())
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    let ctx = Arc::new(pods::Ctx {
+        client: Client::from_kubeconfig(Some(&opts.kubeconfig), None).context("the agent's API credentials")?,
+        node: opts.node_name.clone(),
+        layout: crate::runtime::Layout::new(&opts.data_dir, &opts.node_name, &opts.runtime.pod_log_dir),
+        images_root: crate::images::ImageStore::open(&opts.data_dir)?.root,
+        insecure_registries: registries::insecure(&opts.runtime.private_registry)?,
+        pids_limit: (opts.runtime.pod_max_pids > 0).then_some(opts.runtime.pod_max_pids),
+        allocatable: last_status["allocatable"].clone(),
+        host_ip,
+    });
+    tokio::spawn(pods::run(ctx.clone(), stop.clone()));
+    let kubelet = kubelet::serve(ctx, &opts, stop.clone()).await.context("starting the node's HTTPS endpoint")?;
+    let _kubelet = tokio::spawn(kubelet);
     let mut last_full = Instant::now();
     tracing::info!(node = %opts.node_name, "node registered");
     loop {

@@ -71,6 +71,16 @@ impl Query {
     }
 }
 
+/// Percent-encodes a query value.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Percent-decoding of a query component (`+` is a space).
 pub fn decode(s: &str) -> String {
     let b = s.as_bytes();

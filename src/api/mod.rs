@@ -8,7 +8,8 @@ mod alloc;
 mod apply;
 pub mod auth;
 mod discovery;
-mod http;
+pub mod http;
+pub mod node_proxy;
 pub mod join;
 mod kinds;
 mod objects;
@@ -283,6 +284,7 @@ impl Api {
             ("create", Some("eviction")) if res.kind == "Pod" => {
                 Ok(json_response(201, &self.evict(&target, &q, body_value(false)?).await?))
             }
+            ("get", Some("log")) if res.kind == "Pod" => self.pod_log(&target, &q).await,
             (_, Some("log" | "exec" | "attach" | "portforward")) if res.kind == "Pod" => {
                 self.get_object(&target)?;
                 Err(ApiError::bad_request(format!(
@@ -292,6 +294,29 @@ impl Api {
             }
             _ => Err(ApiError::method_not_allowed(format!("{} is not supported on {path}", parts.method))),
         }
+    }
+
+    /// `GET pods/<name>/log`: from the node the pod runs on.
+    async fn pod_log(&self, target: &Target, q: &Query) -> Result<Response<Body>, ApiError> {
+        let pod = self.get_object(target)?;
+        let container = node_proxy::log_container(&pod, q.get("container"))?;
+        let name = target.name.as_deref().unwrap_or("");
+        let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("");
+        if node_name.is_empty() {
+            return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
+        }
+        let node_target = Target { res: resources::find("", "v1", "nodes").ok_or_else(|| ApiError::internal("no nodes resource"))?, namespace: None, name: Some(node_name.to_string()), sub: None };
+        let node = self.get_object(&node_target)?;
+        let pki = self.opts.join.as_ref().map(|j| j.pki.clone()).ok_or_else(|| ApiError::internal("this server has no CA to reach nodes with"))?;
+        let mut query: Vec<String> = Vec::new();
+        for key in ["follow", "previous", "timestamps", "tailLines", "sinceSeconds", "sinceTime", "limitBytes"] {
+            if let Some(v) = q.get(key) {
+                query.push(format!("{key}={}", http::encode(v)));
+            }
+        }
+        let ns = target.namespace.as_deref().unwrap_or("default");
+        let path = format!("/containerLogs/{ns}/{name}/{container}?{}", query.join("&"));
+        node_proxy::get(&pki, &node, &path).await
     }
 }
 

@@ -28,6 +28,9 @@ enum Command {
     /// The built-in kubectl (also what runs when the binary is invoked as `kubectl`).
     #[command(disable_help_subcommand = true)]
     Kubectl(crate::kubectl::KubectlArgs),
+    /// The monitor of one container (started by the agent, not by hand).
+    #[command(hide = true)]
+    Shim(crate::runtime::shim::ShimArgs),
 }
 
 /// `bramble server` flags.
@@ -82,6 +85,26 @@ pub struct ServerArgs {
     /// A taint this node registers with, `key=value:Effect` (repeatable).
     #[arg(long)]
     pub node_taint: Vec<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// How this node runs pods (both `bramble server` and `bramble agent`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// Where container logs go, `<namespace>_<pod>_<uid>/<container>/<restart>.log`.
+    #[arg(long, default_value = "/var/log/pods")]
+    pub pod_log_dir: PathBuf,
+    /// Registry configuration in k3s's `registries.yaml` format; mirrors whose endpoint is
+    /// `http://...` are pulled from over plain HTTP.
+    #[arg(long, default_value = "/etc/bramble/registries.yaml")]
+    pub private_registry: PathBuf,
+    /// Port of the node's HTTPS endpoint for logs (the API server connects to it).
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// Most processes one container may have (`pids` cgroup); 0 for no limit.
+    #[arg(long, default_value_t = 4096)]
+    pub pod_max_pids: i64,
 }
 
 /// The command line, with `kubectl` inserted when the binary runs through a link of that
@@ -116,6 +139,8 @@ pub struct AgentArgs {
     /// A taint this node registers with, `key=value:Effect` (repeatable).
     #[arg(long)]
     pub node_taint: Vec<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// `bramble image` flags.
@@ -223,6 +248,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         labels: args.node_label.clone(),
         taints: args.node_taint.clone(),
         server: false,
+        runtime: args.runtime.clone(),
     };
     let agent = tokio::spawn(crate::agent::run(opts, stop_rx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -240,9 +266,14 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 pub fn run() -> ExitCode {
     let cli = Cli::parse_from(command_line());
     init_tracing();
+    // The shim forks: it must run before the async runtime starts any thread.
+    let cli = match cli.command {
+        Command::Shim(args) => return crate::runtime::shim::run(args),
+        other => Cli { command: other },
+    };
     let rt = match &cli.command {
         Command::Kubectl(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        Command::Server(_) | Command::Agent(_) | Command::Image(_) => {
+        Command::Server(_) | Command::Agent(_) | Command::Image(_) | Command::Shim(_) => {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
         }
     };
@@ -258,6 +289,7 @@ pub fn run() -> ExitCode {
         Command::Agent(args) => rt.block_on(run_agent(args)),
         Command::Image(args) => rt.block_on(run_image(args)),
         Command::Kubectl(args) => return ExitCode::from(crate::kubectl::run(&rt, args)),
+        Command::Shim(_) => return ExitCode::FAILURE,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -160,6 +160,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             labels: args.node_label.clone(),
             taints: args.node_taint.clone(),
             server: true,
+            runtime: args.runtime.clone(),
         };
         tokio::spawn(async move {
             if let Err(e) = crate::agent::run(opts, stop_rx).await {

@@ -103,6 +103,13 @@ impl ImageStore {
         std::fs::rename(&tmp, self.root.join("refs.json")).context("saving refs.json")
     }
 
+    /// The image's config (`{"config": {"Entrypoint", "Cmd", "Env", "WorkingDir", "User"}}`).
+    pub fn config(&self, image: &Image) -> anyhow::Result<Value> {
+        let path = self.root.join("configs").join(format!("{}.json", image.id.trim_start_matches("sha256:")));
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+    }
+
     /// Where the unpacked layer with `diff_id` lives.
     pub fn layer_dir(&self, diff_id: &str) -> PathBuf {
         self.root.join("layers").join(diff_id.trim_start_matches("sha256:"))

@@ -1,0 +1,334 @@
+//! A pod's volumes on the node: emptyDir (on disk, or tmpfs for `medium: Memory`), hostPath
+//! (every `type` check), and the files of configMap, secret, downwardAPI and projected
+//! volumes. File volumes are written the kubelet's atomic way: a fresh timestamped
+//! directory, then the `..data` symlink swapped to it, so a running container sees either
+//! the old or the new set, never half of each; rewriting them on every resync is how
+//! updates reach running pods.
+
+use std::ffi::CString;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use serde_json::Value;
+
+use super::env::{field_ref, resource_ref};
+use crate::kubectl::client::Client;
+use crate::runtime::spec::{BindMount, quantity};
+
+/// Why a volume cannot be set up, as the pod's events say it.
+pub struct VolumeError(pub String);
+
+fn tmpfs(dir: &Path, size: Option<i128>) -> Result<(), VolumeError> {
+    let is_mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&dir.display().to_string())))
+        .unwrap_or(false);
+    if is_mounted {
+        return Ok(());
+    }
+    let target = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| VolumeError("bad path".into()))?;
+    let opts = CString::new(match size {
+        Some(s) => format!("mode=0755,size={s}"),
+        None => "mode=0755".to_string(),
+    })
+    .map_err(|_| VolumeError("bad options".into()))?;
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, opts.as_ptr().cast())
+    };
+    if rc != 0 {
+        return Err(VolumeError(format!("mounting tmpfs at {}: {}", dir.display(), std::io::Error::last_os_error())));
+    }
+    Ok(())
+}
+
+/// Unmounts every tmpfs under the pod's volume directory (before it is removed).
+pub fn unmount_all(pod_dir: &Path) {
+    let prefix = pod_dir.join("volumes").display().to_string();
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+                .filter(|p| p.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    for m in mounts.iter().rev() {
+        if let Ok(c) = CString::new(m.as_bytes()) {
+            // SAFETY: valid path; MNT_DETACH never blocks.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Writes `files` (relative path, bytes, mode) into `dir` atomically.
+fn write_atomic(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), VolumeError> {
+    let io = |what: &str, e: std::io::Error| VolumeError(format!("{what} in {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io("creating the volume", e))?;
+    let current = std::fs::read_link(dir.join("..data")).ok();
+    // Nothing changed: leave the files (and their inotify watchers) alone.
+    if let Some(cur) = &current {
+        let same = files.iter().all(|(p, b, m)| {
+            let f = dir.join(cur).join(p);
+            std::fs::read(&f).is_ok_and(|old| &old == b)
+                && std::fs::metadata(&f).is_ok_and(|md| md.permissions().mode() & 0o7777 == *m)
+        });
+        let count = walk_count(&dir.join(cur));
+        if same && count == files.len() {
+            return Ok(());
+        }
+    }
+    let stamp = format!("..{}", jiff::Timestamp::now().strftime("%Y_%m_%d_%H_%M_%S.%9f"));
+    let fresh = dir.join(&stamp);
+    for (p, bytes, mode) in files {
+        let f = fresh.join(p);
+        if let Some(parent) = f.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io("creating a directory", e))?;
+        }
+        std::fs::write(&f, bytes).map_err(|e| io("writing a file", e))?;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(*mode)).map_err(|e| io("setting a mode", e))?;
+    }
+    let tmp_link = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp_link);
+    symlink(&stamp, &tmp_link).map_err(|e| io("linking ..data", e))?;
+    std::fs::rename(&tmp_link, dir.join("..data")).map_err(|e| io("swapping ..data", e))?;
+    for (p, _, _) in files {
+        let top = p.split('/').next().unwrap_or(p);
+        let link = dir.join(top);
+        if std::fs::symlink_metadata(&link).is_err() {
+            let _ = symlink(Path::new("..data").join(top), &link);
+        }
+    }
+    // Names that left the set, and the previous generation.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("..") && !files.iter().any(|(p, _, _)| p.split('/').next() == Some(name.as_str())) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if let Some(old) = current {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    Ok(())
+}
+
+fn walk_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|es| {
+            es.flatten()
+                .map(|e| if e.file_type().is_ok_and(|t| t.is_dir()) { walk_count(&e.path()) } else { 1 })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn mode_of(v: &Value, default: u32) -> u32 {
+    v.as_u64().map_or(default, |m| m as u32 & 0o7777)
+}
+
+/// The files of a configMap or secret source (`items` pick and rename keys).
+async fn object_files(
+    client: &Client,
+    ns: &str,
+    src: &Value,
+    secret: bool,
+    default_mode: u32,
+) -> Result<Vec<(String, Vec<u8>, u32)>, VolumeError> {
+    let name = if secret { src["secretName"].as_str().or(src["name"].as_str()) } else { src["name"].as_str() };
+    let name = name.unwrap_or("");
+    let kind = if secret { "secrets" } else { "configmaps" };
+    let obj = match client.get(&format!("/api/v1/namespaces/{ns}/{kind}/{name}")).await {
+        Ok(o) => o,
+        Err(_) if src["optional"].as_bool() == Some(true) => return Ok(Vec::new()),
+        Err(_) => return Err(VolumeError(format!("{} \"{name}\" not found", if secret { "secret" } else { "configmap" }))),
+    };
+    let mut data: Vec<(String, Vec<u8>)> = Vec::new();
+    for field in ["data", "binaryData"] {
+        for (k, v) in obj[field].as_object().into_iter().flatten() {
+            let s = v.as_str().unwrap_or("");
+            let bytes = if secret || field == "binaryData" {
+                base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default()
+            } else {
+                s.as_bytes().to_vec()
+            };
+            data.push((k.clone(), bytes));
+        }
+    }
+    let default_mode = mode_of(&src["defaultMode"], default_mode);
+    match src["items"].as_array() {
+        Some(items) => items
+            .iter()
+            .map(|i| {
+                let key = i["key"].as_str().unwrap_or("");
+                let bytes = data
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, b)| b.clone())
+                    .ok_or_else(|| VolumeError(format!("configmap/secret {name} has no key {key}")))?;
+                Ok((i["path"].as_str().unwrap_or(key).to_string(), bytes, mode_of(&i["mode"], default_mode)))
+            })
+            .collect(),
+        None => Ok(data.into_iter().map(|(k, b)| (k, b, default_mode)).collect()),
+    }
+}
+
+fn downward_files(pod: &Value, items: &Value, default_mode: u32, allocatable: &Value) -> Vec<(String, Vec<u8>, u32)> {
+    items
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            let value = if let Some(f) = i["fieldRef"]["fieldPath"].as_str() {
+                field_ref(pod, f)
+            } else {
+                let r = &i["resourceFieldRef"];
+                let container = pod["spec"]["containers"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["name"] == r["containerName"]))?;
+                resource_ref(container, r["resource"].as_str()?, &r["divisor"], allocatable)
+            }?;
+            Some((i["path"].as_str()?.to_string(), value.into_bytes(), mode_of(&i["mode"], default_mode)))
+        })
+        .collect()
+}
+
+/// Sets up (or refreshes) every volume of `pod` under `pod_dir`; returns name -> host path.
+pub async fn prepare(
+    client: &Client,
+    pod: &Value,
+    pod_dir: &Path,
+    allocatable: &Value,
+) -> Result<Vec<(String, PathBuf)>, VolumeError> {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let mut out = Vec::new();
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let name = v["name"].as_str().unwrap_or("").to_string();
+        let dir = pod_dir.join("volumes").join(&name);
+        let io = |e: std::io::Error| VolumeError(format!("volume {name}: {e}"));
+        if v["emptyDir"].is_object() {
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(io)?;
+            if v["emptyDir"]["medium"] == "Memory" {
+                tmpfs(&dir, quantity(&v["emptyDir"]["sizeLimit"], false))?;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(io)?;
+            }
+            out.push((name, dir));
+        } else if v["hostPath"].is_object() {
+            let path = PathBuf::from(v["hostPath"]["path"].as_str().unwrap_or(""));
+            check_host_path(&path, v["hostPath"]["type"].as_str().unwrap_or(""))?;
+            out.push((name, path));
+        } else if v["configMap"].is_object() || v["secret"].is_object() {
+            let secret = v["secret"].is_object();
+            if secret {
+                std::fs::create_dir_all(&dir).map_err(io)?;
+                // Secrets never touch the disk.
+                tmpfs(&dir, None)?;
+            }
+            let src = if secret { &v["secret"] } else { &v["configMap"] };
+            let files = object_files(client, ns, src, secret, 0o644).await?;
+            write_atomic(&dir, &files)?;
+            out.push((name, dir));
+        } else if v["downwardAPI"].is_object() {
+            let mode = mode_of(&v["downwardAPI"]["defaultMode"], 0o644);
+            write_atomic(&dir, &downward_files(pod, &v["downwardAPI"]["items"], mode, allocatable))?;
+            out.push((name, dir));
+        } else if v["projected"].is_object() {
+            let mode = mode_of(&v["projected"]["defaultMode"], 0o644);
+            let mut files = Vec::new();
+            for s in v["projected"]["sources"].as_array().into_iter().flatten() {
+                if s["configMap"].is_object() {
+                    files.extend(object_files(client, ns, &s["configMap"], false, mode).await?);
+                } else if s["secret"].is_object() {
+                    files.extend(object_files(client, ns, &s["secret"], true, mode).await?);
+                } else if s["downwardAPI"].is_object() {
+                    files.extend(downward_files(pod, &s["downwardAPI"]["items"], mode, allocatable));
+                }
+            }
+            write_atomic(&dir, &files)?;
+            out.push((name, dir));
+        }
+    }
+    Ok(out)
+}
+
+/// Applies a hostPath `type`: creates what `...OrCreate` asks for, checks the rest.
+fn check_host_path(path: &Path, kind: &str) -> Result<(), VolumeError> {
+    use std::os::unix::fs::FileTypeExt;
+    let err = |what: &str| VolumeError(format!("hostPath type check failed: {} is not a {what}", path.display()));
+    let md = std::fs::metadata(path);
+    match kind {
+        "" => Ok(()),
+        "DirectoryOrCreate" => {
+            if md.is_err() {
+                std::fs::create_dir_all(path).map_err(|e| VolumeError(format!("creating {}: {e}", path.display())))?;
+                let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
+                return Ok(());
+            }
+            md.ok().filter(|m| m.is_dir()).map(|_| ()).ok_or_else(|| err("directory"))
+        }
+        "FileOrCreate" => {
+            if md.is_err() {
+                if let Some(p) = path.parent() {
+                    let _ = std::fs::create_dir_all(p);
+                }
+                std::fs::File::create(path).map_err(|e| VolumeError(format!("creating {}: {e}", path.display())))?;
+                return Ok(());
+            }
+            md.ok().filter(|m| m.is_file()).map(|_| ()).ok_or_else(|| err("file"))
+        }
+        "Directory" => md.ok().filter(|m| m.is_dir()).map(|_| ()).ok_or_else(|| err("directory")),
+        "File" => md.ok().filter(|m| m.is_file()).map(|_| ()).ok_or_else(|| err("file")),
+        "Socket" => md.ok().filter(|m| m.file_type().is_socket()).map(|_| ()).ok_or_else(|| err("socket")),
+        "CharDevice" => md.ok().filter(|m| m.file_type().is_char_device()).map(|_| ()).ok_or_else(|| err("character device")),
+        "BlockDevice" => md.ok().filter(|m| m.file_type().is_block_device()).map(|_| ()).ok_or_else(|| err("block device")),
+        other => Err(VolumeError(format!("hostPath type {other:?} is not one Kubernetes defines"))),
+    }
+}
+
+/// The container's bind mounts for its `volumeMounts` (with `subPath`).
+pub fn mounts_for(container: &Value, volumes: &[(String, PathBuf)]) -> Result<Vec<BindMount>, VolumeError> {
+    let mut out = Vec::new();
+    for m in container["volumeMounts"].as_array().into_iter().flatten() {
+        let name = m["name"].as_str().unwrap_or("");
+        let (_, base) = volumes
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| VolumeError(format!("volume {name:?} is mounted but not defined in the pod")))?;
+        let sub = m["subPath"].as_str().unwrap_or("");
+        if sub.split('/').any(|p| p == "..") || sub.starts_with('/') {
+            return Err(VolumeError(format!("subPath {sub:?} must be a relative path without '..'")));
+        }
+        let source = if sub.is_empty() { base.clone() } else { base.join(sub) };
+        if !sub.is_empty() && !source.exists() {
+            std::fs::create_dir_all(&source).map_err(|e| VolumeError(format!("creating subPath {sub}: {e}")))?;
+        }
+        out.push(BindMount {
+            source,
+            destination: m["mountPath"].as_str().unwrap_or("").to_string(),
+            read_only: m["readOnly"].as_bool() == Some(true),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_volumes_swap_atomically_and_drop_removed_keys() {
+        let dir = std::env::temp_dir().join(format!("bramble-vol-{}", std::process::id()));
+        write_atomic(&dir, &[("a".into(), b"1".to_vec(), 0o644), ("b".into(), b"2".to_vec(), 0o600)]).unwrap();
+        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"1");
+        let first = std::fs::read_link(dir.join("..data")).unwrap();
+        write_atomic(&dir, &[("a".into(), b"1".to_vec(), 0o644), ("b".into(), b"2".to_vec(), 0o600)]).unwrap();
+        assert_eq!(std::fs::read_link(dir.join("..data")).unwrap(), first, "unchanged data is not rewritten");
+        write_atomic(&dir, &[("a".into(), b"new".to_vec(), 0o644)]).unwrap();
+        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"new");
+        assert!(!dir.join("b").exists(), "a removed key disappears");
+        assert!(!dir.join(&first).exists(), "the old generation is removed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,140 @@
+//! `pods/log` through the pod's node: the API server finds the node's address and endpoint
+//! port in its Node object and asks it over HTTPS with a client certificate from the cluster
+//! CA, streaming the answer back (so `kubectl logs -f` follows as long as the container
+//! runs).
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+use super::http::Body;
+use super::status::ApiError;
+use crate::pki::{AnyServerCert, Pki};
+
+/// The TLS configuration for calls to nodes, made once.
+fn client_config(pki: &Pki) -> Result<Arc<rustls::ClientConfig>, ApiError> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    if let Some(c) = CONFIG.get() {
+        return Ok(c.clone());
+    }
+    let pair = pki
+        .issue("kube-apiserver-kubelet-client", &["system:masters"], &[], false)
+        .map_err(|e| ApiError::internal(format!("issuing the node client certificate: {e}")))?;
+    let certs = rustls_pemfile::certs(&mut pair.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::internal(format!("node client certificate: {e}")))?;
+    let key = rustls_pemfile::private_key(&mut pair.key_pem.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or_else(|| ApiError::internal("node client key".to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| ApiError::internal(format!("node client certificate: {e}")))?;
+    Ok(CONFIG.get_or_init(|| Arc::new(config)).clone())
+}
+
+/// Picks the container a `log` request means, with upstream's messages when it cannot.
+pub fn log_container(pod: &Value, asked: Option<&str>) -> Result<String, ApiError> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or("");
+    let names = |key: &str| -> Vec<String> {
+        pod["spec"][key].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str().map(str::to_string)).collect()
+    };
+    let (containers, inits) = (names("containers"), names("initContainers"));
+    match asked.filter(|c| !c.is_empty()) {
+        Some(c) if containers.iter().chain(&inits).any(|n| n == c) => Ok(c.to_string()),
+        Some(c) => {
+            let mut msg = format!("container {c} is not valid for pod {name}");
+            if !containers.is_empty() {
+                msg = format!("{msg}, choose one of: [{}]", containers.join(" "));
+            }
+            if !inits.is_empty() {
+                msg = format!("{msg} or one of the init containers: [{}]", inits.join(" "));
+            }
+            Err(ApiError::bad_request(msg))
+        }
+        None if containers.len() == 1 => Ok(containers[0].clone()),
+        None => Err(ApiError::bad_request(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            containers.join(" ")
+        ))),
+    }
+}
+
+/// Where a node's endpoint listens, from its Node object.
+pub fn node_endpoint(node: &Value) -> Option<(String, u16)> {
+    let addrs = node["status"]["addresses"].as_array()?;
+    let ip = addrs
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .or_else(|| addrs.first())
+        .and_then(|a| a["address"].as_str())?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap_or(10250);
+    Some((ip.to_string(), port as u16))
+}
+
+/// GETs `path_and_query` from the node and streams the answer back.
+pub async fn get(pki: &Pki, node: &Value, path_and_query: &str) -> Result<Response<Body>, ApiError> {
+    let node_name = node["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let (ip, port) = node_endpoint(node)
+        .ok_or_else(|| ApiError::internal(format!("node {node_name} reports no address to reach it at")))?;
+    let unreachable = |e: String| ApiError::internal(format!("cannot reach node {node_name} at {ip}:{port}: {e}"));
+    let connector = tokio_rustls::TlsConnector::from(client_config(pki)?);
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((ip.as_str(), port)))
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let server_name = ServerName::try_from(node_name.clone()).unwrap_or(ServerName::try_from("localhost").map_err(|e| unreachable(e.to_string()))?);
+    let tls = connector.connect(server_name, tcp).await.map_err(|e| unreachable(e.to_string()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(e.to_string()))?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path_and_query)
+        .header("host", format!("{ip}:{port}"))
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))?;
+    let status = resp.status().as_u16();
+    if status != 200 {
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let msg = String::from_utf8_lossy(&body).trim().to_string();
+        return Err(match status {
+            400 => ApiError::bad_request(msg),
+            404 => ApiError::not_found_path(&msg),
+            _ => ApiError::internal(format!("node {node_name} answered {status}: {msg}")),
+        });
+    }
+    let content_type = resp.headers().get("content-type").cloned();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let mut body = resp.into_body();
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data()
+                && tx.send(data).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    let mut out = Response::builder().status(200);
+    if let Some(ct) = content_type {
+        out = out.header("content-type", ct);
+    }
+    out.body(StreamBody::new(stream).boxed()).map_err(|e| ApiError::internal(e.to_string()))
+}
