@@ -28,6 +28,15 @@ enum Command {
     /// The built-in kubectl (also what runs when the binary is invoked as `kubectl`).
     #[command(disable_help_subcommand = true)]
     Kubectl(crate::kubectl::KubectlArgs),
+    /// Stop every container of this node and remove its pods' mounts, namespaces and cgroups.
+    Killall {
+        /// The node's data directory.
+        #[arg(long, short = 'd', default_value = "/var/lib/bramble")]
+        data_dir: PathBuf,
+        /// The node's pod log directory (`--pod-log-dir`).
+        #[arg(long, default_value = "/var/log/pods")]
+        pod_log_dir: PathBuf,
+    },
     /// The monitor of one container (started by the agent, not by hand).
     #[command(hide = true)]
     Shim(crate::runtime::shim::ShimArgs),
@@ -269,11 +278,16 @@ pub fn run() -> ExitCode {
     // The shim forks: it must run before the async runtime starts any thread.
     let cli = match cli.command {
         Command::Shim(args) => return crate::runtime::shim::run(args),
+        Command::Killall { data_dir, pod_log_dir } => {
+            let n = crate::agent::pods::killall::killall(&data_dir, &pod_log_dir);
+            println!("removed {n} pods");
+            return ExitCode::SUCCESS;
+        }
         other => Cli { command: other },
     };
     let rt = match &cli.command {
         Command::Kubectl(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        Command::Server(_) | Command::Agent(_) | Command::Image(_) | Command::Shim(_) => {
+        Command::Server(_) | Command::Agent(_) | Command::Image(_) | Command::Shim(_) | Command::Killall { .. } => {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
         }
     };
@@ -289,7 +303,7 @@ pub fn run() -> ExitCode {
         Command::Agent(args) => rt.block_on(run_agent(args)),
         Command::Image(args) => rt.block_on(run_image(args)),
         Command::Kubectl(args) => return ExitCode::from(crate::kubectl::run(&rt, args)),
-        Command::Shim(_) => return ExitCode::FAILURE,
+        Command::Shim(_) | Command::Killall { .. } => return ExitCode::FAILURE,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

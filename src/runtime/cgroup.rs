@@ -71,6 +71,13 @@ pub fn remove_pod(node: &str, uid: &str) {
         if let Err(e) = std::fs::remove_dir(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "removing a pod cgroup");
         }
+        // The node's and bramble's parents go with their last pod.
+        if let Some(node_dir) = dir.parent() {
+            let _ = std::fs::remove_dir(node_dir);
+            if let Some(top) = node_dir.parent() {
+                let _ = std::fs::remove_dir(top);
+            }
+        }
     }
 }
 

@@ -43,7 +43,13 @@ class Server:
         self.kubeconfig = os.path.join(self.dir, "kubeconfig.yaml")
         self.data_dir = os.path.join(self.dir, "data")
         self.log_path = os.path.join(self.dir, "server.log")
-        self.extra_args = list(extra_args) + ([] if agent else ["--disable-agent"])
+        self.agent = agent
+        self.kubelet_port = free_port()
+        self.pod_log_dir = os.path.join(self.dir, "pod-logs")
+        self.registries = os.path.join(self.dir, "registries.yaml")
+        node_flags = ["--kubelet-port", str(self.kubelet_port), "--pod-log-dir", self.pod_log_dir,
+                      "--private-registry", self.registries]
+        self.extra_args = list(extra_args) + (node_flags if agent else ["--disable-agent"])
         self.bind = bind
         self.proc = None
 
@@ -88,6 +94,11 @@ class Server:
 
     def cleanup(self):
         self.stop(signal.SIGKILL)
+        if self.agent:
+            # Containers outlive the agent by design: remove them, their mounts, namespaces
+            # and cgroups the way an operator would.
+            subprocess.run([BIN, "killall", "--data-dir", self.data_dir, "--pod-log-dir", self.pod_log_dir],
+                           capture_output=True, timeout=60)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -149,3 +160,30 @@ def wait_for(fn, timeout=20):
         if time.time() > deadline:
             raise AssertionError("timed out")
         time.sleep(0.2)
+
+
+@pytest.fixture
+def registry():
+    """A real registry (Debian's docker-registry) on a free loopback port, removed afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = tempfile.mkdtemp(prefix="bramble-registry-")
+    config = os.path.join(root, "config.yml")
+    with open(config, "w") as f:
+        f.write(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+                f"http:\n  addr: 127.0.0.1:{port}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+        subprocess.run(["rm", "-rf", root])

@@ -180,33 +180,6 @@ def test_airgap_directory_is_imported_when_the_agent_starts():
         server.cleanup()
 
 
-@pytest.fixture
-def registry():
-    """A real registry (Debian's docker-registry) on a free loopback port, removed afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    root = tempfile.mkdtemp(prefix="bramble-registry-")
-    config = os.path.join(root, "config.yml")
-    with open(config, "w") as f:
-        f.write(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
-                f"http:\n  addr: 127.0.0.1:{port}\n")
-    proc = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait()
-        subprocess.run(["rm", "-rf", root])
-
-
 def test_pull_from_a_registry(node_dir, registry):
     archive = os.path.join(node_dir, "tool.tar")
     docker_archive(archive, ["tool:1.0"], [BASE, TOP])

@@ -5,6 +5,7 @@
 
 pub mod env;
 pub mod images;
+pub mod killall;
 pub mod run;
 pub mod volumes;
 pub mod worker;

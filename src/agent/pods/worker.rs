@@ -32,7 +32,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A run this long resets the back-off, as the kubelet does.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How often file volumes are refreshed so ConfigMap and Secret updates reach pods.
-const VOLUME_REFRESH: Duration = Duration::from_secs(30);
+const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 
 /// What the worker knows about one container of the pod.
 #[derive(Default)]

@@ -1,0 +1,330 @@
+"""Pods as real containers: a `bramble server` with its agent runs pods from an image the
+test builds from the machine's static busybox, and the real kubectl and the Python client
+see them as on any Kubernetes: status, restarts with back-off, OOM kills, init containers,
+environment and volumes from ConfigMaps and Secrets, logs, graceful deletion that leaves
+nothing behind, and containers that survive `kill -9` of the agent and are adopted again."""
+import glob
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from kubernetes import client, config
+
+from busybox_image import docker_archive
+from conftest import Server, kubectl_dir, wait_for
+
+IMAGE = "bramble.test/busybox:1"
+
+
+@pytest.fixture(scope="module")
+def node():
+    s = Server(extra_args=["--node-name", "pods-1"], agent=True)
+    os.makedirs(os.path.join(s.data_dir, "agent", "images"))
+    docker_archive(os.path.join(s.data_dir, "agent", "images", "busybox.tar"), tags=(IMAGE,))
+    s.start()
+    try:
+        yield s
+    finally:
+        s.cleanup()
+
+
+@pytest.fixture(scope="module")
+def core(node):
+    api = config.new_client_from_config(config_file=node.kubeconfig)
+    core = client.CoreV1Api(api)
+    wait_for(lambda: any(c.type == "Ready" and c.status == "True"
+                         for c in (core.read_node("pods-1").status.conditions or [])), timeout=30)
+    return core
+
+
+def kubectl(node, *args, version="1.33", check=True, timeout=60):
+    p = subprocess.run([os.path.join(kubectl_dir(), f"kubectl.{version}"), "--kubeconfig", node.kubeconfig, *args],
+                       capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}\n{node.log()}")
+    return p
+
+
+def pod(name, command, restart="Always", **extra):
+    container = {"name": "main", "image": IMAGE, "imagePullPolicy": "Never", "command": ["sh", "-c", command]}
+    container.update(extra.pop("container", {}))
+    spec = {"nodeName": "pods-1", "restartPolicy": restart, "terminationGracePeriodSeconds": 5,
+            "containers": [container]}
+    spec.update(extra)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def phase(core, name, want, timeout=30):
+    return wait_for(lambda: (p := core.read_namespaced_pod(name, "default")).status.phase == want and p,
+                    timeout=timeout)
+
+
+def delete(core, name):
+    core.delete_namespaced_pod(name, "default", grace_period_seconds=1)
+    wait_for(lambda: name not in [p.metadata.name for p in core.list_namespaced_pod("default").items], timeout=30)
+
+
+def processes_with(marker):
+    out = []
+    for d in glob.glob("/proc/[0-9]*"):
+        try:
+            with open(f"{d}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    out.append(int(os.path.basename(d)))
+        except OSError:
+            pass
+    return out
+
+
+def test_a_pod_runs_and_reports_status_and_logs(node, core):
+    core.create_namespaced_pod("default", pod(
+        "hello", "echo hello from $(hostname) as $(id -u); echo to-stderr >&2; echo $GREETING; "
+                 "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+        container={"env": [{"name": "GREETING", "value": "hi $(WHO)"}, {"name": "WHO", "value": "later"}]}))
+    p = phase(core, "hello", "Running")
+    cs = p.status.container_statuses[0]
+    assert cs.ready and cs.started and cs.restart_count == 0 and cs.state.running.started_at
+    assert cs.container_id.startswith("bramble://") and cs.image_id.startswith("sha256:")
+    assert p.status.host_ip and p.status.start_time and p.status.qos_class == "BestEffort"
+    conds = {c.type: c.status for c in p.status.conditions}
+    assert conds["Ready"] == "True" and conds["ContainersReady"] == "True" and conds["Initialized"] == "True"
+
+    logs = wait_for(lambda: "tick 3" in (t := core.read_namespaced_pod_log("hello", "default")) and t)
+    lines = logs.splitlines()
+    # stdout and stderr are separate pipes, so their relative order is not kept (as upstream).
+    assert "hello from hello as 0" in lines                # UTS namespace named after the pod
+    assert "to-stderr" in lines and "hi $(WHO)" in lines   # $(VAR) only sees earlier variables
+    for version in ("1.27", "1.33"):
+        tail = kubectl(node, "logs", "hello", "--tail=2", version=version).stdout.splitlines()
+        assert len(tail) == 2 and all(l.startswith("tick ") for l in tail)
+    stamped = kubectl(node, "logs", "hello", "--timestamps", "--tail=1").stdout.split(" ", 1)
+    assert stamped[0].endswith("Z") and stamped[1].startswith("tick ")
+    # -f follows new output until we stop it.
+    follow = subprocess.Popen([os.path.join(kubectl_dir(), "kubectl.1.33"), "--kubeconfig", node.kubeconfig, "logs", "-f", "hello", "--tail=0"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert follow.stdout.readline().startswith("tick ")
+    finally:
+        follow.kill()
+        follow.wait()
+
+    described = kubectl(node, "describe", "pod", "hello").stdout
+    for event in ("Pulled", "Created", "Started"):
+        assert event in described, described
+    bad = kubectl(node, "logs", "hello", "-c", "nope", check=False)
+    assert bad.returncode != 0 and "container nope is not valid for pod hello" in bad.stderr
+    delete(core, "hello")
+
+
+def test_exit_codes_phases_and_termination_messages(core):
+    core.create_namespaced_pod("default", pod("done", "echo all good > /dev/termination-log; exit 0", "Never"))
+    core.create_namespaced_pod("default", pod("broken", "exit 3", "Never"))
+    ok = phase(core, "done", "Succeeded")
+    t = ok.status.container_statuses[0].state.terminated
+    assert t.exit_code == 0 and t.reason == "Completed" and t.message == "all good" and t.finished_at
+    bad = phase(core, "broken", "Failed")
+    t = bad.status.container_statuses[0].state.terminated
+    assert t.exit_code == 3 and t.reason == "Error"
+    assert {c.type: c.status for c in ok.status.conditions}["Ready"] == "False"
+    delete(core, "done")
+    delete(core, "broken")
+
+
+def test_crashing_container_restarts_with_back_off(node, core):
+    core.create_namespaced_pod("default", pod("crash", "echo run at $(date +%s); exit 2"))
+    waiting = wait_for(lambda: (cs := core.read_namespaced_pod("crash", "default").status.container_statuses)
+                       and cs[0].state.waiting and cs[0].state.waiting.reason == "CrashLoopBackOff" and cs[0],
+                       timeout=40)
+    assert waiting.restart_count >= 1
+    assert waiting.last_state.terminated.exit_code == 2
+    assert "back-off 10s restarting failed container=main" in waiting.state.waiting.message
+    assert core.read_namespaced_pod("crash", "default").status.phase == "Running"
+    previous = kubectl(node, "logs", "crash", "--previous").stdout
+    assert previous.startswith("run at ")
+    assert "BackOff" in kubectl(node, "describe", "pod", "crash").stdout
+    listed = kubectl(node, "get", "pod", "crash").stdout
+    assert "CrashLoopBackOff" in listed or "Error" in listed
+    delete(core, "crash")
+
+
+def test_memory_limit_oom_kills(core):
+    core.create_namespaced_pod("default", pod(
+        "hog", "tail /dev/zero", "Never",
+        container={"resources": {"limits": {"memory": "24Mi", "cpu": "500m"}}}))
+    p = phase(core, "hog", "Failed", timeout=60)
+    t = p.status.container_statuses[0].state.terminated
+    assert t.reason == "OOMKilled" and t.exit_code == 137
+    assert p.status.qos_class == "Guaranteed"
+    delete(core, "hog")
+
+
+def test_init_containers_volumes_and_localhost(node, core):
+    spec = pod("web", "httpd -f -p 8080 -h /data", "Always")
+    spec["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}, {"name": "scratch", "emptyDir": {"medium": "Memory"}}]
+    spec["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    spec["spec"]["initContainers"] = [
+        {"name": "first", "image": IMAGE, "imagePullPolicy": "Never", "command": ["sh", "-c", "echo one > /data/order"],
+         "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+        {"name": "second", "image": IMAGE, "imagePullPolicy": "Never",
+         "command": ["sh", "-c", "cat /data/order > /data/index.html; echo two >> /data/index.html"],
+         "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+    ]
+    spec["spec"]["containers"].append({
+        "name": "client", "image": IMAGE, "imagePullPolicy": "Never",
+        "command": ["sh", "-c", "while true; do wget -q -O - http://127.0.0.1:8080/ && "
+                                "mount | grep -q ' /scratch type tmpfs' && echo tmpfs-ok; sleep 1; done"],
+        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]})
+    core.create_namespaced_pod("default", spec)
+    p = phase(core, "web", "Running")
+    inits = p.status.init_container_statuses
+    assert [i.state.terminated.reason for i in inits] == ["Completed", "Completed"]
+    logs = wait_for(lambda: "tmpfs-ok" in (t := core.read_namespaced_pod_log("web", "default", container="client"))
+                    and t, timeout=30)
+    assert "one\ntwo\n" in logs   # init containers ran in order; containers share the pod's localhost
+    assert kubectl(node, "logs", "web", "-c", "first").stdout == ""
+    delete(core, "web")
+
+
+def test_config_maps_secrets_and_the_downward_api(core):
+    core.create_namespaced_config_map("default", {"metadata": {"name": "settings"},
+                                                  "data": {"mode": "fast", "file.txt": "v1"}})
+    core.create_namespaced_secret("default", {"metadata": {"name": "creds"}, "stringData": {"password": "s3cret"}})
+    spec = pod("configured", "while true; do echo \"$MODE|$PASS|$SETTINGS_mode|$ME|$MEM|$(cat /cfg/file.txt)|"
+                             "$(cat /sec/password)|$(cat /info/labels)\"; sleep 1; done",
+               container={
+                   "env": [{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
+                           {"name": "PASS", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                           {"name": "ME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                           {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory",
+                                                                              "divisor": "1Mi"}}}],
+                   "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "SETTINGS_"}],
+                   "resources": {"limits": {"memory": "64Mi"}},
+                   "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}, {"name": "sec", "mountPath": "/sec"},
+                                    {"name": "info", "mountPath": "/info"}]})
+    spec["metadata"]["labels"] = {"app": "configured"}
+    spec["spec"]["volumes"] = [
+        {"name": "cfg", "configMap": {"name": "settings"}},
+        {"name": "sec", "secret": {"secretName": "creds", "defaultMode": 0o400}},
+        {"name": "info", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}}]
+    core.create_namespaced_pod("default", spec)
+    phase(core, "configured", "Running")
+    line = wait_for(lambda: (t := core.read_namespaced_pod_log("configured", "default").splitlines()) and t[-1])
+    assert line == 'fast|s3cret|fast|configured|64|v1|s3cret|app="configured"'
+    # A ConfigMap update reaches the running pod's files.
+    core.patch_namespaced_config_map("settings", "default", {"data": {"file.txt": "v2"}})
+    wait_for(lambda: "|v2|" in core.read_namespaced_pod_log("configured", "default", tail_lines=1), timeout=40)
+
+    missing = pod("misconfigured", "sleep 100", container={
+        "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "absent"}}}]})
+    core.create_namespaced_pod("default", missing)
+    waiting = wait_for(lambda: (cs := core.read_namespaced_pod("misconfigured", "default").status.container_statuses)
+                       and cs[0].state.waiting and cs[0].state.waiting.reason == "CreateContainerConfigError"
+                       and cs[0].state.waiting)
+    assert waiting.message == "couldn't find key absent in configmap default/settings"
+    delete(core, "configured")
+    delete(core, "misconfigured")
+    core.delete_namespaced_config_map("settings", "default")
+    core.delete_namespaced_secret("creds", "default")
+
+
+def test_security_context(core):
+    core.create_namespaced_pod("default", pod(
+        "locked", "id -u; id -g; touch /x 2>/dev/null && echo writable || echo read-only; "
+                  "grep CapEff /proc/self/status; sleep 100", "Never",
+        securityContext={"runAsUser": 65534, "runAsGroup": 65534},
+        container={"securityContext": {"readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}}))
+    phase(core, "locked", "Running")
+    lines = wait_for(lambda: len(t := core.read_namespaced_pod_log("locked", "default").splitlines()) >= 4 and t)
+    assert lines[:3] == ["65534", "65534", "read-only"]
+    assert lines[3].split()[1] == "0000000000000000"
+    delete(core, "locked")
+
+    core.create_namespaced_pod("default", pod("rootless", "true", "Never",
+                                              securityContext={"runAsNonRoot": True}))
+    waiting = wait_for(lambda: (cs := core.read_namespaced_pod("rootless", "default").status.container_statuses)
+                       and cs[0].state.waiting and cs[0].state.waiting.reason == "CreateContainerConfigError"
+                       and cs[0].state.waiting)
+    assert "runAsNonRoot" in waiting.message
+    delete(core, "rootless")
+
+
+def test_missing_image_with_pull_policy_never(core):
+    spec = pod("ghost", "true")
+    spec["spec"]["containers"][0]["image"] = "bramble.test/not-here:1"
+    core.create_namespaced_pod("default", spec)
+    waiting = wait_for(lambda: (cs := core.read_namespaced_pod("ghost", "default").status.container_statuses)
+                       and cs[0].state.waiting and cs[0].state.waiting.reason == "ErrImageNeverPull"
+                       and cs[0].state.waiting)
+    assert "is not present with pull policy of Never" in waiting.message
+    delete(core, "ghost")
+
+
+def test_graceful_delete_leaves_nothing_behind(node, core):
+    core.create_namespaced_pod("default", pod(
+        "polite", "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done"))
+    p = phase(core, "polite", "Running")
+    uid = p.metadata.uid
+    wait_for(lambda: "ready" in core.read_namespaced_pod_log("polite", "default"))
+    assert processes_with(uid)   # the monitor's command line names the pod's directory
+    started = time.time()
+    core.delete_namespaced_pod("polite", "default", grace_period_seconds=20)
+    wait_for(lambda: "polite" not in [x.metadata.name for x in core.list_namespaced_pod("default").items], timeout=30)
+    assert time.time() - started < 15, "SIGTERM was handled: no need to wait out the grace period"
+    assert processes_with(uid) == []
+    with open("/proc/self/mountinfo") as f:
+        assert uid not in f.read()
+    assert not os.path.exists(os.path.join(node.data_dir, "agent", "pods", uid))
+    assert glob.glob(f"/sys/fs/cgroup/*/bramble/pods-1/pod{uid}") == []
+    assert glob.glob(f"/run/bramble/pods-1/pods/{uid}") == []
+    assert glob.glob(os.path.join(node.pod_log_dir, f"*{uid}*")) == []
+
+
+def test_containers_survive_agent_kill_9_and_are_adopted(node, core):
+    core.create_namespaced_pod("default", pod(
+        "survivor", "echo started; while true; do sleep 0.2; done; echo survivor-marker"))
+    p = phase(core, "survivor", "Running")
+    container_id = p.status.container_statuses[0].container_id
+    marker = "survivor-marker"
+    assert len(processes_with(marker)) == 1
+    node.stop(signal.SIGKILL)
+    time.sleep(1)
+    assert len(processes_with(marker)) == 1, "the container outlives its agent"
+    node.start()
+    time.sleep(3)
+    p = core.read_namespaced_pod("survivor", "default")
+    cs = p.status.container_statuses[0]
+    assert cs.container_id == container_id and cs.restart_count == 0 and cs.state.running
+    assert len(processes_with(marker)) == 1, "adopted, not started twice"
+    assert "started" in core.read_namespaced_pod_log("survivor", "default")
+    delete(core, "survivor")
+    assert processes_with(marker) == []
+
+
+def test_pull_from_a_registry_through_registries_yaml(node, core, registry):
+    archive = os.path.join(node.dir, "pulled.tar")
+    docker_archive(archive, tags=("pulled:1",), cmd=("sh", "-c", "echo pulled image runs; sleep 100"))
+    subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"docker-archive:{archive}",
+                    f"docker://{registry}/demo/pulled:1"], check=True, capture_output=True, timeout=60)
+    with open(node.registries, "w") as f:
+        f.write(f'mirrors:\n  "{registry}":\n    endpoint:\n      - "http://{registry}"\n')
+    node.stop()
+    node.start()
+    core.create_namespaced_pod("default", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pulled"},
+        "spec": {"nodeName": "pods-1", "containers": [{"name": "main", "image": f"{registry}/demo/pulled:1"}]}})
+    phase(core, "pulled", "Running", timeout=60)
+    wait_for(lambda: "pulled image runs" in core.read_namespaced_pod_log("pulled", "default"))
+    events = core.list_namespaced_event("default", field_selector="involvedObject.name=pulled").items
+    assert {"Pulling", "Pulled"} <= {e.reason for e in events}
+    delete(core, "pulled")
+
+    core.create_namespaced_pod("default", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unpullable"},
+        "spec": {"nodeName": "pods-1", "containers": [{"name": "main", "image": f"{registry}/demo/absent:1"}]}})
+    waiting = wait_for(lambda: (cs := core.read_namespaced_pod("unpullable", "default").status.container_statuses)
+                       and cs[0].state.waiting and cs[0].state.waiting.reason in ("ErrImagePull", "ImagePullBackOff")
+                       and cs[0].state.waiting, timeout=30)
+    assert "demo/absent" in waiting.message
+    delete(core, "unpullable")
