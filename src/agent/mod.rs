@@ -205,6 +205,23 @@ async fn renew_lease(client: &Client, opts: &AgentOptions) -> anyhow::Result<()>
     }
 }
 
+/// The node's pod network from the range the server gave its Node; pods fall back to
+/// loopback only (and say so in the log) when there is none.
+async fn pod_network(client: &Client, opts: &AgentOptions) -> Option<pods::Network> {
+    use crate::runtime::network::{Ipam, PodCidr, ensure_bridge};
+    let node = client.get(&format!("/api/v1/nodes/{}", opts.node_name)).await.ok()?;
+    let Some(cidr) = node["spec"]["podCIDR"].as_str().and_then(PodCidr::parse) else {
+        tracing::warn!(node = %opts.node_name, "the Node has no spec.podCIDR: pods get no network");
+        return None;
+    };
+    if let Err(e) = ensure_bridge(cidr).await {
+        tracing::error!(error = %format!("{e:#}"), "setting up the pod network: pods get no network");
+        return None;
+    }
+    tracing::info!(cidr = %format!("{}/{}", cidr.net, cidr.bits), "pod network ready");
+    Some(pods::Network { cidr, ipam: Ipam::new(&opts.data_dir.join("agent").join("ipam"), cidr) })
+}
+
 /// What of the status decides whether it must be rewritten now (times excluded).
 fn status_digest(status: &Value) -> Value {
     let mut s = status.clone();
@@ -243,6 +260,9 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
         .and_then(|x| x["address"].as_str())
         .unwrap_or("127.0.0.1")
         .to_string();
+    let network = pod_network(&client, &opts).await;
+    // `bramble killall` finds the node's volatile directories by this name.
+    let _ = std::fs::write(opts.data_dir.join("agent").join("node-name"), &opts.node_name);
     let ctx = Arc::new(pods::Ctx {
         client: Client::from_kubeconfig(Some(&opts.kubeconfig), None).context("the agent's API credentials")?,
         node: opts.node_name.clone(),
@@ -252,6 +272,7 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
         pids_limit: (opts.runtime.pod_max_pids > 0).then_some(opts.runtime.pod_max_pids),
         allocatable: last_status["allocatable"].clone(),
         host_ip,
+        network,
     });
     tokio::spawn(pods::run(ctx.clone(), stop.clone()));
     let kubelet = kubelet::serve(ctx, &opts, stop.clone()).await.context("starting the node's HTTPS endpoint")?;

@@ -15,6 +15,30 @@ use crate::store::{Expect, Op, Store};
 
 const IP_PREFIX: &str = "_alloc/clusterip/";
 const PORT_PREFIX: &str = "_alloc/nodeport/";
+const POD_CIDR_PREFIX: &str = "_alloc/podcidr/";
+
+/// Gives a new Node the next free /24 of the cluster CIDR as `spec.podCIDR(s)`, as the
+/// controller manager's node IPAM does; a Node that names its own range keeps it.
+pub fn allocate_node(store: &Store, opts: &ApiOptions, node: &mut Value) -> Result<Vec<Op>, ApiError> {
+    let existing = node.pointer("/spec/podCIDR").and_then(Value::as_str).unwrap_or("").to_string();
+    if !existing.is_empty() {
+        return Ok(vec![Op { key: format!("{POD_CIDR_PREFIX}{existing}"), expect: Expect::Any, value: Some(b"1".to_vec()) }]);
+    }
+    let (net, bits) = opts.cluster_cidr;
+    let count = 1u32 << (24 - bits.min(24));
+    for i in 0..count {
+        let cidr = format!("{}/24", Ipv4Addr::from(u32::from(net) + (i << 8)));
+        let key = format!("{POD_CIDR_PREFIX}{cidr}");
+        if !taken(store, &key)? {
+            node["spec"]["podCIDR"] = json!(cidr);
+            node["spec"]["podCIDRs"] = json!([cidr]);
+            return Ok(vec![Op { key, expect: Expect::Absent, value: Some(b"1".to_vec()) }]);
+        }
+    }
+    let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    tracing::warn!(node = name, "the cluster CIDR has no free /24 left for this node");
+    Ok(Vec::new())
+}
 
 fn taken(store: &Store, key: &str) -> Result<bool, ApiError> {
     Ok(store.get(key)?.is_some())
@@ -178,6 +202,15 @@ pub fn allocate_service(
 
 /// The writes that release what a deleted object held.
 pub fn release(kind: &str, obj: &Value) -> Vec<Op> {
+    if kind == "Node" {
+        return obj
+            .pointer("/spec/podCIDR")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(|c| Op { key: format!("{POD_CIDR_PREFIX}{c}"), expect: Expect::Any, value: None })
+            .into_iter()
+            .collect();
+    }
     if kind != "Service" {
         return Vec::new();
     }

@@ -44,6 +44,8 @@ use status::ApiError;
 pub struct ApiOptions {
     /// Where Service ClusterIPs come from (`--service-cidr`).
     pub service_cidr: (Ipv4Addr, u8),
+    /// Where nodes' pod ranges come from (`--cluster-cidr`), a /24 each.
+    pub cluster_cidr: (Ipv4Addr, u8),
     /// NodePort range, inclusive.
     pub node_port_range: (u16, u16),
     /// `https://host:port` clients should use.

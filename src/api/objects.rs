@@ -354,6 +354,9 @@ impl Api {
         if res.kind == "Service" {
             ops.extend(alloc::allocate_service(&self.store, &self.opts, &mut obj, None)?);
         }
+        if res.kind == "Node" {
+            ops.extend(alloc::allocate_node(&self.store, &self.opts, &mut obj)?);
+        }
         if q.dry_run() {
             return Ok((201, obj, warnings));
         }

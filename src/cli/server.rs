@@ -61,9 +61,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     std::fs::create_dir_all(&server_dir).with_context(|| format!("creating {}", server_dir.display()))?;
     let service_cidr = api::parse_cidr(&args.service_cidr)
         .with_context(|| format!("--service-cidr {:?} is not an IPv4 CIDR such as 10.43.0.0/16", args.service_cidr))?;
-    if api::parse_cidr(&args.cluster_cidr).is_none() {
-        bail!("--cluster-cidr {:?} is not an IPv4 CIDR such as 10.42.0.0/16", args.cluster_cidr);
-    }
+    let cluster_cidr = match api::parse_cidr(&args.cluster_cidr) {
+        Some(c) if c.1 <= 24 => c,
+        _ => bail!("--cluster-cidr {:?} must be an IPv4 CIDR of /24 or larger, such as 10.42.0.0/16", args.cluster_cidr),
+    };
     let node_ports = args
         .service_node_port_range
         .split_once('-')
@@ -136,6 +137,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         store,
         ApiOptions {
             service_cidr,
+            cluster_cidr,
             node_port_range: node_ports,
             advertise: advertise.clone(),
             join: Some(api::join::Join { secret, pki: Arc::clone(&pki) }),

@@ -187,6 +187,32 @@ def test_init_containers_volumes_and_localhost(node, core):
     delete(core, "web")
 
 
+def test_pods_reach_each_other_and_the_node_over_the_pod_network(core):
+    import ipaddress
+    import urllib.request
+    cidr = core.read_node("pods-1").spec.pod_cidr
+    assert cidr and cidr.endswith("/24")
+    core.create_namespaced_pod("default", pod("server", "echo served-by-$(hostname) > /www/index.html; "
+                                                        "httpd -f -p 8080 -h /www"))
+    server = phase(core, "server", "Running")
+    ip = server.status.pod_ip
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
+    assert server.status.pod_ips[0].ip == ip
+    core.create_namespaced_pod("default", pod("caller", f"while true; do wget -q -O - http://{ip}:8080/; "
+                                                        "cat /etc/hosts | grep caller; ip route | head -1; sleep 1; done"))
+    caller = phase(core, "caller", "Running")
+    assert caller.status.pod_ip != ip
+    logs = wait_for(lambda: "served-by-server" in (t := core.read_namespaced_pod_log("caller", "default")) and t,
+                    timeout=30)
+    assert f"{caller.status.pod_ip}\tcaller" in logs   # /etc/hosts names the pod
+    assert "default via" in logs
+    # The node reaches pods directly.
+    body = wait_for(lambda: urllib.request.urlopen(f"http://{ip}:8080/", timeout=2).read().decode())
+    assert body == "served-by-server\n"
+    delete(core, "server")
+    delete(core, "caller")
+
+
 def test_config_maps_secrets_and_the_downward_api(core):
     core.create_namespaced_config_map("default", {"metadata": {"name": "settings"},
                                                   "data": {"mode": "fast", "file.txt": "v1"}})

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::run::RunInfo;
 use super::volumes;
-use crate::runtime::{Layout, cgroup, podns};
+use crate::runtime::{Layout, cgroup, network, podns};
 
 /// Kills and removes every pod under `data_dir`; returns how many pods were removed.
 pub fn killall(data_dir: &Path, log_dir: &Path) -> usize {
@@ -50,6 +50,7 @@ pub fn killall(data_dir: &Path, log_dir: &Path) -> usize {
             super::worker::remove_run_dir(&c.path());
         }
         volumes::unmount_all(&dir);
+        release_address(data_dir, &uid);
         if !node.is_empty() {
             let layout = Layout::new(data_dir, &node, log_dir);
             podns::remove(&layout.pod_ns_dir(&uid));
@@ -72,5 +73,31 @@ pub fn killall(data_dir: &Path, log_dir: &Path) -> usize {
             }
         }
     }
+    // The node's volatile directories, even when no pod was left.
+    if let Ok(node) = std::fs::read_to_string(data_dir.join("agent").join("node-name")) {
+        let run_dir = Layout::new(data_dir, node.trim(), log_dir).run_dir;
+        for d in [run_dir.join("pods"), run_dir.join("runtime"), run_dir.clone()] {
+            let _ = std::fs::remove_dir(d);
+        }
+        if let Some(parent) = run_dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+    // The bridge goes with the pods, as k3s-killall removes cni0.
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+        && let Err(e) = rt.block_on(network::remove_bridge())
+    {
+        eprintln!("bramble killall: {e:#}");
+    }
     removed
+}
+
+/// Frees the pod's address record, whatever the node's range.
+fn release_address(data_dir: &Path, uid: &str) {
+    let dir = data_dir.join("agent").join("ipam");
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if std::fs::read_to_string(e.path()).is_ok_and(|holder| holder == uid) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }

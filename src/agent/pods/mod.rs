@@ -34,6 +34,14 @@ pub struct Ctx {
     /// The node's allocatable resources (limits default to them in the downward API).
     pub allocatable: Value,
     pub host_ip: String,
+    /// The pod network, when the node has a pod range.
+    pub network: Option<Network>,
+}
+
+/// The node's pod range and its address allocator.
+pub struct Network {
+    pub cidr: crate::runtime::network::PodCidr,
+    pub ipam: crate::runtime::network::Ipam,
 }
 
 /// Whether an API error is a 404.

@@ -73,6 +73,8 @@ pub struct Worker {
     volumes: Vec<(String, PathBuf)>,
     volumes_at: Option<Instant>,
     sandbox_ready: bool,
+    /// The pod's address on the pod network.
+    ip: Option<std::net::Ipv4Addr>,
 }
 
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -94,6 +96,7 @@ impl Worker {
             volumes: Vec::new(),
             volumes_at: None,
             sandbox_ready: false,
+            ip: None,
             pod,
         };
         w.adopt();
@@ -175,7 +178,7 @@ impl Worker {
             }
         }
         if !self.sandbox_ready {
-            if let Err(e) = self.sandbox() {
+            if let Err(e) = self.sandbox().await {
                 self.event("Warning", "FailedCreatePodSandBox", format!("{e:#}"), None);
                 self.write_status().await;
                 return now + Duration::from_secs(5);
@@ -304,7 +307,7 @@ impl Worker {
     }
 
     /// Namespaces and the pod's own files (`/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`).
-    fn sandbox(&mut self) -> anyhow::Result<()> {
+    async fn sandbox(&mut self) -> anyhow::Result<()> {
         let host_network = self.pod["spec"]["hostNetwork"].as_bool() == Some(true);
         let hostname = if host_network {
             std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
@@ -313,7 +316,13 @@ impl Worker {
             if h.is_empty() { s(&self.pod, "/metadata/name").to_string() } else { h.to_string() }
         };
         // hostNetwork pods still get their own IPC namespace.
-        podns::create(&self.ctx.layout.pod_ns_dir(&self.uid), &hostname)?;
+        let ns_dir = self.ctx.layout.pod_ns_dir(&self.uid);
+        podns::create(&ns_dir, &hostname)?;
+        if !host_network && let Some(net) = &self.ctx.network {
+            let ip = net.ipam.allocate(&self.uid)?;
+            crate::runtime::network::attach(&ns_dir.join("net"), &self.uid, ip, net.cidr).await?;
+            self.ip = Some(ip);
+        }
         let dir = self.ctx.layout.pod_dir(&self.uid);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("pod.json"), serde_json::to_vec(&self.pod)?)?;
@@ -339,7 +348,7 @@ impl Worker {
         if self.pod["spec"]["hostNetwork"].as_bool() == Some(true) {
             return self.ctx.host_ip.clone();
         }
-        String::new()
+        self.ip.map(|ip| ip.to_string()).unwrap_or_default()
     }
 
     /// Pulls (as the policy says), configures and starts one run of `c`.
@@ -533,6 +542,9 @@ impl Worker {
         let pod_dir = self.ctx.layout.pod_dir(&self.uid);
         volumes::unmount_all(&pod_dir);
         podns::remove(&self.ctx.layout.pod_ns_dir(&self.uid));
+        if let Some(net) = &self.ctx.network {
+            net.ipam.release(&self.uid);
+        }
         cgroup::remove_pod(&self.ctx.node, &self.uid);
         if let Err(e) = std::fs::remove_dir_all(&pod_dir)
             && e.kind() != std::io::ErrorKind::NotFound

@@ -1,0 +1,242 @@
+//! The pod network of one node: a bridge, `bramble0`, holding the node's gateway address
+//! (`.1` of the node's `podCIDR`), and per pod a veth pair whose inner end is the pod's
+//! `eth0` with an address from a host-local allocator (one file per address, created
+//! exclusively, as the CNI host-local plugin keeps them). Pods reach each other through the
+//! bridge and the node through the gateway. Routing between nodes, Services and DNS build
+//! on this later.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use futures_util::TryStreamExt;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+/// The node's bridge.
+pub const BRIDGE: &str = "bramble0";
+
+/// A node's pod range.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PodCidr {
+    pub net: Ipv4Addr,
+    pub bits: u8,
+}
+
+impl PodCidr {
+    /// Parses `10.42.3.0/24`.
+    pub fn parse(s: &str) -> Option<PodCidr> {
+        let (ip, bits) = s.split_once('/')?;
+        let bits: u8 = bits.parse().ok().filter(|b| (8..=30).contains(b))?;
+        let ip: Ipv4Addr = ip.parse().ok()?;
+        let mask = u32::MAX << (32 - bits);
+        Some(PodCidr { net: Ipv4Addr::from(u32::from(ip) & mask), bits })
+    }
+
+    /// The bridge's address, the pods' default gateway.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.net) + 1)
+    }
+
+    fn size(&self) -> u32 {
+        1u32 << (32 - self.bits)
+    }
+}
+
+async fn connect() -> anyhow::Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+async fn link_index(handle: &Handle, name: &str) -> anyhow::Result<Option<u32>> {
+    match handle.link().get().match_name(name.to_string()).execute().try_next().await {
+        Ok(Some(m)) => Ok(Some(m.header.index)),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up {name}")),
+    }
+}
+
+fn exists_ok(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
+    match r {
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+        other => other,
+    }
+}
+
+/// Creates (or finds) the bridge with the gateway address, up, and turns on forwarding.
+pub async fn ensure_bridge(cidr: PodCidr) -> anyhow::Result<()> {
+    let handle = connect().await?;
+    let index = match link_index(&handle, BRIDGE).await? {
+        Some(i) => i,
+        None => {
+            exists_ok(handle.link().add(LinkBridge::new(BRIDGE).build()).execute().await)
+                .with_context(|| format!("creating the bridge {BRIDGE}"))?;
+            link_index(&handle, BRIDGE).await?.with_context(|| format!("the bridge {BRIDGE} vanished"))?
+        }
+    };
+    exists_ok(handle.address().add(index, cidr.gateway().into(), cidr.bits).execute().await)
+        .with_context(|| format!("giving {BRIDGE} the address {}/{}", cidr.gateway(), cidr.bits))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .with_context(|| format!("bringing {BRIDGE} up"))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/sys/net/ipv4/ip_forward")
+        .and_then(|mut f| f.write_all(b"1"))
+        .context("turning on IPv4 forwarding")?;
+    Ok(())
+}
+
+/// Deletes the bridge (when the node is wiped: `bramble killall`).
+pub async fn remove_bridge() -> anyhow::Result<()> {
+    let handle = connect().await?;
+    if let Some(index) = link_index(&handle, BRIDGE).await? {
+        handle.link().del(index).execute().await.with_context(|| format!("deleting {BRIDGE}"))?;
+    }
+    Ok(())
+}
+
+/// The host-local address allocator of one node.
+pub struct Ipam {
+    dir: PathBuf,
+    cidr: PodCidr,
+}
+
+impl Ipam {
+    /// The allocator keeping its records in `dir` for `cidr`.
+    pub fn new(dir: &Path, cidr: PodCidr) -> Ipam {
+        Ipam { dir: dir.to_path_buf(), cidr }
+    }
+
+    /// The address of pod `uid`: the one it already holds, or the first free one.
+    pub fn allocate(&self, uid: &str) -> anyhow::Result<Ipv4Addr> {
+        if let Some(ip) = self.lookup(uid) {
+            return Ok(ip);
+        }
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        let base = u32::from(self.cidr.net);
+        for host in 2..self.cidr.size() - 1 {
+            let ip = Ipv4Addr::from(base + host);
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(self.dir.join(ip.to_string())) {
+                Ok(mut f) => {
+                    f.write_all(uid.as_bytes()).context("recording an address")?;
+                    return Ok(ip);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).context("recording an address"),
+            }
+        }
+        bail!("no free address left in the node's pod range {}/{}", self.cidr.net, self.cidr.bits)
+    }
+
+    /// The address pod `uid` holds, if any.
+    pub fn lookup(&self, uid: &str) -> Option<Ipv4Addr> {
+        std::fs::read_dir(&self.dir).ok()?.flatten().find_map(|e| {
+            let holder = std::fs::read_to_string(e.path()).ok()?;
+            (holder == uid).then(|| e.file_name().to_str()?.parse().ok()).flatten()
+        })
+    }
+
+    /// Frees what pod `uid` holds.
+    pub fn release(&self, uid: &str) {
+        if let Some(ip) = self.lookup(uid) {
+            let _ = std::fs::remove_file(self.dir.join(ip.to_string()));
+        }
+    }
+}
+
+/// The host end's name for pod `uid` (at most 15 bytes, as interface names must be).
+pub fn host_veth(uid: &str) -> String {
+    let hex: String = uid.chars().filter(char::is_ascii_hexdigit).take(10).collect();
+    format!("veth{hex}")
+}
+
+/// Inside the pod's namespace: creates the veth pair, configures `eth0`, and sends the
+/// other end to the host namespace `host_ns`.
+async fn inside(ip: Ipv4Addr, cidr: PodCidr, host_if: &str, host_ns: i32) -> anyhow::Result<()> {
+    let handle = connect().await?;
+    if link_index(&handle, "eth0").await?.is_some() {
+        return Ok(());
+    }
+    handle.link().add(LinkVeth::new("eth0", host_if).build()).execute().await.context("creating the veth pair")?;
+    let eth0 = link_index(&handle, "eth0").await?.context("eth0 vanished")?;
+    handle.address().add(eth0, ip.into(), cidr.bits).execute().await.context("addressing eth0")?;
+    handle.link().set(LinkUnspec::new_with_index(eth0).up().build()).execute().await.context("bringing eth0 up")?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(cidr.gateway()).build();
+    handle.route().add(route).execute().await.context("adding the default route")?;
+    let peer = link_index(&handle, host_if).await?.context("the host end vanished")?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(peer).setns_by_fd(host_ns).build())
+        .execute()
+        .await
+        .context("moving the host end out of the pod")?;
+    Ok(())
+}
+
+/// Gives the pod whose network namespace is bound at `ns_file` its `eth0` with `ip`, and
+/// plugs the host end into the bridge.
+pub async fn attach(ns_file: &Path, uid: &str, ip: Ipv4Addr, cidr: PodCidr) -> anyhow::Result<()> {
+    let host_if = host_veth(uid);
+    let ns_file = ns_file.to_path_buf();
+    let name = host_if.clone();
+    // setns affects only the calling thread: a thread of its own, with its own small
+    // runtime, does the work inside the pod.
+    let joined = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let host = std::fs::File::open("/proc/thread-self/ns/net").context("opening the host network namespace")?;
+        let pod = std::fs::File::open(&ns_file).with_context(|| format!("opening {}", ns_file.display()))?;
+        std::thread::scope(|s| {
+            s.spawn(|| -> anyhow::Result<()> {
+                // SAFETY: a valid namespace descriptor; affects only this thread.
+                if unsafe { libc::setns(pod.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error()).context("entering the pod's network namespace");
+                }
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(inside(ip, cidr, &name, host.as_raw_fd()))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the network thread panicked"))?
+        })
+    })
+    .await
+    .context("the network thread")?;
+    joined?;
+    let handle = connect().await?;
+    let bridge = link_index(&handle, BRIDGE).await?.with_context(|| format!("{BRIDGE} is missing"))?;
+    let Some(port) = link_index(&handle, &host_if).await? else {
+        // Already plugged earlier (an adopted pod): nothing to do.
+        return Ok(());
+    };
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(port).controller(bridge).up().build())
+        .execute()
+        .await
+        .with_context(|| format!("plugging {host_if} into {BRIDGE}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_allocated_once_per_pod_and_released() {
+        let dir = std::env::temp_dir().join(format!("bramble-ipam-{}", std::process::id()));
+        let ipam = Ipam::new(&dir, PodCidr::parse("10.42.7.0/24").unwrap());
+        let a = ipam.allocate("pod-a").unwrap();
+        assert_eq!(a, Ipv4Addr::new(10, 42, 7, 2));
+        assert_eq!(ipam.allocate("pod-a").unwrap(), a, "the same pod keeps its address");
+        assert_eq!(ipam.allocate("pod-b").unwrap(), Ipv4Addr::new(10, 42, 7, 3));
+        ipam.release("pod-a");
+        assert_eq!(ipam.allocate("pod-c").unwrap(), a, "a released address is reused");
+        assert_eq!(host_veth("5ec60aa8-891d-4419"), "veth5ec60aa889");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
