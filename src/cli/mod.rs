@@ -40,6 +40,9 @@ enum Command {
     /// The monitor of one container (started by the agent, not by hand).
     #[command(hide = true)]
     Shim(crate::runtime::shim::ShimArgs),
+    /// Runs a command in a container (started by the agent for exec and probes).
+    #[command(hide = true)]
+    ExecIn(crate::runtime::exec::ExecArgs),
 }
 
 /// `bramble server` flags.
@@ -278,6 +281,7 @@ pub fn run() -> ExitCode {
     // The shim forks: it must run before the async runtime starts any thread.
     let cli = match cli.command {
         Command::Shim(args) => return crate::runtime::shim::run(args),
+        Command::ExecIn(args) => return crate::runtime::exec::run(args),
         Command::Killall { data_dir, pod_log_dir } => {
             let n = crate::agent::pods::killall::killall(&data_dir, &pod_log_dir);
             println!("removed {n} pods");
@@ -287,7 +291,12 @@ pub fn run() -> ExitCode {
     };
     let rt = match &cli.command {
         Command::Kubectl(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        Command::Server(_) | Command::Agent(_) | Command::Image(_) | Command::Shim(_) | Command::Killall { .. } => {
+        Command::Server(_)
+        | Command::Agent(_)
+        | Command::Image(_)
+        | Command::Shim(_)
+        | Command::ExecIn(_)
+        | Command::Killall { .. } => {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
         }
     };
@@ -303,7 +312,7 @@ pub fn run() -> ExitCode {
         Command::Agent(args) => rt.block_on(run_agent(args)),
         Command::Image(args) => rt.block_on(run_image(args)),
         Command::Kubectl(args) => return ExitCode::from(crate::kubectl::run(&rt, args)),
-        Command::Shim(_) | Command::Killall { .. } => return ExitCode::FAILURE,
+        Command::Shim(_) | Command::ExecIn(_) | Command::Killall { .. } => return ExitCode::FAILURE,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@
 
 pub mod cgroup;
 pub mod crilog;
+pub mod exec;
 pub mod network;
 pub mod podns;
 pub mod shim;

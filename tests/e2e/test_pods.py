@@ -287,6 +287,37 @@ def test_missing_image_with_pull_policy_never(core):
     delete(core, "ghost")
 
 
+def test_probes_drive_readiness_and_restarts(node, core):
+    # Readiness over HTTP: not ready until the page exists; a TCP liveness probe that passes.
+    web = pod("probed", "sleep 3; echo ok > /www/ready.html; httpd -f -p 8080 -h /www",
+              container={"ports": [{"name": "http", "containerPort": 8080}],
+                         "readinessProbe": {"httpGet": {"path": "/ready.html", "port": "http"},
+                                            "periodSeconds": 1, "failureThreshold": 1},
+                         "livenessProbe": {"tcpSocket": {"port": 8080}, "initialDelaySeconds": 5, "periodSeconds": 2},
+                         "startupProbe": {"exec": {"command": ["test", "-e", "/www/index.html"]}, "periodSeconds": 1}})
+    core.create_namespaced_pod("default", web)
+    p = phase(core, "probed", "Running")
+    assert not p.status.container_statuses[0].ready
+    ready = wait_for(lambda: (x := core.read_namespaced_pod("probed", "default")).status.container_statuses[0].ready
+                     and x, timeout=30)
+    assert {c.type: c.status for c in ready.status.conditions}["Ready"] == "True"
+    assert ready.status.container_statuses[0].restart_count == 0
+
+    # Liveness by exec: the file goes away, the container is restarted.
+    sick = pod("sick", "touch /tmp/healthy; sleep 2; rm /tmp/healthy; sleep 600",
+               container={"livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]},
+                                            "periodSeconds": 1, "failureThreshold": 2}})
+    sick["spec"]["terminationGracePeriodSeconds"] = 1
+    core.create_namespaced_pod("default", sick)
+    restarted = wait_for(lambda: (x := core.read_namespaced_pod("sick", "default")).status.container_statuses
+                         and x.status.container_statuses[0].restart_count >= 1 and x, timeout=40)
+    assert restarted.status.container_statuses[0].last_state.terminated
+    described = kubectl(node, "describe", "pod", "sick").stdout
+    assert "Liveness probe failed" in described and "failed liveness probe, will be restarted" in described
+    delete(core, "probed")
+    delete(core, "sick")
+
+
 def test_graceful_delete_leaves_nothing_behind(node, core):
     core.create_namespaced_pod("default", pod(
         "polite", "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done"))

@@ -4,8 +4,10 @@
 //! never started twice; pods the API no longer has are stopped and removed.
 
 pub mod env;
+pub mod exec;
 pub mod images;
 pub mod killall;
+pub mod probes;
 pub mod run;
 pub mod volumes;
 pub mod worker;

@@ -138,6 +138,17 @@ impl Run {
         }
     }
 
+    /// A way to signal the container later, from another task.
+    pub fn signaller(&self) -> impl Fn(i32) + Send + 'static {
+        let fd = self.init_fd.clone();
+        move |signal| {
+            if let Some(fd) = &fd {
+                // SAFETY: a valid pidfd; no siginfo.
+                unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0) };
+            }
+        }
+    }
+
     /// The text the container left in its termination log, if any (capped as upstream).
     pub fn termination_message(&self) -> Option<String> {
         let text = std::fs::read(self.dir.join("termination-log")).ok()?;

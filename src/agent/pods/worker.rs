@@ -25,6 +25,10 @@ pub enum Msg {
     Gone,
     /// One of its containers exited.
     Exited,
+    /// A probe's verdict changed.
+    Probe(super::probes::Verdict),
+    /// A probe attempt failed (for the `Unhealthy` event).
+    ProbeFailed { kind: super::probes::Kind, container: String, message: String },
 }
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
@@ -45,6 +49,12 @@ struct Container {
     not_before: Option<Instant>,
     /// Consecutive failed pulls or config errors, for their back-off.
     failures: u32,
+    /// The readiness probe's verdict for the current run (true without a probe).
+    ready: bool,
+    /// Whether the startup probe passed for the current run (true without a probe).
+    started: bool,
+    /// The current run's probe tasks, stopped when it ends.
+    probes: Vec<tokio::task::AbortHandle>,
 }
 
 impl Container {
@@ -141,26 +151,110 @@ impl Worker {
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(wake));
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Msg::Pod(p)) => self.pod = p,
-                    Some(Msg::Exited) => {}
                     Some(Msg::Gone) | None => {
                         self.terminate(&mut rx, false).await;
                         return;
                     }
+                    Some(other) => self.handle(other),
                 },
                 _ = sleep => {}
             }
             // Take everything queued meanwhile before syncing again.
             while let Ok(msg) = rx.try_recv() {
-                match msg {
-                    Msg::Pod(p) => self.pod = p,
-                    Msg::Exited => {}
-                    Msg::Gone => {
-                        self.terminate(&mut rx, false).await;
-                        return;
-                    }
+                if let Msg::Gone = msg {
+                    self.terminate(&mut rx, false).await;
+                    return;
                 }
+                self.handle(msg);
             }
+        }
+    }
+
+    /// Takes in one message (all but `Gone`).
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Pod(p) => self.pod = p,
+            Msg::Exited | Msg::Gone => {}
+            Msg::ProbeFailed { kind, container, message } => {
+                let field = self.field_path(&container, false);
+                self.event("Warning", "Unhealthy", format!("{} probe failed: {message}", kind.word()), Some(field))
+            }
+            Msg::Probe(v) => self.probe_verdict(v),
+        }
+    }
+
+    /// Applies a probe verdict to the run it is about (if that run is still current).
+    fn probe_verdict(&mut self, v: super::probes::Verdict) {
+        use super::probes::Kind;
+        let Some((name, state)) = self.containers.iter_mut().find(|(_, c)| c.latest().is_some_and(|r| r.info.id == v.run_id && r.running()))
+        else {
+            return;
+        };
+        let name = name.clone();
+        match (v.kind, v.ok) {
+            (Kind::Readiness, ok) => state.ready = ok,
+            (Kind::Startup, true) => {
+                state.started = true;
+                self.start_probes(&name, false);
+            }
+            (kind, false) => {
+                // A failed liveness or startup probe restarts the container, gracefully.
+                let grace = self.pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+                if let Some(run) = state.latest() {
+                    run.signal(libc::SIGTERM);
+                    let killer = run.signaller();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(grace)).await;
+                        killer(libc::SIGKILL);
+                    });
+                }
+                for p in state.probes.drain(..) {
+                    p.abort();
+                }
+                let init = self.is_init(&name);
+                self.event(
+                    "Normal",
+                    "Killing",
+                    format!("Container {name} failed {} probe, will be restarted", kind.word().to_lowercase()),
+                    Some(self.field_path(&name, init)),
+                );
+            }
+            (Kind::Liveness, true) => {}
+        }
+    }
+
+    fn is_init(&self, name: &str) -> bool {
+        self.pod["spec"]["initContainers"].as_array().into_iter().flatten().any(|c| c["name"] == name)
+    }
+
+    /// Starts the probes of container `name`'s current run: the startup probe alone first
+    /// when it has one, then liveness and readiness.
+    fn start_probes(&mut self, name: &str, first: bool) {
+        use super::probes::{Kind, run};
+        let Some(spec) = self.pod["spec"]["containers"].as_array().and_then(|cs| cs.iter().find(|c| c["name"] == name)).cloned()
+        else {
+            return;
+        };
+        let pod_ip = self.pod_ip();
+        let Some(state) = self.containers.get_mut(name) else { return };
+        let Some(r) = state.latest() else { return };
+        let target = super::exec::Target { id: r.info.id.clone(), bundle: r.dir.clone(), root: self.ctx.layout.runtime_root() };
+        let kinds: Vec<Kind> = if first && spec["startupProbe"].is_object() {
+            vec![Kind::Startup]
+        } else {
+            vec![Kind::Liveness, Kind::Readiness]
+        };
+        if first {
+            state.started = !spec["startupProbe"].is_object();
+            state.ready = !spec["readinessProbe"].is_object();
+        }
+        for kind in kinds {
+            let probe = spec[kind.field()].clone();
+            if !probe.is_object() {
+                continue;
+            }
+            let task = tokio::spawn(run(kind, probe, spec.clone(), pod_ip.clone(), target.clone(), self.tx.clone()));
+            state.probes.push(task.abort_handle());
         }
     }
 
@@ -176,6 +270,11 @@ impl Worker {
             for r in &mut c.runs {
                 r.collect_exit();
             }
+            if !c.latest().is_some_and(Run::running) {
+                for p in c.probes.drain(..) {
+                    p.abort();
+                }
+            }
         }
         if !self.sandbox_ready {
             if let Err(e) = self.sandbox().await {
@@ -184,6 +283,16 @@ impl Worker {
                 return now + Duration::from_secs(5);
             }
             self.sandbox_ready = true;
+            // Containers adopted from a previous agent get their probes again.
+            let adopted: Vec<String> = self
+                .containers
+                .iter()
+                .filter(|(n, c)| c.latest().is_some_and(Run::running) && !self.is_init(n))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in adopted {
+                self.start_probes(&name, true);
+            }
         }
         if self.volumes_at.is_none_or(|t| t.elapsed() >= VOLUME_REFRESH) {
             match volumes::prepare(&self.ctx.client, &self.pod, &self.ctx.layout.pod_dir(&self.uid), &self.ctx.allocatable)
@@ -456,12 +565,18 @@ impl Worker {
         .map_err(|e| fail("RunContainerError", e))?;
         self.event("Normal", "Created", format!("Created container {name}"), Some(field.clone()));
         self.event("Normal", "Started", format!("Started container {name}"), Some(field));
-        let state = self.containers.entry(name).or_default();
+        let state = self.containers.entry(name.clone()).or_default();
         state.runs.push(run);
         // Keep the current run and the previous one (for `logs --previous`).
         while state.runs.len() > 2 {
             let old = state.runs.remove(0);
             remove_run_dir(&old.dir);
+        }
+        for p in state.probes.drain(..) {
+            p.abort();
+        }
+        if !init {
+            self.start_probes(&name, true);
         }
         Ok(())
     }
@@ -619,12 +734,13 @@ impl Worker {
         };
         let last = last.unwrap_or(json!({}));
         let running = latest.is_some_and(Run::running);
+        let started = running && state.is_some_and(|s| s.started);
         let mut out = json!({
             "name": name,
             "image": c["image"],
             "imageID": latest.map_or(String::new(), |r| r.info.image_id.clone()),
-            "ready": running,
-            "started": running,
+            "ready": started && state.is_some_and(|s| s.ready),
+            "started": started,
             "restartCount": state.map_or(0, Container::restart_count),
             "state": current,
             "lastState": last,
@@ -667,10 +783,12 @@ impl Worker {
         } else {
             "Pending"
         };
-        let ready = phase == "Running"
-            && containers.iter().all(|c| {
-                self.containers.get(c["name"].as_str().unwrap_or("")).and_then(Container::latest).is_some_and(Run::running)
-            });
+        let is_ready = |name: &str| {
+            self.containers
+                .get(name)
+                .is_some_and(|s| s.latest().is_some_and(Run::running) && s.ready && s.started)
+        };
+        let ready = phase == "Running" && containers.iter().all(|c| is_ready(c["name"].as_str().unwrap_or("")));
         if self.start_time.is_empty() {
             self.start_time = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         }
@@ -678,9 +796,7 @@ impl Worker {
         let not_ready_reason = if completed { "PodCompleted" } else { "ContainersNotReady" };
         let unready: Vec<String> = containers
             .iter()
-            .filter(|c| {
-                !self.containers.get(c["name"].as_str().unwrap_or("")).and_then(Container::latest).is_some_and(Run::running)
-            })
+            .filter(|c| !is_ready(c["name"].as_str().unwrap_or("")))
             .filter_map(|c| c["name"].as_str().map(str::to_string))
             .collect();
         let mut conditions = Vec::new();

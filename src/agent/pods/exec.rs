@@ -1,0 +1,71 @@
+//! Commands run inside a pod's containers, for exec probes and `kubectl exec`: each is a
+//! `bramble exec-in` process (see [`crate::runtime::exec`]) the agent starts and watches.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use super::Ctx;
+use super::run::RunInfo;
+
+/// A running container to exec into.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub root: PathBuf,
+}
+
+/// The running container `name` of pod `ns/pod` on this node, if there is one.
+pub fn find(ctx: &Ctx, ns: &str, pod: &str, name: &str) -> Option<Target> {
+    let pods = std::fs::read_dir(&ctx.layout.pods_dir).ok()?;
+    for p in pods.flatten() {
+        let Ok(bytes) = std::fs::read(p.path().join("pod.json")) else { continue };
+        let Ok(obj) = serde_json::from_slice::<Value>(&bytes) else { continue };
+        if obj["metadata"]["namespace"] != ns || obj["metadata"]["name"] != pod {
+            continue;
+        }
+        let mut runs: Vec<(RunInfo, PathBuf)> = std::fs::read_dir(p.path().join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|c| {
+                let info: RunInfo = serde_json::from_slice(&std::fs::read(c.path().join("run.json")).ok()?).ok()?;
+                (info.name == name && !c.path().join("exit.json").exists()).then_some((info, c.path()))
+            })
+            .collect();
+        runs.sort_by_key(|(r, _)| r.attempt);
+        return runs.pop().map(|(info, bundle)| Target { id: info.id, bundle, root: ctx.layout.runtime_root() });
+    }
+    None
+}
+
+/// The `bramble exec-in` command for `argv` in `target`.
+pub fn command(target: &Target, tty: bool, argv: &[String]) -> anyhow::Result<tokio::process::Command> {
+    let exe = std::env::current_exe().context("finding the bramble binary")?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("exec-in").arg("--root").arg(&target.root).arg("--id").arg(&target.id).arg("--bundle").arg(&target.bundle);
+    if tty {
+        cmd.arg("--tty");
+    }
+    cmd.arg("--").args(argv).env("BRAMBLE_LOG", "error").kill_on_drop(true);
+    Ok(cmd)
+}
+
+/// Runs `argv` in `target` without input; returns its exit code and output, or an error
+/// when it did not finish within `timeout`.
+pub async fn capture(target: &Target, argv: &[String], timeout: Duration) -> anyhow::Result<(i32, String)> {
+    let mut cmd = command(target, false, argv)?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().context("starting exec-in")?;
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| anyhow::anyhow!("command timed out after {}s", timeout.as_secs_f64()))?
+        .context("waiting for exec-in")?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.code().unwrap_or(255), text))
+}
