@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use super::AgentOptions;
 use super::pods::Ctx;
 use super::pods::run::RunInfo;
+use super::streams::{self, Purpose};
 use crate::api::http::{Body, Query, full};
 use crate::runtime::crilog::{self, LogQuery};
 
@@ -98,15 +99,24 @@ fn text(code: u16, msg: &str) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(full(Bytes::new())))
 }
 
-async fn handle(ctx: &Ctx, admin: bool, req: Request<Incoming>) -> Response<Body> {
+async fn handle(ctx: &Arc<Ctx>, admin: bool, req: Request<Incoming>) -> Response<Body> {
     if !admin {
         return text(403, "Forbidden: the node's endpoint serves the API server only");
     }
     let path = req.uri().path().to_string();
     let q = Query::parse(req.uri().query());
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let parts: Vec<String> = path.trim_matches('/').split('/').map(str::to_string).collect();
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     match parts.as_slice() {
         ["healthz"] => text(200, "ok"),
+        ["exec", ns, pod, container] => {
+            let purpose = Purpose::Exec { ns: ns.to_string(), pod: pod.to_string(), container: container.to_string() };
+            streams::upgrade(ctx.clone(), req, purpose).await
+        }
+        ["portForward", ns, pod] => {
+            streams::upgrade(ctx.clone(), req, Purpose::PortForward { ns: ns.to_string(), pod: pod.to_string() }).await
+        }
+        ["attach", ..] => text(400, "attach is not supported by this node yet: use kubectl logs -f and kubectl exec"),
         ["containerLogs", ns, pod, container] => logs(ctx, ns, pod, container, &q).await,
         _ => text(404, &format!("{path} not found")),
     }

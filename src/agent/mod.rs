@@ -9,6 +9,8 @@
 //! serves their logs to the API server ([`kubelet`]).
 
 pub mod facts;
+pub mod spdy;
+pub mod streams;
 pub mod kubelet;
 pub mod pods;
 pub mod registries;
@@ -354,6 +356,6 @@ mod tests {
         let second = conditions(&f, &aged);
         assert!(second.as_array().unwrap().iter().all(|c| c["lastTransitionTime"] == "2020-01-01T00:00:00Z"));
         let ready = second.as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
-        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["status"], "True");
     }
 }

@@ -154,6 +154,10 @@ impl Api {
             .or_else(|| self.tokens.user(req.headers().get("authorization").and_then(|v| v.to_str().ok())))
             .ok_or_else(ApiError::unauthorized)?;
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        if let ["api", "v1", "namespaces", ns, "pods", name, sub @ ("exec" | "attach" | "portforward")] = segs.as_slice() {
+            let (ns, name, sub) = (ns.to_string(), name.to_string(), sub.to_string());
+            return self.pod_stream(&user, &ns, &name, &sub, req).await;
+        }
         match segs.as_slice() {
             ["api"] => return Ok(json_response(200, &discovery::core_versions(&self.opts.advertise))),
             ["apis"] => return Ok(json_response(200, &discovery::group_list())),
@@ -296,6 +300,43 @@ impl Api {
             }
             _ => Err(ApiError::method_not_allowed(format!("{} is not supported on {path}", parts.method))),
         }
+    }
+
+    /// `pods/<name>/exec|attach|portforward`: upgraded and spliced through to the node.
+    async fn pod_stream(
+        &self,
+        user: &User,
+        ns: &str,
+        name: &str,
+        sub: &str,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ApiError> {
+        auth::authorize(user, "create", "", "pods", Some(ns), Some(name))?;
+        if !req.headers().contains_key("upgrade") {
+            return Err(ApiError::bad_request(format!(
+                "Upgrade request required: {sub} streams need an Upgrade to SPDY/3.1 or WebSocket"
+            )));
+        }
+        let pods = resources::find("", "v1", "pods").ok_or_else(|| ApiError::internal("no pods resource"))?;
+        let target = Target { res: pods, namespace: Some(ns.to_string()), name: Some(name.to_string()), sub: None };
+        let pod = self.get_object(&target)?;
+        let query = req.uri().query().unwrap_or("").to_string();
+        let q = Query::parse(Some(&query));
+        let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("");
+        if node_name.is_empty() {
+            return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
+        }
+        let path = if sub == "portforward" {
+            format!("/portForward/{ns}/{name}?{query}")
+        } else {
+            let container = node_proxy::log_container(&pod, q.get("container"))?;
+            let kubelet_sub = if sub == "exec" { "exec" } else { "attach" };
+            format!("/{kubelet_sub}/{ns}/{name}/{container}?{query}")
+        };
+        let nodes = resources::find("", "v1", "nodes").ok_or_else(|| ApiError::internal("no nodes resource"))?;
+        let node = self.get_object(&Target { res: nodes, namespace: None, name: Some(node_name.to_string()), sub: None })?;
+        let pki = self.opts.join.as_ref().map(|j| j.pki.clone()).ok_or_else(|| ApiError::internal("this server has no CA to reach nodes with"))?;
+        node_proxy::upgrade(&pki, &node, &path, req).await
     }
 
     /// `GET pods/<name>/log`: from the node the pod runs on.

@@ -138,3 +138,73 @@ pub async fn get(pki: &Pki, node: &Value, path_and_query: &str) -> Result<Respon
     }
     out.body(StreamBody::new(stream).boxed()).map_err(|e| ApiError::internal(e.to_string()))
 }
+
+/// Headers of an upgrade that pass through in both directions.
+const UPGRADE_HEADERS: &[&str] = &[
+    "connection",
+    "upgrade",
+    "x-stream-protocol-version",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-accept",
+    "sec-websocket-extensions",
+];
+
+/// Forwards an upgrade request (exec, attach, port-forward; SPDY or WebSocket) to the
+/// node and, once the node agrees to switch protocols, splices the two connections: the
+/// API server never looks inside the streams, as upstream's proxy does not.
+pub async fn upgrade(
+    pki: &Pki,
+    node: &Value,
+    path_and_query: &str,
+    mut req: http::Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let node_name = node["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let (ip, port) = node_endpoint(node)
+        .ok_or_else(|| ApiError::internal(format!("node {node_name} reports no address to reach it at")))?;
+    let unreachable = |e: String| ApiError::internal(format!("cannot reach node {node_name} at {ip}:{port}: {e}"));
+    let connector = tokio_rustls::TlsConnector::from(client_config(pki)?);
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((ip.as_str(), port)))
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let server_name = ServerName::try_from("localhost").map_err(|e| unreachable(e.to_string()))?;
+    let tls = connector.connect(server_name, tcp).await.map_err(|e| unreachable(e.to_string()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(e.to_string()))?;
+    tokio::spawn(conn.with_upgrades());
+    let mut forward = http::Request::builder().method(req.method().clone()).uri(path_and_query);
+    forward = forward.header("host", format!("{ip}:{port}"));
+    for (name, value) in req.headers() {
+        if UPGRADE_HEADERS.contains(&name.as_str()) {
+            forward = forward.header(name, value);
+        }
+    }
+    let forward = forward.body(Empty::<Bytes>::new()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut resp = sender.send_request(forward).await.map_err(|e| unreachable(e.to_string()))?;
+    let status = resp.status().as_u16();
+    if status != 101 {
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let msg = String::from_utf8_lossy(&body).trim().to_string();
+        return Err(match status {
+            400 => ApiError::bad_request(msg),
+            404 => ApiError::not_found_path(&msg),
+            _ => ApiError::internal(format!("node {node_name} answered {status}: {msg}")),
+        });
+    }
+    let mut answer = Response::builder().status(101);
+    for (name, value) in resp.headers() {
+        if UPGRADE_HEADERS.contains(&name.as_str()) {
+            answer = answer.header(name, value);
+        }
+    }
+    let node_side = hyper::upgrade::on(&mut resp);
+    let client_side = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let (Ok(node_io), Ok(client_io)) = (node_side.await, client_side.await) else { return };
+        let (mut a, mut b) = (TokioIo::new(node_io), TokioIo::new(client_io));
+        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+    });
+    answer.body(super::http::full(Bytes::new())).map_err(|e| ApiError::internal(e.to_string()))
+}

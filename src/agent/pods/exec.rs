@@ -19,6 +19,14 @@ pub struct Target {
     pub root: PathBuf,
 }
 
+/// The UID of pod `ns/pod` if it has a directory on this node.
+pub fn pod_uid(ctx: &Ctx, ns: &str, pod: &str) -> Option<String> {
+    std::fs::read_dir(&ctx.layout.pods_dir).ok()?.flatten().find_map(|p| {
+        let obj: Value = serde_json::from_slice(&std::fs::read(p.path().join("pod.json")).ok()?).ok()?;
+        (obj["metadata"]["namespace"] == ns && obj["metadata"]["name"] == pod).then(|| p.file_name().to_string_lossy().into_owned())
+    })
+}
+
 /// The running container `name` of pod `ns/pod` on this node, if there is one.
 pub fn find(ctx: &Ctx, ns: &str, pod: &str, name: &str) -> Option<Target> {
     let pods = std::fs::read_dir(&ctx.layout.pods_dir).ok()?;
@@ -44,12 +52,20 @@ pub fn find(ctx: &Ctx, ns: &str, pod: &str, name: &str) -> Option<Target> {
 }
 
 /// The `bramble exec-in` command for `argv` in `target`.
-pub fn command(target: &Target, tty: bool, argv: &[String]) -> anyhow::Result<tokio::process::Command> {
+pub fn command(
+    target: &Target,
+    tty: bool,
+    resize_fd: Option<i32>,
+    argv: &[String],
+) -> anyhow::Result<tokio::process::Command> {
     let exe = std::env::current_exe().context("finding the bramble binary")?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("exec-in").arg("--root").arg(&target.root).arg("--id").arg(&target.id).arg("--bundle").arg(&target.bundle);
     if tty {
         cmd.arg("--tty");
+    }
+    if let Some(fd) = resize_fd {
+        cmd.arg("--resize-fd").arg(fd.to_string());
     }
     cmd.arg("--").args(argv).env("BRAMBLE_LOG", "error").kill_on_drop(true);
     Ok(cmd)
@@ -58,7 +74,7 @@ pub fn command(target: &Target, tty: bool, argv: &[String]) -> anyhow::Result<to
 /// Runs `argv` in `target` without input; returns its exit code and output, or an error
 /// when it did not finish within `timeout`.
 pub async fn capture(target: &Target, argv: &[String], timeout: Duration) -> anyhow::Result<(i32, String)> {
-    let mut cmd = command(target, false, argv)?;
+    let mut cmd = command(target, false, None, argv)?;
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().context("starting exec-in")?;
     let out = tokio::time::timeout(timeout, child.wait_with_output())

@@ -17,6 +17,7 @@ use crate::kubectl::client::Client;
 use crate::runtime::spec::{BindMount, quantity};
 
 /// Why a volume cannot be set up, as the pod's events say it.
+#[derive(Debug)]
 pub struct VolumeError(pub String);
 
 fn tmpfs(dir: &Path, size: Option<i128>) -> Result<(), VolumeError> {
