@@ -111,12 +111,15 @@ pub async fn upgrade(ctx: Arc<Ctx>, req: Request<Incoming>, purpose: Purpose) ->
         else {
             return answer(400, "no supported WebSocket subprotocol: offer v5.channel.k8s.io or v4.channel.k8s.io");
         };
-        let (Some(target), Some(opts)) = (target, opts) else {
-            return answer(400, "port-forward over WebSocket is not supported: use SPDY/3.1");
-        };
         let Some(key) = req.headers().get("sec-websocket-key").map(|k| k.as_bytes().to_vec()) else {
             return answer(400, "a WebSocket upgrade needs Sec-WebSocket-Key");
         };
+        // Port-forward over plain WebSocket is the Python client's; kubectl tunnels SPDY
+        // through WebSocket instead, and falls back to SPDY when refused here.
+        let ports: Vec<u16> = all(&query, "ports").iter().flat_map(|p| p.split(',').map(str::to_string).collect::<Vec<_>>()).filter_map(|p| p.trim().parse().ok()).collect();
+        if matches!(purpose, Purpose::PortForward { .. }) && ports.is_empty() {
+            return answer(400, "port-forward over WebSocket needs ports=<port>[,<port>...]");
+        }
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
         let v5 = protocol.starts_with("v5");
         let upgraded = hyper::upgrade::on(req);
@@ -128,8 +131,13 @@ pub async fn upgrade(ctx: Arc<Ctx>, req: Request<Incoming>, purpose: Purpose) ->
                 None,
             )
             .await;
-            if let Err(e) = exec_websocket(ws, target, opts, v5).await {
-                tracing::debug!(error = %format!("{e:#}"), "exec over WebSocket");
+            let result = match (purpose, target, opts) {
+                (Purpose::Exec { .. }, Some(target), Some(opts)) => exec_websocket(ws, target, opts, v5).await,
+                (Purpose::PortForward { ns, pod }, _, _) => port_forward_websocket(ctx, ws, &ns, &pod, ports).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %format!("{e:#}"), "streams over WebSocket");
             }
         });
         return Response::builder()
@@ -495,6 +503,95 @@ async fn port_forward_spdy(
             tokio::spawn(async move { forward_one(ns_file, error, data).await });
         }
     }
+    Ok(())
+}
+
+/// Port-forward over WebSocket: per requested port `i`, channel `2i` carries data and
+/// `2i+1` errors; each channel's first message from the node is the port, little-endian.
+async fn port_forward_websocket<S>(
+    ctx: Arc<Ctx>,
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    ns: &str,
+    pod: &str,
+    ports: Vec<u16>,
+) -> anyhow::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let uid = super::pods::exec::pod_uid(&ctx, ns, pod).with_context(|| format!("pod {ns}/{pod} is not on this node"))?;
+    let ns_file = ctx.layout.pod_ns_dir(&uid).join("net");
+    let (mut sink, mut source) = ws.split();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(32);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            let close = matches!(m, Message::Close(_));
+            if sink.send(m).await.is_err() || close {
+                return;
+            }
+        }
+    });
+    let frame = |channel: u8, data: &[u8]| {
+        let mut v = Vec::with_capacity(data.len() + 1);
+        v.push(channel);
+        v.extend_from_slice(data);
+        Message::Binary(v.into())
+    };
+    let mut writers = Vec::new();
+    let mut pumps = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
+        let _ = tx.send(frame(data_ch, &port.to_le_bytes())).await;
+        let _ = tx.send(frame(err_ch, &port.to_le_bytes())).await;
+        match connect_in_pod(ns_file.clone(), *port).await {
+            Ok(tcp) => {
+                let (mut rd, wr) = tcp.into_split();
+                writers.push(Some(wr));
+                let tx = tx.clone();
+                pumps.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = rd.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut v = Vec::with_capacity(n + 1);
+                        v.push(data_ch);
+                        v.extend_from_slice(&buf[..n]);
+                        if tx.send(Message::Binary(v.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                }));
+            }
+            Err(e) => {
+                writers.push(None);
+                let _ = tx.send(frame(err_ch, format!("error forwarding port {port} to pod: {e:#}").as_bytes())).await;
+            }
+        }
+    }
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(m)) = source.next().await {
+            let data = match m {
+                Message::Binary(b) => b.to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&channel, rest)) = data.split_first() else { continue };
+            let index = channel as usize / 2;
+            if channel % 2 == 0
+                && let Some(Some(w)) = writers.get_mut(index)
+                && w.write_all(rest).await.is_err()
+            {
+                writers[index] = None;
+            }
+        }
+    });
+    for p in pumps {
+        let _ = p.await;
+    }
+    reader.abort();
+    let _ = tx.send(Message::Close(None)).await;
+    drop(tx);
+    let _ = writer.await;
     Ok(())
 }
 

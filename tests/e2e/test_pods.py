@@ -385,3 +385,77 @@ def test_pull_from_a_registry_through_registries_yaml(node, core, registry):
                        and cs[0].state.waiting, timeout=30)
     assert "demo/absent" in waiting.message
     delete(core, "unpullable")
+
+
+@pytest.fixture
+def shell_pod(core):
+    core.create_namespaced_pod("default", pod(
+        "shell", "head -c 1000000 /dev/urandom > /www/blob; echo hello-pf > /www/index.html; "
+                 "httpd -f -p 127.0.0.1:8080 -h /www"))
+    phase(core, "shell", "Running")
+    yield "shell"
+    delete(core, "shell")
+
+
+@pytest.mark.parametrize("version", ["1.27", "1.33"])
+def test_kubectl_exec_plain_piped_and_with_a_terminal(node, core, shell_pod, version):
+    # 1.27 speaks SPDY only; 1.33 speaks WebSocket (v5.channel.k8s.io).
+    out = kubectl(node, "exec", shell_pod, "--", "sh", "-c", "echo out; echo err >&2; exit 3",
+                  version=version, check=False)
+    assert out.returncode == 3 and out.stdout == "out\n" and "err" in out.stderr
+    piped = subprocess.run([os.path.join(kubectl_dir(), f"kubectl.{version}"), "--kubeconfig", node.kubeconfig,
+                            "exec", "-i", shell_pod, "--", "sh", "-c", "tr a-z A-Z; cat /etc/hostname"],
+                           input="piped in\n", capture_output=True, text=True, timeout=30)
+    assert piped.returncode == 0 and piped.stdout == f"PIPED IN\n{shell_pod}\n"
+    # -it through a real terminal (script gives kubectl one).
+    cmd = f"{os.path.join(kubectl_dir(), 'kubectl.' + version)} --kubeconfig {node.kubeconfig} exec -it {shell_pod} -- sh"
+    tty = subprocess.run(["script", "-qec", cmd, "/dev/null"], input="tty; stty size; exit 4\n",
+                         capture_output=True, text=True, timeout=30)
+    assert tty.returncode == 4, tty.stdout + tty.stderr
+    assert "/dev/pts/0" in tty.stdout
+    missing = kubectl(node, "exec", shell_pod, "--", "/no/such/program", version=version, check=False)
+    assert missing.returncode != 0
+
+
+def test_python_client_exec_and_port_forward(core, shell_pod):
+    from kubernetes.stream import portforward, stream
+    out = stream(core.connect_get_namespaced_pod_exec, shell_pod, "default",
+                 command=["sh", "-c", "echo py-$((6*7))"], stderr=True, stdin=False, stdout=True, tty=False)
+    assert out == "py-42\n"
+    resp = stream(core.connect_get_namespaced_pod_exec, shell_pod, "default", command=["sh", "-c", "exit 7"],
+                  stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+    resp.run_forever(timeout=10)
+    assert resp.returncode == 7
+    pf = portforward(core.connect_get_namespaced_pod_portforward, shell_pod, "default", ports="8080")
+    sock = pf.socket(8080)
+    sock.setblocking(True)
+    sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    sock.close()
+    pf.close()
+    assert data.endswith(b"\r\n\r\nhello-pf\n")
+
+
+@pytest.mark.parametrize("version", ["1.27", "1.33"])
+def test_kubectl_port_forward(node, core, shell_pod, version):
+    import hashlib
+    import socket
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pf = subprocess.Popen([os.path.join(kubectl_dir(), f"kubectl.{version}"), "--kubeconfig", node.kubeconfig,
+                           "port-forward", f"pod/{shell_pod}", f"{port}:8080"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "Forwarding from" in pf.stdout.readline()
+        # The server listens on the pod's loopback only: reached from inside its namespace.
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read() == b"hello-pf\n"
+        blob = urllib.request.urlopen(f"http://127.0.0.1:{port}/blob", timeout=30).read()
+        inside = kubectl(node, "exec", shell_pod, "--", "busybox", "sha256sum", "/www/blob").stdout.split()[0]
+        assert len(blob) == 1000000 and hashlib.sha256(blob).hexdigest() == inside
+    finally:
+        pf.kill()
+        pf.wait()

@@ -67,7 +67,7 @@ pub fn command(
     if let Some(fd) = resize_fd {
         cmd.arg("--resize-fd").arg(fd.to_string());
     }
-    cmd.arg("--").args(argv).env("BRAMBLE_LOG", "error").kill_on_drop(true);
+    cmd.arg("--").args(argv).env("BRAMBLE_LOG", "error,libcontainer=off,libcgroups=off").kill_on_drop(true);
     Ok(cmd)
 }
 
