@@ -158,14 +158,11 @@ async fn logs(ctx: &Ctx, ns: &str, pod: &str, container: &str, q: &Query) -> Res
         };
         return text(400, &msg);
     };
-    let since = q
-        .get("sinceTime")
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-        .or_else(|| {
-            q.get("sinceSeconds")
-                .and_then(|s| s.parse::<i64>().ok())
-                .and_then(|s| jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(s)).ok())
-        });
+    let since = q.get("sinceTime").and_then(|t| t.parse::<jiff::Timestamp>().ok()).or_else(|| {
+        q.get("sinceSeconds")
+            .and_then(|s| s.parse::<i64>().ok())
+            .and_then(|s| jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(s)).ok())
+    });
     let query = LogQuery {
         tail: q.get("tailLines").and_then(|t| t.parse().ok()),
         since,

@@ -9,12 +9,12 @@
 //! serves their logs to the API server ([`kubelet`]).
 
 pub mod facts;
-pub mod spdy;
-pub mod streams;
+pub mod join;
 pub mod kubelet;
 pub mod pods;
 pub mod registries;
-pub mod join;
+pub mod spdy;
+pub mod streams;
 
 use std::path::PathBuf;
 use std::sync::Arc;

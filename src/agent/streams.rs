@@ -116,7 +116,11 @@ pub async fn upgrade(ctx: Arc<Ctx>, req: Request<Incoming>, purpose: Purpose) ->
         };
         // Port-forward over plain WebSocket is the Python client's; kubectl tunnels SPDY
         // through WebSocket instead, and falls back to SPDY when refused here.
-        let ports: Vec<u16> = all(&query, "ports").iter().flat_map(|p| p.split(',').map(str::to_string).collect::<Vec<_>>()).filter_map(|p| p.trim().parse().ok()).collect();
+        let ports: Vec<u16> = all(&query, "ports")
+            .iter()
+            .flat_map(|p| p.split(',').map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|p| p.trim().parse().ok())
+            .collect();
         if matches!(purpose, Purpose::PortForward { .. }) && ports.is_empty() {
             return answer(400, "port-forward over WebSocket needs ports=<port>[,<port>...]");
         }
@@ -412,8 +416,10 @@ where
         }
     });
     let mut pumps = Vec::new();
-    for (channel, pipe) in [(1u8, running.child.stdout.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
-                            (2u8, running.child.stderr.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>))] {
+    for (channel, pipe) in [
+        (1u8, running.child.stdout.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
+        (2u8, running.child.stderr.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
+    ] {
         let Some(mut pipe) = pipe else { continue };
         let tx = tx.clone();
         let forward = channel == 1 || opts.stderr;
@@ -483,7 +489,8 @@ async fn port_forward_spdy(
     ns: &str,
     pod: &str,
 ) -> anyhow::Result<()> {
-    let uid = super::pods::exec::pod_uid(&ctx, ns, pod).with_context(|| format!("pod {ns}/{pod} is not on this node"))?;
+    let uid =
+        super::pods::exec::pod_uid(&ctx, ns, pod).with_context(|| format!("pod {ns}/{pod} is not on this node"))?;
     let ns_file = ctx.layout.pod_ns_dir(&uid).join("net");
     // Streams pair up by request ID: one error and one data stream per connection.
     let mut pending: HashMap<String, (Option<spdy::Stream>, Option<spdy::Stream>)> = HashMap::new();
@@ -518,7 +525,8 @@ async fn port_forward_websocket<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let uid = super::pods::exec::pod_uid(&ctx, ns, pod).with_context(|| format!("pod {ns}/{pod} is not on this node"))?;
+    let uid =
+        super::pods::exec::pod_uid(&ctx, ns, pod).with_context(|| format!("pod {ns}/{pod} is not on this node"))?;
     let ns_file = ctx.layout.pod_ns_dir(&uid).join("net");
     let (mut sink, mut source) = ws.split();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(32);

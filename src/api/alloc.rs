@@ -22,7 +22,11 @@ const POD_CIDR_PREFIX: &str = "_alloc/podcidr/";
 pub fn allocate_node(store: &Store, opts: &ApiOptions, node: &mut Value) -> Result<Vec<Op>, ApiError> {
     let existing = node.pointer("/spec/podCIDR").and_then(Value::as_str).unwrap_or("").to_string();
     if !existing.is_empty() {
-        return Ok(vec![Op { key: format!("{POD_CIDR_PREFIX}{existing}"), expect: Expect::Any, value: Some(b"1".to_vec()) }]);
+        return Ok(vec![Op {
+            key: format!("{POD_CIDR_PREFIX}{existing}"),
+            expect: Expect::Any,
+            value: Some(b"1".to_vec()),
+        }]);
     }
     let (net, bits) = opts.cluster_cidr;
     let count = 1u32 << (24 - bits.min(24));

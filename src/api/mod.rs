@@ -9,9 +9,9 @@ mod apply;
 pub mod auth;
 mod discovery;
 pub mod http;
-pub mod node_proxy;
 pub mod join;
 mod kinds;
+pub mod node_proxy;
 mod objects;
 mod openapi;
 mod openapi_pb;
@@ -154,7 +154,9 @@ impl Api {
             .or_else(|| self.tokens.user(req.headers().get("authorization").and_then(|v| v.to_str().ok())))
             .ok_or_else(ApiError::unauthorized)?;
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        if let ["api", "v1", "namespaces", ns, "pods", name, sub @ ("exec" | "attach" | "portforward")] = segs.as_slice() {
+        if let ["api", "v1", "namespaces", ns, "pods", name, sub @ ("exec" | "attach" | "portforward")] =
+            segs.as_slice()
+        {
             let (ns, name, sub) = (ns.to_string(), name.to_string(), sub.to_string());
             return self.pod_stream(&user, &ns, &name, &sub, req).await;
         }
@@ -334,8 +336,14 @@ impl Api {
             format!("/{kubelet_sub}/{ns}/{name}/{container}?{query}")
         };
         let nodes = resources::find("", "v1", "nodes").ok_or_else(|| ApiError::internal("no nodes resource"))?;
-        let node = self.get_object(&Target { res: nodes, namespace: None, name: Some(node_name.to_string()), sub: None })?;
-        let pki = self.opts.join.as_ref().map(|j| j.pki.clone()).ok_or_else(|| ApiError::internal("this server has no CA to reach nodes with"))?;
+        let node =
+            self.get_object(&Target { res: nodes, namespace: None, name: Some(node_name.to_string()), sub: None })?;
+        let pki = self
+            .opts
+            .join
+            .as_ref()
+            .map(|j| j.pki.clone())
+            .ok_or_else(|| ApiError::internal("this server has no CA to reach nodes with"))?;
         node_proxy::upgrade(&pki, &node, &path, req).await
     }
 
@@ -348,9 +356,19 @@ impl Api {
         if node_name.is_empty() {
             return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
         }
-        let node_target = Target { res: resources::find("", "v1", "nodes").ok_or_else(|| ApiError::internal("no nodes resource"))?, namespace: None, name: Some(node_name.to_string()), sub: None };
+        let node_target = Target {
+            res: resources::find("", "v1", "nodes").ok_or_else(|| ApiError::internal("no nodes resource"))?,
+            namespace: None,
+            name: Some(node_name.to_string()),
+            sub: None,
+        };
         let node = self.get_object(&node_target)?;
-        let pki = self.opts.join.as_ref().map(|j| j.pki.clone()).ok_or_else(|| ApiError::internal("this server has no CA to reach nodes with"))?;
+        let pki = self
+            .opts
+            .join
+            .as_ref()
+            .map(|j| j.pki.clone())
+            .ok_or_else(|| ApiError::internal("this server has no CA to reach nodes with"))?;
         let mut query: Vec<String> = Vec::new();
         for key in ["follow", "previous", "timestamps", "tailLines", "sinceSeconds", "sinceTime", "limitBytes"] {
             if let Some(v) = q.get(key) {

@@ -51,7 +51,12 @@ fn client_config(pki: &Pki) -> Result<Arc<rustls::ClientConfig>, ApiError> {
 pub fn log_container(pod: &Value, asked: Option<&str>) -> Result<String, ApiError> {
     let name = pod["metadata"]["name"].as_str().unwrap_or("");
     let names = |key: &str| -> Vec<String> {
-        pod["spec"][key].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str().map(str::to_string)).collect()
+        pod["spec"][key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
     };
     let (containers, inits) = (names("containers"), names("initContainers"));
     match asked.filter(|c| !c.is_empty()) {
@@ -97,7 +102,8 @@ pub async fn get(pki: &Pki, node: &Value, path_and_query: &str) -> Result<Respon
         .await
         .map_err(|_| unreachable("timed out".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
-    let server_name = ServerName::try_from(node_name.clone()).unwrap_or(ServerName::try_from("localhost").map_err(|e| unreachable(e.to_string()))?);
+    let server_name = ServerName::try_from(node_name.clone())
+        .unwrap_or(ServerName::try_from("localhost").map_err(|e| unreachable(e.to_string()))?);
     let tls = connector.connect(server_name, tcp).await.map_err(|e| unreachable(e.to_string()))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(e.to_string()))?;

@@ -296,9 +296,7 @@ pub fn run() -> ExitCode {
         | Command::Image(_)
         | Command::Shim(_)
         | Command::ExecIn(_)
-        | Command::Killall { .. } => {
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
-        }
+        | Command::Killall { .. } => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build(),
     };
     let rt = match rt {
         Ok(rt) => rt,

@@ -63,7 +63,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         .with_context(|| format!("--service-cidr {:?} is not an IPv4 CIDR such as 10.43.0.0/16", args.service_cidr))?;
     let cluster_cidr = match api::parse_cidr(&args.cluster_cidr) {
         Some(c) if c.1 <= 24 => c,
-        _ => bail!("--cluster-cidr {:?} must be an IPv4 CIDR of /24 or larger, such as 10.42.0.0/16", args.cluster_cidr),
+        _ => {
+            bail!("--cluster-cidr {:?} must be an IPv4 CIDR of /24 or larger, such as 10.42.0.0/16", args.cluster_cidr)
+        }
     };
     let node_ports = args
         .service_node_port_range

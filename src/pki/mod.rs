@@ -236,4 +236,3 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
-

@@ -31,9 +31,7 @@ pub fn oom_kills(path: &str) -> u64 {
     };
     std::fs::read_to_string(file)
         .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<u64>().ok()))
-        })
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<u64>().ok())))
         .unwrap_or(0)
 }
 
@@ -45,11 +43,7 @@ fn pod_dirs(node: &str, uid: &str) -> Vec<PathBuf> {
     }
     std::fs::read_dir(ROOT)
         .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.path().join(&rel))
-                .collect()
+            entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path().join(&rel)).collect()
         })
         .unwrap_or_default()
 }
@@ -80,4 +74,3 @@ pub fn remove_pod(node: &str, uid: &str) {
         }
     }
 }
-

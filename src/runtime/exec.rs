@@ -85,8 +85,9 @@ fn dup(fd: RawFd) -> anyhow::Result<OwnedFd> {
 
 /// The process to run: the container's own process settings with `command` as argv.
 fn process_json(args: &ExecArgs) -> anyhow::Result<PathBuf> {
-    let spec: Value = serde_json::from_slice(&std::fs::read(args.bundle.join("config.json")).context("reading config.json")?)
-        .context("parsing config.json")?;
+    let spec: Value =
+        serde_json::from_slice(&std::fs::read(args.bundle.join("config.json")).context("reading config.json")?)
+            .context("parsing config.json")?;
     let mut process = spec["process"].clone();
     process["args"] = json!(args.command);
     process["terminal"] = json!(args.tty);
@@ -121,7 +122,8 @@ fn exec(args: &ExecArgs) -> anyhow::Result<u8> {
 
     let process = process_json(args)?;
     // Unix socket paths are short (108 bytes): not under the bundle.
-    let socket_path = PathBuf::from("/run/bramble").join(format!("exec-{}.sock", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+    let socket_path =
+        PathBuf::from("/run/bramble").join(format!("exec-{}.sock", &uuid::Uuid::new_v4().simple().to_string()[..12]));
     let cleanup = |_: ()| {
         let _ = std::fs::remove_file(&process);
         let _ = std::fs::remove_file(&socket_path);

@@ -64,8 +64,7 @@ fn unshare_and_bind(dir: &Path, hostname: &str) -> anyhow::Result<()> {
         let source = c(&PathBuf::from(format!("/proc/self/task/{tid}/ns/{proc_name}")))?;
         let t = c(&target)?;
         // SAFETY: valid NUL-terminated paths; a plain bind mount.
-        if unsafe { libc::mount(source.as_ptr(), t.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) } != 0
-        {
+        if unsafe { libc::mount(source.as_ptr(), t.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) } != 0 {
             return Err(os_err(&format!("binding the pod's {proc_name} namespace to {}", target.display())));
         }
     }

@@ -26,13 +26,47 @@ pub const DEFAULT_CAPS: &[&str] = &[
 
 /// Every capability, for privileged containers and `add: ["ALL"]`.
 const ALL_CAPS: &[&str] = &[
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 
 /// System calls the default seccomp profile refuses with `EPERM`: kernel modules, kexec,
@@ -40,20 +74,76 @@ const ALL_CAPS: &[&str] = &[
 /// Everything else is allowed, so ordinary programs never notice the profile. Names a
 /// kernel or architecture lacks are skipped by libcontainer.
 const SECCOMP_DENIED: &[&str] = &[
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
-    "finit_module", "fsconfig", "fsmount", "fsopen", "fspick", "get_kernel_syms", "get_mempolicy", "init_module",
-    "ioperm", "iopl", "kcmp", "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mbind", "mount",
-    "mount_setattr", "move_mount", "move_pages", "name_to_handle_at", "nfsservctl", "open_by_handle_at",
-    "open_tree", "perf_event_open", "personality", "pivot_root", "process_vm_readv", "process_vm_writev",
-    "quotactl", "quotactl_fd", "reboot", "request_key", "set_mempolicy", "setns", "settimeofday", "stime",
-    "swapoff", "swapon", "syslog", "umount", "umount2", "unshare", "uselib", "userfaultfd", "ustat", "vm86",
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "get_mempolicy",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "personality",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "quotactl",
+    "quotactl_fd",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "stime",
+    "swapoff",
+    "swapon",
+    "syslog",
+    "umount",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
     "vm86old",
 ];
 
 /// Paths of `/proc` and `/sys` hidden from unprivileged containers (as runc's default).
 const MASKED: &[&str] = &[
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ];
 const READONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
@@ -158,13 +248,17 @@ fn image_user(rootfs: &Path, user: &str) -> Result<(u32, u32), String> {
     let (u, g) = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
     let (uid, primary) = match u.parse::<u32>() {
         Ok(n) => (n, lookup_id_by_uid(rootfs, n)),
-        Err(_) => lookup_id(rootfs, "passwd", u).ok_or_else(|| format!("user {u:?} is not in the image's /etc/passwd"))?,
+        Err(_) => {
+            lookup_id(rootfs, "passwd", u).ok_or_else(|| format!("user {u:?} is not in the image's /etc/passwd"))?
+        }
     };
     let gid = match g {
         None => primary.unwrap_or(0),
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => lookup_id(rootfs, "group", g).map(|(id, _)| id).ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?,
+            Err(_) => lookup_id(rootfs, "group", g)
+                .map(|(id, _)| id)
+                .ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?,
         },
     };
     Ok((uid, gid))
@@ -407,11 +501,10 @@ mod tests {
         assert_eq!(argv(&json!({}), &img, &env), ["/entry", "--serve"]);
         assert_eq!(argv(&json!({"args": ["-v"]}), &img, &env), ["/entry", "-v"]);
         assert_eq!(argv(&json!({"command": ["/bin/sh"]}), &img, &env), ["/bin/sh"]);
-        assert_eq!(argv(&json!({"command": ["/bin/sh"], "args": ["-c", "echo $(NAME) $$(NAME) $(NOPE)"]}), &img, &env), [
-            "/bin/sh",
-            "-c",
-            "echo web $(NAME) $(NOPE)"
-        ]);
+        assert_eq!(
+            argv(&json!({"command": ["/bin/sh"], "args": ["-c", "echo $(NAME) $$(NAME) $(NOPE)"]}), &img, &env),
+            ["/bin/sh", "-c", "echo web $(NAME) $(NOPE)"]
+        );
     }
 
     #[test]

@@ -177,6 +177,9 @@ mod tests {
         assert_eq!(resource_ref(&c, "limits.cpu", &Value::Null, &json!({})).as_deref(), Some("1"));
         assert_eq!(resource_ref(&c, "limits.cpu", &json!("1m"), &json!({})).as_deref(), Some("250"));
         let none = json!({});
-        assert_eq!(resource_ref(&none, "limits.memory", &Value::Null, &json!({"memory": "1Gi"})).as_deref(), Some("1073741824"));
+        assert_eq!(
+            resource_ref(&none, "limits.memory", &Value::Null, &json!({"memory": "1Gi"})).as_deref(),
+            Some("1073741824")
+        );
     }
 }

@@ -23,7 +23,8 @@ pub struct Target {
 pub fn pod_uid(ctx: &Ctx, ns: &str, pod: &str) -> Option<String> {
     std::fs::read_dir(&ctx.layout.pods_dir).ok()?.flatten().find_map(|p| {
         let obj: Value = serde_json::from_slice(&std::fs::read(p.path().join("pod.json")).ok()?).ok()?;
-        (obj["metadata"]["namespace"] == ns && obj["metadata"]["name"] == pod).then(|| p.file_name().to_string_lossy().into_owned())
+        (obj["metadata"]["namespace"] == ns && obj["metadata"]["name"] == pod)
+            .then(|| p.file_name().to_string_lossy().into_owned())
     })
 }
 

@@ -85,10 +85,7 @@ pub async fn ensure(
                 format!("Successfully pulled image \"{text}\" in {:.3}s", started.elapsed().as_secs_f64()),
             ),
             Ok(Err(e)) => {
-                return Err((
-                    "ErrImagePull".into(),
-                    format!("failed to pull and unpack image \"{normal}\": {e:#}"),
-                ));
+                return Err(("ErrImagePull".into(), format!("failed to pull and unpack image \"{normal}\": {e:#}")));
             }
             Err(_) => return Err(("ErrImagePull".into(), format!("pulling image \"{normal}\" took over 10 minutes"))),
         }

@@ -27,9 +27,8 @@ pub fn killall(data_dir: &Path, log_dir: &Path) -> usize {
         let node = obj["spec"]["nodeName"].as_str().unwrap_or("").to_string();
         let mut shims = Vec::new();
         for c in std::fs::read_dir(dir.join("containers")).into_iter().flatten().flatten() {
-            let Some(info) = std::fs::read(c.path().join("run.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<RunInfo>(&b).ok())
+            let Some(info) =
+                std::fs::read(c.path().join("run.json")).ok().and_then(|b| serde_json::from_slice::<RunInfo>(&b).ok())
             else {
                 continue;
             };

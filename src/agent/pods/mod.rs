@@ -73,7 +73,8 @@ pub fn post_event(ctx: &Arc<Ctx>, pod: &Value, kind: &str, reason: &str, message
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let path = format!("/api/v1/namespaces/{ns}/events");
-        if let Err(e) = ctx.client.call("POST", &path, Some("application/json"), "application/json", Some(&event)).await {
+        if let Err(e) = ctx.client.call("POST", &path, Some("application/json"), "application/json", Some(&event)).await
+        {
             tracing::debug!(error = %format!("{e:#}"), "recording an event");
         }
     });

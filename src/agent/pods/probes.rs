@@ -90,9 +90,15 @@ async fn http_get(container: &Value, h: &Value, pod_ip: &str, timeout: Duration)
 }
 
 fn request_text(host: &str, port: u16, path: &str, h: &Value) -> String {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
+    );
     for header in h["httpHeaders"].as_array().into_iter().flatten() {
-        req.push_str(&format!("{}: {}\r\n", header["name"].as_str().unwrap_or(""), header["value"].as_str().unwrap_or("")));
+        req.push_str(&format!(
+            "{}: {}\r\n",
+            header["name"].as_str().unwrap_or(""),
+            header["value"].as_str().unwrap_or("")
+        ));
     }
     req.push_str("\r\n");
     req

@@ -144,7 +144,9 @@ impl Run {
         move |signal| {
             if let Some(fd) = &fd {
                 // SAFETY: a valid pidfd; no siginfo.
-                unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0) };
+                unsafe {
+                    libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0)
+                };
             }
         }
     }

@@ -35,7 +35,13 @@ fn tmpfs(dir: &Path, size: Option<i128>) -> Result<(), VolumeError> {
     .map_err(|_| VolumeError("bad options".into()))?;
     // SAFETY: valid NUL-terminated strings.
     let rc = unsafe {
-        libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, opts.as_ptr().cast())
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            opts.as_ptr().cast(),
+        )
     };
     if rc != 0 {
         return Err(VolumeError(format!("mounting tmpfs at {}: {}", dir.display(), std::io::Error::last_os_error())));
@@ -118,9 +124,7 @@ fn write_atomic(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), Volu
 fn walk_count(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|es| {
-            es.flatten()
-                .map(|e| if e.file_type().is_ok_and(|t| t.is_dir()) { walk_count(&e.path()) } else { 1 })
-                .sum()
+            es.flatten().map(|e| if e.file_type().is_ok_and(|t| t.is_dir()) { walk_count(&e.path()) } else { 1 }).sum()
         })
         .unwrap_or(0)
 }
@@ -143,7 +147,9 @@ async fn object_files(
     let obj = match client.get(&format!("/api/v1/namespaces/{ns}/{kind}/{name}")).await {
         Ok(o) => o,
         Err(_) if src["optional"].as_bool() == Some(true) => return Ok(Vec::new()),
-        Err(_) => return Err(VolumeError(format!("{} \"{name}\" not found", if secret { "secret" } else { "configmap" }))),
+        Err(_) => {
+            return Err(VolumeError(format!("{} \"{name}\" not found", if secret { "secret" } else { "configmap" })));
+        }
     };
     let mut data: Vec<(String, Vec<u8>)> = Vec::new();
     for field in ["data", "binaryData"] {
@@ -282,8 +288,12 @@ fn check_host_path(path: &Path, kind: &str) -> Result<(), VolumeError> {
         "Directory" => md.ok().filter(|m| m.is_dir()).map(|_| ()).ok_or_else(|| err("directory")),
         "File" => md.ok().filter(|m| m.is_file()).map(|_| ()).ok_or_else(|| err("file")),
         "Socket" => md.ok().filter(|m| m.file_type().is_socket()).map(|_| ()).ok_or_else(|| err("socket")),
-        "CharDevice" => md.ok().filter(|m| m.file_type().is_char_device()).map(|_| ()).ok_or_else(|| err("character device")),
-        "BlockDevice" => md.ok().filter(|m| m.file_type().is_block_device()).map(|_| ()).ok_or_else(|| err("block device")),
+        "CharDevice" => {
+            md.ok().filter(|m| m.file_type().is_char_device()).map(|_| ()).ok_or_else(|| err("character device"))
+        }
+        "BlockDevice" => {
+            md.ok().filter(|m| m.file_type().is_block_device()).map(|_| ()).ok_or_else(|| err("block device"))
+        }
         other => Err(VolumeError(format!("hostPath type {other:?} is not one Kubernetes defines"))),
     }
 }

@@ -186,7 +186,8 @@ impl Worker {
     /// Applies a probe verdict to the run it is about (if that run is still current).
     fn probe_verdict(&mut self, v: super::probes::Verdict) {
         use super::probes::Kind;
-        let Some((name, state)) = self.containers.iter_mut().find(|(_, c)| c.latest().is_some_and(|r| r.info.id == v.run_id && r.running()))
+        let Some((name, state)) =
+            self.containers.iter_mut().find(|(_, c)| c.latest().is_some_and(|r| r.info.id == v.run_id && r.running()))
         else {
             return;
         };
@@ -231,14 +232,16 @@ impl Worker {
     /// when it has one, then liveness and readiness.
     fn start_probes(&mut self, name: &str, first: bool) {
         use super::probes::{Kind, run};
-        let Some(spec) = self.pod["spec"]["containers"].as_array().and_then(|cs| cs.iter().find(|c| c["name"] == name)).cloned()
+        let Some(spec) =
+            self.pod["spec"]["containers"].as_array().and_then(|cs| cs.iter().find(|c| c["name"] == name)).cloned()
         else {
             return;
         };
         let pod_ip = self.pod_ip();
         let Some(state) = self.containers.get_mut(name) else { return };
         let Some(r) = state.latest() else { return };
-        let target = super::exec::Target { id: r.info.id.clone(), bundle: r.dir.clone(), root: self.ctx.layout.runtime_root() };
+        let target =
+            super::exec::Target { id: r.info.id.clone(), bundle: r.dir.clone(), root: self.ctx.layout.runtime_root() };
         let kinds: Vec<Kind> = if first && spec["startupProbe"].is_object() {
             vec![Kind::Startup]
         } else {
@@ -295,8 +298,13 @@ impl Worker {
             }
         }
         if self.volumes_at.is_none_or(|t| t.elapsed() >= VOLUME_REFRESH) {
-            match volumes::prepare(&self.ctx.client, &self.pod, &self.ctx.layout.pod_dir(&self.uid), &self.ctx.allocatable)
-                .await
+            match volumes::prepare(
+                &self.ctx.client,
+                &self.pod,
+                &self.ctx.layout.pod_dir(&self.uid),
+                &self.ctx.allocatable,
+            )
+            .await
             {
                 Ok(v) => {
                     self.volumes = v;
@@ -363,16 +371,21 @@ impl Worker {
         {
             // The first restart is immediate; later ones wait, doubling, unless the last
             // run was long.
-            let ran_long = r.info.started_at.parse::<jiff::Timestamp>().is_ok_and(|t| {
-                jiff::Timestamp::now().duration_since(t).as_secs() as u64 >= BACKOFF_RESET.as_secs()
-            });
+            let ran_long =
+                r.info.started_at.parse::<jiff::Timestamp>().is_ok_and(|t| {
+                    jiff::Timestamp::now().duration_since(t).as_secs() as u64 >= BACKOFF_RESET.as_secs()
+                });
             let restarts = r.info.attempt + 1;
             if restarts > 1 && !ran_long {
                 let delay = backoff(restarts - 2);
                 state.not_before = Some(now + delay);
                 state.waiting = Some((
                     "CrashLoopBackOff".into(),
-                    format!("back-off {}s restarting failed container={name} pod={}_{pod_uid}", delay.as_secs(), s(&self.pod, "/metadata/name")),
+                    format!(
+                        "back-off {}s restarting failed container={name} pod={}_{pod_uid}",
+                        delay.as_secs(),
+                        s(&self.pod, "/metadata/name")
+                    ),
                 ));
                 self.event(
                     "Warning",
@@ -464,8 +477,7 @@ impl Worker {
     async fn start(&mut self, c: &Value, init: bool) -> Result<(), (String, String)> {
         let name = c["name"].as_str().unwrap_or("").to_string();
         let field = self.field_path(&name, init);
-        self.containers.entry(name.clone()).or_default().waiting =
-            Some(("ContainerCreating".into(), String::new()));
+        self.containers.entry(name.clone()).or_default().waiting = Some(("ContainerCreating".into(), String::new()));
         let (image_ref, image, config) = images::ensure(&self.ctx, &self.pod, c, |reason, msg| {
             self.event("Normal", reason, msg, Some(field.clone()));
         })
@@ -480,8 +492,8 @@ impl Worker {
         let env = env::resolve(&self.ctx.client, &pod_for_env, c, &image_env, &self.ctx.allocatable)
             .await
             .map_err(|env::ConfigError(m)| ("CreateContainerConfigError".to_string(), m))?;
-        let mut mounts =
-            volumes::mounts_for(c, &self.volumes).map_err(|volumes::VolumeError(m)| ("CreateContainerConfigError".to_string(), m))?;
+        let mut mounts = volumes::mounts_for(c, &self.volumes)
+            .map_err(|volumes::VolumeError(m)| ("CreateContainerConfigError".to_string(), m))?;
         let attempt = self.containers.get(&name).and_then(Container::latest).map_or(0, |r| r.info.attempt + 1);
         let id = crate::runtime::new_container_id();
         let dir = self.ctx.layout.container_dir(&self.uid, &id);
@@ -490,7 +502,9 @@ impl Worker {
         std::fs::create_dir_all(&dir).map_err(|e| fail("CreateContainerError", e.into()))?;
         let term_log = dir.join("termination-log");
         std::fs::write(&term_log, b"").map_err(|e| fail("CreateContainerError", e.into()))?;
-        for (file, dest) in [("hosts", "/etc/hosts"), ("hostname", "/etc/hostname"), ("resolv.conf", "/etc/resolv.conf")] {
+        for (file, dest) in
+            [("hosts", "/etc/hosts"), ("hostname", "/etc/hostname"), ("resolv.conf", "/etc/resolv.conf")]
+        {
             if !mounts.iter().any(|m| m.destination == dest) {
                 mounts.push(spec::BindMount { source: pod_dir.join(file), destination: dest.into(), read_only: false });
             }
@@ -638,7 +652,8 @@ impl Worker {
             );
             let body = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
                               "preconditions": {"uid": self.uid}});
-            if let Err(e) = self.ctx.client.call("DELETE", &path, Some("application/json"), "application/json", Some(&body)).await
+            if let Err(e) =
+                self.ctx.client.call("DELETE", &path, Some("application/json"), "application/json", Some(&body)).await
                 && !super::is_not_found(&e)
             {
                 tracing::warn!(pod = %self.name(), error = %format!("{e:#}"), "deleting the stopped pod");
@@ -666,11 +681,8 @@ impl Worker {
         {
             tracing::warn!(dir = %pod_dir.display(), error = %e, "removing the pod directory");
         }
-        let logs = self.ctx.layout.pod_log_dir(
-            s(&self.pod, "/metadata/namespace"),
-            s(&self.pod, "/metadata/name"),
-            &self.uid,
-        );
+        let logs =
+            self.ctx.layout.pod_log_dir(s(&self.pod, "/metadata/namespace"), s(&self.pod, "/metadata/name"), &self.uid);
         let _ = std::fs::remove_dir_all(logs);
     }
 
@@ -686,7 +698,12 @@ impl Worker {
             s(&self.pod, "/metadata/name")
         );
         let patch = json!({"status": status});
-        match self.ctx.client.call("PATCH", &path, Some("application/merge-patch+json"), "application/json", Some(&patch)).await {
+        match self
+            .ctx
+            .client
+            .call("PATCH", &path, Some("application/merge-patch+json"), "application/json", Some(&patch))
+            .await
+        {
             Ok(_) => self.written = status,
             Err(e) => tracing::warn!(pod = %self.name(), error = %format!("{e:#}"), "writing the pod status"),
         }
@@ -758,7 +775,8 @@ impl Worker {
         let exit_of = |name: &str| {
             self.containers.get(name).and_then(Container::latest).and_then(|r| r.exit.as_ref().map(|e| e.exit_code))
         };
-        let init_failed = policy == "Never" && inits.iter().any(|c| exit_of(c["name"].as_str().unwrap_or("")).is_some_and(|x| x != 0));
+        let init_failed = policy == "Never"
+            && inits.iter().any(|c| exit_of(c["name"].as_str().unwrap_or("")).is_some_and(|x| x != 0));
         let inits_done = inits.iter().all(|c| exit_of(c["name"].as_str().unwrap_or("")) == Some(0));
         let running = containers.iter().any(|c| {
             self.containers.get(c["name"].as_str().unwrap_or("")).and_then(Container::latest).is_some_and(Run::running)
@@ -784,9 +802,7 @@ impl Worker {
             "Pending"
         };
         let is_ready = |name: &str| {
-            self.containers
-                .get(name)
-                .is_some_and(|s| s.latest().is_some_and(Run::running) && s.ready && s.started)
+            self.containers.get(name).is_some_and(|s| s.latest().is_some_and(Run::running) && s.ready && s.started)
         };
         let ready = phase == "Running" && containers.iter().all(|c| is_ready(c["name"].as_str().unwrap_or("")));
         if self.start_time.is_empty() {
@@ -802,9 +818,19 @@ impl Worker {
         let mut conditions = Vec::new();
         for (kind, ok, reason, message) in [
             ("PodReadyToStartContainers", self.sandbox_ready, "", String::new()),
-            ("Initialized", inits_done, if completed { "PodCompleted" } else { "ContainersNotInitialized" }, String::new()),
+            (
+                "Initialized",
+                inits_done,
+                if completed { "PodCompleted" } else { "ContainersNotInitialized" },
+                String::new(),
+            ),
             ("Ready", ready, not_ready_reason, format!("containers with unready status: [{}]", unready.join(" "))),
-            ("ContainersReady", ready, not_ready_reason, format!("containers with unready status: [{}]", unready.join(" "))),
+            (
+                "ContainersReady",
+                ready,
+                not_ready_reason,
+                format!("containers with unready status: [{}]", unready.join(" ")),
+            ),
             ("PodScheduled", true, "", String::new()),
         ] {
             let status = if ok { "True" } else { "False" };
