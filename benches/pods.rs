@@ -8,7 +8,8 @@
 //! Beside it, in the same run, `runc run` of a bundle holding the same root file system and
 //! command, timed from spawn to the same first output (runc from Debian's `runc` package).
 //! The agent's idle RSS and CPU are measured with 0 and with 20 pods, and the container
-//! monitors' (`bramble shim`) memory is shown on its own line.
+//! monitors' (`bramble shim`) memory is shown on its own line, as PSS (the binary's pages
+//! they share counted once) and private memory each.
 //!
 //! Run as root: `cargo bench --bench pods` (`BENCH_PODS` changes the number of pods).
 //! Figures are printed, never asserted: machines are noisy.
@@ -26,24 +27,27 @@ use serde_json::{Value, json};
 const IMAGE: &str = "bench.local/busybox:1";
 const APPLETS: &[&str] = &["sh", "sleep", "echo", "cat"];
 
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h
+}
+
 /// One layer: the static busybox with a few applets, as a tar.
 fn layer() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Directory);
-    h.set_mode(0o755);
-    h.set_size(0);
+    let mut h = header(tar::EntryType::Directory, 0o755, 0);
     b.append_data(&mut h, "bin/", std::io::empty()).expect("tar");
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o755);
-    h.set_size(busybox.len() as u64);
+    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
     b.append_data(&mut h, "bin/busybox", &busybox[..]).expect("tar");
     for a in APPLETS {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         b.append_link(&mut h, format!("bin/{a}"), "busybox").expect("tar");
     }
     b.into_inner().expect("tar")
@@ -70,9 +74,7 @@ fn docker_archive(layer: &[u8]) -> Vec<u8> {
     for (name, data) in
         [(config_name.as_str(), config.as_bytes()), ("l0/layer.tar", layer), ("manifest.json", manifest.as_bytes())]
     {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
+        let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
         b.append_data(&mut h, name, data).expect("tar");
     }
     b.into_inner().expect("tar")
@@ -85,19 +87,29 @@ fn pod(name: &str, node: &str) -> Value {
                "command": ["sh", "-c", "echo started; exec sleep 3600"]}]}})
 }
 
-/// RSS (KiB) summed over every `bramble shim` process, and how many there are.
-fn shims_rss() -> (u64, usize) {
-    let mut total = 0;
-    let mut count = 0;
+/// A field of /proc/<pid>/smaps_rollup, in KiB.
+fn smaps(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Over every `bramble shim` process: proportional set size (shared pages of the binary
+/// split between the processes that map them) and private memory, in KiB, and the count.
+fn shims_memory() -> (u64, u64, usize) {
+    let (mut pss, mut private, mut count) = (0, 0, 0);
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if cmd.split(|b| *b == 0).nth(1) == Some(b"shim") {
-            total += pid_rss_kib(pid);
+            pss += smaps(pid, "Pss");
+            private += smaps(pid, "Private_Clean") + smaps(pid, "Private_Dirty");
             count += 1;
         }
     }
-    (total, count)
+    (pss, private, count)
 }
 
 /// Agent RSS (MiB) and CPU (% of one core) over `window`.
@@ -202,7 +214,7 @@ async fn run(n: usize) {
             .args(["--node-name", node, "--kubelet-port", &kubelet_port.to_string()])
             .arg("--pod-log-dir")
             .arg(dir.join("logs"))
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("agent.log")).expect("agent.log"))
             .spawn()
             .expect("agent"),
     );
@@ -251,7 +263,10 @@ async fn run(n: usize) {
                 to_running.push(started.elapsed());
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "pod {name} did not start: {p}");
+            if started.elapsed() > Duration::from_secs(30) {
+                let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+                panic!("pod {name} did not start: {}\nagent log:\n{log}", p["status"]);
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let log = dir.join("logs").join(format!("default_{name}_{uid}")).join("main/0.log");
@@ -267,7 +282,7 @@ async fn run(n: usize) {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (rss20, cpu20) = idle(agent_pid, Duration::from_secs(10)).await;
-    let (shim_kib, shims) = shims_rss();
+    let (shim_pss, shim_private, shims) = shims_memory();
     let runc = bench_runc(&dir, &layer, n);
 
     println!("\npod start, {n} pods one after another (image present, imagePullPolicy: Never)");
@@ -281,10 +296,10 @@ async fn run(n: usize) {
     println!("{:<44} RSS {rss20:>6.1} MiB   CPU {cpu20:>5.2} %", format!("idle, {n} pods"));
     if shims > 0 {
         println!(
-            "{:<44} RSS {:>6.1} MiB total, {:.2} MiB each",
+            "{:<44} PSS {:>6.1} MiB total, private {:.2} MiB each",
             format!("container monitors (bramble shim) x{shims}"),
-            shim_kib as f64 / 1024.0,
-            shim_kib as f64 / 1024.0 / shims as f64
+            shim_pss as f64 / 1024.0,
+            shim_private as f64 / 1024.0 / shims as f64
         );
     }
 
@@ -292,7 +307,7 @@ async fn run(n: usize) {
         let _ = send(&mut conn, "DELETE", &format!("/api/v1/namespaces/default/pods/p{i}"), Vec::new()).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while shims_rss().1 > 0 && Instant::now() < deadline {
+    while shims_memory().2 > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(agent);

@@ -5,7 +5,7 @@
 //! default, the API server does not verify it.
 
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,6 @@ use tokio_rustls::TlsAcceptor;
 
 use super::AgentOptions;
 use super::pods::Ctx;
-use super::pods::run::RunInfo;
 use super::streams::{self, Purpose};
 use crate::api::http::{Body, Query, full};
 use crate::runtime::crilog::{self, LogQuery};
@@ -122,32 +121,8 @@ async fn handle(ctx: &Arc<Ctx>, admin: bool, req: Request<Incoming>) -> Response
     }
 }
 
-/// The runs of container `name` in pod `ns/pod` on this node, oldest first.
-fn runs_of(ctx: &Ctx, ns: &str, pod: &str, name: &str) -> Vec<(RunInfo, PathBuf)> {
-    let Ok(pods) = std::fs::read_dir(&ctx.layout.pods_dir) else { return Vec::new() };
-    for p in pods.flatten() {
-        let Ok(bytes) = std::fs::read(p.path().join("pod.json")) else { continue };
-        let Ok(obj) = serde_json::from_slice::<Value>(&bytes) else { continue };
-        if obj["metadata"]["namespace"] != ns || obj["metadata"]["name"] != pod {
-            continue;
-        }
-        let mut runs: Vec<(RunInfo, PathBuf)> = std::fs::read_dir(p.path().join("containers"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|c| {
-                let info: RunInfo = serde_json::from_slice(&std::fs::read(c.path().join("run.json")).ok()?).ok()?;
-                (info.name == name).then_some((info, c.path()))
-            })
-            .collect();
-        runs.sort_by_key(|(r, _)| r.attempt);
-        return runs;
-    }
-    Vec::new()
-}
-
 async fn logs(ctx: &Ctx, ns: &str, pod: &str, container: &str, q: &Query) -> Response<Body> {
-    let runs = runs_of(ctx, ns, pod, container);
+    let runs = super::pods::exec::runs(ctx, ns, pod, container);
     let previous = q.flag("previous");
     let chosen = if previous { runs.len().checked_sub(2).and_then(|i| runs.get(i)) } else { runs.last() };
     let Some((info, dir)) = chosen.cloned() else {

@@ -335,6 +335,12 @@ impl Api {
             let kubelet_sub = if sub == "exec" { "exec" } else { "attach" };
             format!("/{kubelet_sub}/{ns}/{name}/{container}?{query}")
         };
+        let (node, pki) = self.node_and_ca(node_name)?;
+        node_proxy::upgrade(&pki, &node, &path, req).await
+    }
+
+    /// The Node a pod runs on, and the CA whose certificates the node accepts.
+    fn node_and_ca(&self, node_name: &str) -> Result<(Value, Arc<crate::pki::Pki>), ApiError> {
         let nodes = resources::find("", "v1", "nodes").ok_or_else(|| ApiError::internal("no nodes resource"))?;
         let node =
             self.get_object(&Target { res: nodes, namespace: None, name: Some(node_name.to_string()), sub: None })?;
@@ -344,7 +350,7 @@ impl Api {
             .as_ref()
             .map(|j| j.pki.clone())
             .ok_or_else(|| ApiError::internal("this server has no CA to reach nodes with"))?;
-        node_proxy::upgrade(&pki, &node, &path, req).await
+        Ok((node, pki))
     }
 
     /// `GET pods/<name>/log`: from the node the pod runs on.
@@ -356,19 +362,7 @@ impl Api {
         if node_name.is_empty() {
             return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
         }
-        let node_target = Target {
-            res: resources::find("", "v1", "nodes").ok_or_else(|| ApiError::internal("no nodes resource"))?,
-            namespace: None,
-            name: Some(node_name.to_string()),
-            sub: None,
-        };
-        let node = self.get_object(&node_target)?;
-        let pki = self
-            .opts
-            .join
-            .as_ref()
-            .map(|j| j.pki.clone())
-            .ok_or_else(|| ApiError::internal("this server has no CA to reach nodes with"))?;
+        let (node, pki) = self.node_and_ca(node_name)?;
         let mut query: Vec<String> = Vec::new();
         for key in ["follow", "previous", "timestamps", "tailLines", "sinceSeconds", "sinceTime", "limitBytes"] {
             if let Some(v) = q.get(key) {

@@ -91,37 +91,54 @@ pub fn node_endpoint(node: &Value) -> Option<(String, u16)> {
     Some((ip.to_string(), port as u16))
 }
 
-/// GETs `path_and_query` from the node and streams the answer back.
-pub async fn get(pki: &Pki, node: &Value, path_and_query: &str) -> Result<Response<Body>, ApiError> {
-    let node_name = node["metadata"]["name"].as_str().unwrap_or("").to_string();
+/// An HTTP/1.1 connection to a node's endpoint; the connection task keeps upgrades alive.
+struct NodeConn {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    name: String,
+    host: String,
+}
+
+async fn connect(pki: &Pki, node: &Value) -> Result<NodeConn, ApiError> {
+    let name = node["metadata"]["name"].as_str().unwrap_or("").to_string();
     let (ip, port) = node_endpoint(node)
-        .ok_or_else(|| ApiError::internal(format!("node {node_name} reports no address to reach it at")))?;
-    let unreachable = |e: String| ApiError::internal(format!("cannot reach node {node_name} at {ip}:{port}: {e}"));
+        .ok_or_else(|| ApiError::internal(format!("node {name} reports no address to reach it at")))?;
+    let unreachable = |e: String| ApiError::internal(format!("cannot reach node {name} at {ip}:{port}: {e}"));
     let connector = tokio_rustls::TlsConnector::from(client_config(pki)?);
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((ip.as_str(), port)))
         .await
         .map_err(|_| unreachable("timed out".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
-    let server_name = ServerName::try_from(node_name.clone())
-        .unwrap_or(ServerName::try_from("localhost").map_err(|e| unreachable(e.to_string()))?);
+    // The node's certificate is self-signed and not verified (as upstream by default).
+    let server_name = ServerName::try_from("localhost").map_err(|e| unreachable(e.to_string()))?;
     let tls = connector.connect(server_name, tcp).await.map_err(|e| unreachable(e.to_string()))?;
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(conn);
+    tokio::spawn(conn.with_upgrades());
+    Ok(NodeConn { sender, host: format!("{ip}:{port}"), name })
+}
+
+/// The node's non-success answer as an API error.
+async fn node_error(name: &str, resp: Response<hyper::body::Incoming>) -> ApiError {
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let msg = String::from_utf8_lossy(&body).trim().to_string();
+    match status {
+        400 => ApiError::bad_request(msg),
+        404 => ApiError::not_found_path(&msg),
+        _ => ApiError::internal(format!("node {name} answered {status}: {msg}")),
+    }
+}
+
+/// GETs `path_and_query` from the node and streams the answer back.
+pub async fn get(pki: &Pki, node: &Value, path_and_query: &str) -> Result<Response<Body>, ApiError> {
+    let NodeConn { mut sender, name, host } = connect(pki, node).await?;
     let req = http::Request::get(path_and_query)
-        .header("host", format!("{ip}:{port}"))
+        .header("host", host)
         .body(Empty::<Bytes>::new())
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let resp = sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))?;
-    let status = resp.status().as_u16();
-    if status != 200 {
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let msg = String::from_utf8_lossy(&body).trim().to_string();
-        return Err(match status {
-            400 => ApiError::bad_request(msg),
-            404 => ApiError::not_found_path(&msg),
-            _ => ApiError::internal(format!("node {node_name} answered {status}: {msg}")),
-        });
+    let resp = sender.send_request(req).await.map_err(|e| ApiError::internal(format!("asking node {name}: {e}")))?;
+    if resp.status().as_u16() != 200 {
+        return Err(node_error(&name, resp).await);
     }
     let content_type = resp.headers().get("content-type").cloned();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
@@ -166,38 +183,19 @@ pub async fn upgrade(
     path_and_query: &str,
     mut req: http::Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let node_name = node["metadata"]["name"].as_str().unwrap_or("").to_string();
-    let (ip, port) = node_endpoint(node)
-        .ok_or_else(|| ApiError::internal(format!("node {node_name} reports no address to reach it at")))?;
-    let unreachable = |e: String| ApiError::internal(format!("cannot reach node {node_name} at {ip}:{port}: {e}"));
-    let connector = tokio_rustls::TlsConnector::from(client_config(pki)?);
-    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((ip.as_str(), port)))
-        .await
-        .map_err(|_| unreachable("timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    let server_name = ServerName::try_from("localhost").map_err(|e| unreachable(e.to_string()))?;
-    let tls = connector.connect(server_name, tcp).await.map_err(|e| unreachable(e.to_string()))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(conn.with_upgrades());
+    let NodeConn { mut sender, name, host } = connect(pki, node).await?;
     let mut forward = http::Request::builder().method(req.method().clone()).uri(path_and_query);
-    forward = forward.header("host", format!("{ip}:{port}"));
+    forward = forward.header("host", host);
     for (name, value) in req.headers() {
         if UPGRADE_HEADERS.contains(&name.as_str()) {
             forward = forward.header(name, value);
         }
     }
     let forward = forward.body(Empty::<Bytes>::new()).map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut resp = sender.send_request(forward).await.map_err(|e| unreachable(e.to_string()))?;
-    let status = resp.status().as_u16();
-    if status != 101 {
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let msg = String::from_utf8_lossy(&body).trim().to_string();
-        return Err(match status {
-            400 => ApiError::bad_request(msg),
-            404 => ApiError::not_found_path(&msg),
-            _ => ApiError::internal(format!("node {node_name} answered {status}: {msg}")),
-        });
+    let mut resp =
+        sender.send_request(forward).await.map_err(|e| ApiError::internal(format!("asking node {name}: {e}")))?;
+    if resp.status().as_u16() != 101 {
+        return Err(node_error(&name, resp).await);
     }
     let mut answer = Response::builder().status(101);
     for (name, value) in resp.headers() {

@@ -165,6 +165,26 @@ def wait_for(fn, timeout=20):
 @pytest.fixture
 def registry():
     """A real registry (Debian's docker-registry) on a free loopback port, removed afterwards."""
+    yield from run_registry()
+
+
+@pytest.fixture
+def private_registry():
+    """A registry that wants a user name and password (htpasswd, bcrypt): yields its address,
+    user and password."""
+    import bcrypt
+    root = tempfile.mkdtemp(prefix="bramble-registry-auth-")
+    with open(os.path.join(root, "htpasswd"), "w") as f:
+        f.write("puller:" + bcrypt.hashpw(b"let-me-in", bcrypt.gensalt()).decode() + "\n")
+    auth = f"auth:\n  htpasswd:\n    realm: bramble-test\n    path: {root}/htpasswd\n"
+    try:
+        for addr in run_registry(auth):
+            yield addr, "puller", "let-me-in"
+    finally:
+        subprocess.run(["rm", "-rf", root])
+
+
+def run_registry(extra_config=""):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -172,7 +192,7 @@ def registry():
     config = os.path.join(root, "config.yml")
     with open(config, "w") as f:
         f.write(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
-                f"http:\n  addr: 127.0.0.1:{port}\n")
+                f"http:\n  addr: 127.0.0.1:{port}\n" + extra_config)
     proc = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 15

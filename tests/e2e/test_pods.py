@@ -255,6 +255,35 @@ def test_config_maps_secrets_and_the_downward_api(core):
     core.delete_namespaced_secret("creds", "default")
 
 
+def test_host_path_and_projected_volumes(node, core):
+    host_dir = os.path.join(node.dir, "ssd", "data")   # DirectoryOrCreate makes it
+    core.create_namespaced_config_map("default", {"metadata": {"name": "proj"}, "data": {"greeting": "hi"}})
+    spec = pod("volumes", "echo from-pod > /ssd/written; cat /all/greeting; echo; cat /all/name; echo; sleep 100",
+               container={"volumeMounts": [{"name": "ssd", "mountPath": "/ssd"}, {"name": "all", "mountPath": "/all"}]})
+    spec["spec"]["volumes"] = [
+        {"name": "ssd", "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}},
+        {"name": "all", "projected": {"sources": [
+            {"configMap": {"name": "proj"}},
+            {"downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}}]}}]
+    core.create_namespaced_pod("default", spec)
+    phase(core, "volumes", "Running")
+    wait_for(lambda: core.read_namespaced_pod_log("volumes", "default") == "hi\nvolumes\n")
+    with open(os.path.join(host_dir, "written")) as f:
+        assert f.read() == "from-pod\n"
+    delete(core, "volumes")
+    assert os.path.exists(os.path.join(host_dir, "written")), "a hostPath outlives the pod"
+
+    wrong = pod("wrong-type", "true", container={"volumeMounts": [{"name": "f", "mountPath": "/f"}]})
+    wrong["spec"]["volumes"] = [{"name": "f", "hostPath": {"path": host_dir, "type": "File"}}]
+    core.create_namespaced_pod("default", wrong)
+    event = wait_for(lambda: [e for e in core.list_namespaced_event(
+        "default", field_selector="involvedObject.name=wrong-type").items if e.reason == "FailedMount"])
+    assert "is not a file" in event[0].message
+    assert core.read_namespaced_pod("wrong-type", "default").status.phase == "Pending"
+    delete(core, "wrong-type")
+    core.delete_namespaced_config_map("proj", "default")
+
+
 def test_security_context(core):
     core.create_namespaced_pod("default", pod(
         "locked", "id -u; id -g; touch /x 2>/dev/null && echo writable || echo read-only; "
@@ -459,3 +488,40 @@ def test_kubectl_port_forward(node, core, shell_pod, version):
     finally:
         pf.kill()
         pf.wait()
+
+
+def test_image_pull_secrets_for_a_private_registry(node, core, private_registry):
+    import base64
+    import json
+    addr, user, password = private_registry
+    archive = os.path.join(node.dir, "private.tar")
+    docker_archive(archive, tags=("private:1",), cmd=("sh", "-c", "echo private image runs; sleep 100"))
+    subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"{user}:{password}",
+                    f"docker-archive:{archive}", f"docker://{addr}/team/private:1"],
+                   check=True, capture_output=True, timeout=60)
+    with open(node.registries, "w") as f:
+        f.write(f'mirrors:\n  "{addr}":\n    endpoint:\n      - "http://{addr}"\n')
+    node.stop()
+    node.start()
+    image = f"{addr}/team/private:1"
+    anonymous = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "anonymous"},
+                 "spec": {"nodeName": "pods-1", "containers": [{"name": "main", "image": image}]}}
+    core.create_namespaced_pod("default", anonymous)
+    waiting = wait_for(lambda: (cs := core.read_namespaced_pod("anonymous", "default").status.container_statuses)
+                       and cs[0].state.waiting and cs[0].state.waiting.reason in ("ErrImagePull", "ImagePullBackOff")
+                       and cs[0].state.waiting, timeout=30)
+    assert "team/private" in waiting.message
+
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    config_json = json.dumps({"auths": {addr: {"auth": auth}}})
+    core.create_namespaced_secret("default", {
+        "metadata": {"name": "regcred"}, "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(config_json.encode()).decode()}})
+    authed = dict(anonymous, metadata={"name": "authed"})
+    authed["spec"] = dict(anonymous["spec"], imagePullSecrets=[{"name": "regcred"}])
+    core.create_namespaced_pod("default", authed)
+    phase(core, "authed", "Running", timeout=60)
+    wait_for(lambda: "private image runs" in core.read_namespaced_pod_log("authed", "default"))
+    delete(core, "anonymous")
+    delete(core, "authed")
+    core.delete_namespaced_secret("regcred", "default")

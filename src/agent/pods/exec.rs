@@ -28,28 +28,26 @@ pub fn pod_uid(ctx: &Ctx, ns: &str, pod: &str) -> Option<String> {
     })
 }
 
+/// The runs of container `name` in pod `ns/pod` on this node, oldest first.
+pub fn runs(ctx: &Ctx, ns: &str, pod: &str, name: &str) -> Vec<(RunInfo, PathBuf)> {
+    let Some(uid) = pod_uid(ctx, ns, pod) else { return Vec::new() };
+    let mut runs: Vec<(RunInfo, PathBuf)> = std::fs::read_dir(ctx.layout.pod_dir(&uid).join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|c| {
+            let info: RunInfo = serde_json::from_slice(&std::fs::read(c.path().join("run.json")).ok()?).ok()?;
+            (info.name == name).then_some((info, c.path()))
+        })
+        .collect();
+    runs.sort_by_key(|(r, _)| r.attempt);
+    runs
+}
+
 /// The running container `name` of pod `ns/pod` on this node, if there is one.
 pub fn find(ctx: &Ctx, ns: &str, pod: &str, name: &str) -> Option<Target> {
-    let pods = std::fs::read_dir(&ctx.layout.pods_dir).ok()?;
-    for p in pods.flatten() {
-        let Ok(bytes) = std::fs::read(p.path().join("pod.json")) else { continue };
-        let Ok(obj) = serde_json::from_slice::<Value>(&bytes) else { continue };
-        if obj["metadata"]["namespace"] != ns || obj["metadata"]["name"] != pod {
-            continue;
-        }
-        let mut runs: Vec<(RunInfo, PathBuf)> = std::fs::read_dir(p.path().join("containers"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|c| {
-                let info: RunInfo = serde_json::from_slice(&std::fs::read(c.path().join("run.json")).ok()?).ok()?;
-                (info.name == name && !c.path().join("exit.json").exists()).then_some((info, c.path()))
-            })
-            .collect();
-        runs.sort_by_key(|(r, _)| r.attempt);
-        return runs.pop().map(|(info, bundle)| Target { id: info.id, bundle, root: ctx.layout.runtime_root() });
-    }
-    None
+    let (info, bundle) = runs(ctx, ns, pod, name).pop()?;
+    (!bundle.join("exit.json").exists()).then(|| Target { id: info.id, bundle, root: ctx.layout.runtime_root() })
 }
 
 /// The `bramble exec-in` command for `argv` in `target`.

@@ -35,6 +35,8 @@ const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A run this long resets the back-off, as the kubelet does.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// The longest a host-side step (a mount, netlink) may take before the start fails.
+const HOST_STEP: Duration = Duration::from_secs(30);
 /// How often file volumes are refreshed so ConfigMap and Secret updates reach pods.
 const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 
@@ -442,7 +444,13 @@ impl Worker {
         podns::create(&ns_dir, &hostname)?;
         if !host_network && let Some(net) = &self.ctx.network {
             let ip = net.ipam.allocate(&self.uid)?;
-            crate::runtime::network::attach(&ns_dir.join("net"), &self.uid, ip, net.cidr).await?;
+            // Netlink answers at once; a hang means a wedged kernel, not a slow one.
+            tokio::time::timeout(
+                HOST_STEP,
+                crate::runtime::network::attach(&ns_dir.join("net"), &self.uid, ip, net.cidr),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("setting up the pod's network took over {}s", HOST_STEP.as_secs()))??;
             self.ip = Some(ip);
         }
         let dir = self.ctx.layout.pod_dir(&self.uid);
@@ -515,8 +523,11 @@ impl Worker {
         let store = crate::images::ImageStore { root: self.ctx.images_root.clone() };
         let rootfs = {
             let (store_image, d) = (image.clone(), dir.clone());
-            tokio::task::spawn_blocking(move || crate::images::rootfs::Rootfs::mount(&store, &store_image, &d))
+            let mounting =
+                tokio::task::spawn_blocking(move || crate::images::rootfs::Rootfs::mount(&store, &store_image, &d));
+            tokio::time::timeout(HOST_STEP, mounting)
                 .await
+                .map_err(|_| fail("CreateContainerError", anyhow::anyhow!("mounting the root file system timed out")))?
                 .map_err(|e| fail("CreateContainerError", e.into()))?
                 .map_err(|e| fail("CreateContainerError", e))?
         };
