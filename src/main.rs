@@ -11,6 +11,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod agent;
 mod api;
 mod cli;
+mod cron;
 mod images;
 mod kubectl;
 mod pki;

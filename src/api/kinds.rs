@@ -529,8 +529,11 @@ pub fn validate(kind: &str, o: &Value) -> Vec<Cause> {
             }
         }
         "CronJob" => {
-            if str_at(o, "/spec/schedule").is_empty() {
+            let schedule = str_at(o, "/spec/schedule");
+            if schedule.is_empty() {
                 c.push(Cause::required("spec.schedule"));
+            } else if let Err(why) = crate::cron::Schedule::parse(schedule) {
+                c.push(Cause::invalid("spec.schedule", schedule, why));
             }
             validate_containers(
                 o.pointer("/spec/jobTemplate/spec/template/spec").unwrap_or(&Value::Null),

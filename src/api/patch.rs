@@ -75,7 +75,7 @@ pub fn apply(kind: PatchType, target: &Value, patch: &Value, service_ports: bool
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
             let mut doc = target.clone();
             json_patch::patch(&mut doc, &p)
-                .map_err(|e| ApiError::bad_request(format!("the JSON patch could not be applied: {e}")))?;
+                .map_err(|e| ApiError::unprocessable(format!("the JSON patch could not be applied: {e}")))?;
             Ok(doc)
         }
         PatchType::Merge => {
@@ -275,7 +275,7 @@ mod tests {
         let p = json!([{"op": "replace", "path": "/spec/replicas", "value": 3}]);
         assert_eq!(apply(PatchType::Json, &deployment(), &p, false).unwrap()["spec"]["replicas"], 3);
         let bad = json!([{"op": "test", "path": "/spec/replicas", "value": 9}]);
-        assert_eq!(apply(PatchType::Json, &deployment(), &bad, false).unwrap_err().code, 400);
+        assert_eq!(apply(PatchType::Json, &deployment(), &bad, false).unwrap_err().code, 422);
     }
 
     #[test]

@@ -129,6 +129,11 @@ impl ApiError {
     pub fn gone(message: impl Into<String>) -> ApiError {
         ApiError::new(410, "Expired", message)
     }
+    /// 422 for a well-formed request that cannot be carried out (a JSON patch whose `test`
+    /// fails or whose path does not exist), as upstream answers it.
+    pub fn unprocessable(message: impl Into<String>) -> ApiError {
+        ApiError::new(422, "Invalid", message)
+    }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
     }

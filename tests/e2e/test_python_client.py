@@ -240,6 +240,30 @@ def test_scale_and_eviction(api_client, ns):
         assert e.status == 404
 
 
+def test_cron_schedules_and_json_patch_tests_are_checked(api_client, ns):
+    batch = client.BatchV1Api(api_client)
+    template = {"spec": {"template": {"spec": {"restartPolicy": "Never",
+                                                "containers": [{"name": "c", "image": "busybox:1.36"}]}}}}
+    for schedule, ok in [("*/5 * * * *", True), ("@daily", True), ("0 9-17/2 * jan-jun mon-fri", True),
+                         ("every minute", False), ("61 * * * *", False), ("* * * * * *", False)]:
+        body = {"metadata": {"name": f"c{uuid.uuid4().hex[:8]}"}, "spec": {"schedule": schedule, "jobTemplate": template}}
+        if ok:
+            batch.create_namespaced_cron_job(ns, body)
+            continue
+        with pytest.raises(ApiException) as e:
+            batch.create_namespaced_cron_job(ns, body)
+        s = status_of(e.value)
+        assert e.value.status == 422 and s["details"]["causes"][0]["field"] == "spec.schedule", s
+
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "patched"}, "data": {"a": "1"}})
+    with pytest.raises(ApiException) as e:
+        core.patch_namespaced_config_map("patched", ns, [{"op": "test", "path": "/data/a", "value": "2"},
+                                                          {"op": "replace", "path": "/data/a", "value": "3"}])
+    assert e.value.status == 422
+    assert core.read_namespaced_config_map("patched", ns).data == {"a": "1"}, "a failed test changes nothing"
+
+
 def test_dynamic_client_discovers_resources(api_client, ns):
     dyn = dynamic.DynamicClient(api_client)
     deployments = dyn.resources.get(api_version="apps/v1", kind="Deployment")
