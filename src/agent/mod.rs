@@ -272,6 +272,7 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
         images_root: crate::images::ImageStore::open(&opts.data_dir)?.root,
         insecure_registries: registries::insecure(&opts.runtime.private_registry)?,
         pids_limit: (opts.runtime.pod_max_pids > 0).then_some(opts.runtime.pod_max_pids),
+        no_swap: crate::runtime::cgroup::swap_limitable(),
         allocatable: last_status["allocatable"].clone(),
         host_ip,
         network,

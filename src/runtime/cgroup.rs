@@ -21,6 +21,16 @@ pub fn container_path(node: &str, pod_uid: &str, container_id: &str) -> String {
     format!("{}/pod{pod_uid}/{container_id}", pods_parent(node))
 }
 
+/// Whether containers' swap can be limited here: v1 with swap accounting
+/// (`memory.memsw.*`), or v2 (`memory.swap.max`) on a host that has swap at all.
+pub fn swap_limitable() -> bool {
+    if is_v2() {
+        let has_swap = std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1);
+        return has_swap;
+    }
+    Path::new(ROOT).join("memory").join("memory.memsw.limit_in_bytes").exists()
+}
+
 /// How many times the kernel's OOM killer struck inside `path` (a `cgroupsPath`).
 pub fn oom_kills(path: &str) -> u64 {
     let rel = path.trim_start_matches('/');

@@ -173,6 +173,9 @@ pub struct Inputs<'a> {
     pub pids_limit: Option<i64>,
     /// `hostNetwork`: the host's network and UTS namespaces instead of the pod's.
     pub host_network: bool,
+    /// Whether a memory limit also forbids swap (the kubelet's default `NoSwap`); false
+    /// where the kernel cannot limit swap.
+    pub no_swap: bool,
 }
 
 /// The process's argv: `command`/`args` override ENTRYPOINT/CMD exactly as upstream, with
@@ -346,6 +349,10 @@ fn resources(inputs: &Inputs, privileged: bool) -> Value {
     let mut out = json!({});
     if let Some(mem) = quantity(&r["limits"]["memory"], false) {
         out["memory"] = json!({"limit": mem as i64});
+        if inputs.no_swap {
+            // OCI's swap is memory plus swap: equal to the limit means no swap.
+            out["memory"]["swap"] = json!(mem as i64);
+        }
     }
     let request = quantity(&r["requests"]["cpu"], true).or_else(|| quantity(&r["limits"]["cpu"], true));
     let shares = request.map_or(2, |m| (m * 1024 / 1000).max(2)) as u64;
@@ -523,10 +530,12 @@ mod tests {
             cgroups_path: "/bramble/n/podu/c".into(),
             pids_limit: Some(1024),
             host_network: false,
+            no_swap: true,
         };
         let spec = build(&inputs).unwrap();
         let r = &spec["linux"]["resources"];
         assert_eq!(r["memory"]["limit"], 64 * 1024 * 1024);
+        assert_eq!(r["memory"]["swap"], 64 * 1024 * 1024);
         assert_eq!(r["cpu"]["quota"], 50_000);
         assert_eq!(r["cpu"]["shares"], 256);
         assert_eq!(r["pids"]["limit"], 1024);
@@ -553,6 +562,7 @@ mod tests {
             cgroups_path: String::new(),
             pids_limit: None,
             host_network: false,
+            no_swap: true,
         };
         let spec = build(&inputs).unwrap();
         assert_eq!(spec["process"]["user"], json!({"uid": 1000, "gid": 3000, "additionalGids": [2000]}));

@@ -33,6 +33,8 @@ pub struct Ctx {
     /// Registries reached over plain HTTP.
     pub insecure_registries: Vec<String>,
     pub pids_limit: Option<i64>,
+    /// Whether memory limits also forbid swap (see [`crate::runtime::cgroup::swap_limitable`]).
+    pub no_swap: bool,
     /// The node's allocatable resources (limits default to them in the downward API).
     pub allocatable: Value,
     pub host_ip: String,

@@ -544,6 +544,7 @@ impl Worker {
             cgroups_path: cgroup::container_path(&self.ctx.node, &self.uid, &id),
             pids_limit: self.ctx.pids_limit,
             host_network,
+            no_swap: self.ctx.no_swap,
         };
         let built = spec::build(&inputs);
         let oci = match built {
