@@ -11,6 +11,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod agent;
 mod api;
 mod cli;
+mod control;
 mod cron;
 mod images;
 mod kubectl;

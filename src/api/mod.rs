@@ -18,7 +18,7 @@ mod openapi_pb;
 mod patch;
 mod protobuf;
 pub mod resources;
-mod selector;
+pub mod selector;
 pub mod server;
 mod status;
 mod table;

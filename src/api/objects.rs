@@ -541,7 +541,12 @@ impl Api {
         if q.dry_run() {
             return Ok(new);
         }
-        let deleting = !meta_str(&new, "deletionTimestamp").is_empty() && !has_finalizers(&new);
+        // The last finalizer gone ends a deletion, except for a pod still stopping on its
+        // node: its agent ends that one (a delete with grace 0) once the containers exit.
+        let stopping_pod = res.kind == "Pod"
+            && new.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) > 0
+            && !matches!(new.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+        let deleting = !meta_str(&new, "deletionTimestamp").is_empty() && !has_finalizers(&new) && !stopping_pod;
         let key = t.key();
         if deleting {
             let mut ops = vec![Op { key: key.clone(), expect: Expect::ModRev(current.mod_rev), value: None }];
@@ -655,6 +660,15 @@ impl Api {
             .or_else(|| q.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
         let dry = q.dry_run()
             || options.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|x| x == "All"));
+        let policy = propagation_policy(res, q, &options);
+        if !matches!(policy, "Foreground" | "Background" | "Orphan") {
+            return Err(ApiError::invalid(
+                "DeleteOptions",
+                "meta.k8s.io",
+                t.name(),
+                vec![Cause::unsupported("propagationPolicy", policy, &["Foreground", "Background", "Orphan"])],
+            ));
+        }
         loop {
             let current = self.store.get(&t.key())?.ok_or_else(|| t.not_found())?;
             let mut obj = to_object(&current)?;
@@ -678,6 +692,21 @@ impl Api {
             let grace = grace_opt.unwrap_or_else(|| {
                 obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30)
             });
+            // Foreground and Orphan deletion hand the object to the garbage collector by
+            // a finalizer it removes once the dependents are gone or released.
+            let policy_finalizer = match policy {
+                "Foreground" => Some("foregroundDeletion"),
+                "Orphan" => Some("orphan"),
+                _ => None,
+            };
+            if let Some(f) = policy_finalizer
+                && !already_deleting
+            {
+                let list = obj["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+                if !list.iter().any(|x| x == f) {
+                    obj["metadata"]["finalizers"] = json!(list.into_iter().chain([json!(f)]).collect::<Vec<_>>());
+                }
+            }
             let mark = has_finalizers(&obj) || res.kind == "Namespace" || (graceful_pod && grace > 0);
             if dry {
                 return Ok((200, obj));
@@ -711,7 +740,11 @@ impl Api {
             let mut ops = vec![Op { key: t.key(), expect: Expect::ModRev(current.mod_rev), value: None }];
             ops.extend(alloc::release(res.kind, &obj));
             match self.store.commit(ops).await? {
-                TxnResult::Applied { .. } => return Ok((200, obj)),
+                TxnResult::Applied { revision } => {
+                    // The revision of the deletion, as the watch's DELETED event carries it.
+                    obj["metadata"]["resourceVersion"] = json!(revision.to_string());
+                    return Ok((200, obj));
+                }
                 TxnResult::Failed { .. } => continue,
             }
         }
@@ -844,6 +877,16 @@ impl Api {
                     pod["spec"]["nodeName"].as_str().unwrap_or("")
                 )));
             }
+            if let Some(uid) = body.pointer("/metadata/uid").and_then(Value::as_str)
+                && !uid.is_empty()
+                && uid != meta_str(&pod, "uid")
+            {
+                return Err(ApiError::conflict_msg(format!(
+                    "Operation cannot be fulfilled on pods/binding \"{}\": the pod's UID is {}, not {uid}",
+                    t.name(),
+                    meta_str(&pod, "uid")
+                )));
+            }
             pod["spec"]["nodeName"] = json!(node);
             let conds = pod["status"].get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
             let mut conds: Vec<Value> =
@@ -863,6 +906,21 @@ impl Api {
         let options = body.get("deleteOptions").cloned().unwrap_or(json!({}));
         self.delete(&pod_t, q, options).await?;
         Ok(crate::api::status::success_status(json!({"name": t.name(), "kind": "pods"})))
+    }
+}
+
+/// The deletion propagation a request asks for: `propagationPolicy` (body or query), the
+/// legacy `orphanDependents`, else the resource's default (upstream keeps orphaning for
+/// batch/v1 Jobs and v1 ReplicationControllers; everything else cascades in the background).
+fn propagation_policy<'a>(res: &Resource, q: &'a Query, options: &'a Value) -> &'a str {
+    if let Some(p) = options.get("propagationPolicy").and_then(Value::as_str).or_else(|| q.get("propagationPolicy")) {
+        return p;
+    }
+    match options.get("orphanDependents").and_then(Value::as_bool) {
+        Some(true) => "Orphan",
+        Some(false) => "Background",
+        None if matches!(res.kind, "Job" | "ReplicationController") => "Orphan",
+        None => "Background",
     }
 }
 

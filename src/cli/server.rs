@@ -156,6 +156,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(api::server::serve(Arc::clone(&api), listener, tls, stop_rx.clone()));
+    let controllers = match crate::kubectl::client::Client::from_kubeconfig(Some(&args.write_kubeconfig), None) {
+        Ok(client) => Some(tokio::spawn(crate::control::run(client, stop_rx.clone()))),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "the controllers cannot reach the API");
+            None
+        }
+    };
     let agent = (!args.disable_agent).then(|| {
         let opts = crate::agent::AgentOptions {
             kubeconfig: args.write_kubeconfig.clone(),
@@ -184,6 +191,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     let _ = serving.await;
+    if let Some(controllers) = controllers {
+        let _ = controllers.await;
+    }
     if let Some(agent) = agent {
         let _ = agent.await;
     }

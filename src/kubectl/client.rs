@@ -104,6 +104,7 @@ impl std::error::Error for ServerError {}
 /// A connection recipe for one API server.
 pub struct Client {
     tls: TlsConnector,
+    config: Arc<rustls::ClientConfig>,
     addr: String,
     server_name: ServerName<'static>,
     authority: String,
@@ -202,8 +203,10 @@ impl Client {
         let port = uri.port_u16().unwrap_or(443);
         let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let server_name = ServerName::try_from(bare.clone()).context("server host name")?;
+        let config = Arc::new(config);
         Ok(Client {
-            tls: TlsConnector::from(Arc::new(config)),
+            tls: TlsConnector::from(Arc::clone(&config)),
+            config,
             addr: if bare.contains(':') { format!("[{bare}]:{port}") } else { format!("{bare}:{port}") },
             server_name,
             authority: uri.authority().map(|a| a.to_string()).unwrap_or(bare),
@@ -238,6 +241,35 @@ impl Client {
         }
         let req = req.body(Full::new(body)).context("building the request")?;
         sender.send_request(req).await.with_context(|| format!("{method} {path}"))
+    }
+
+    /// Opens one HTTP/2 connection (ALPN `h2`) that many requests and watches can share,
+    /// for the long-running control loops; kubectl's one-shot calls stay on HTTP/1.1.
+    pub async fn connect_h2(&self) -> anyhow::Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>> {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(&self.addr).await.with_context(|| format!("connecting to {}", self.addr))?;
+        tcp.set_nodelay(true).context("TCP_NODELAY")?;
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .context("TLS handshake with the server")?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            bail!("the server at {} does not speak HTTP/2", self.addr);
+        }
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .context("HTTP/2 handshake with the server")?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// The `Host` authority and bearer token requests on [`Client::connect_h2`] carry.
+    pub fn credentials(&self) -> (&str, Option<&str>) {
+        (&self.authority, self.token.as_deref())
     }
 
     /// Sends a request and returns the JSON answer, or the server's Status as an error.

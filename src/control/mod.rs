@@ -1,0 +1,232 @@
+//! The control loops that run inside `bramble server` (the controller manager and the
+//! scheduler). Each talks to the API as any client does, over one shared HTTP/2
+//! connection ([`conn::ApiConn`]), reads shared watched caches ([`informer::Informer`]),
+//! and has one file with the same shape: handlers that turn changes into keys on its
+//! [`queue::WorkQueue`], a reconcile of one key that computes the desired state with a
+//! pure function (unit-tested without a server), and writes the difference. A failed
+//! reconcile comes back with back-off; one that waits for a deadline asks to be requeued
+//! after it.
+
+pub mod conn;
+pub mod deployment;
+pub mod events;
+pub mod gc;
+pub mod informer;
+pub mod queue;
+pub mod replicaset;
+pub mod scheduler;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use conn::ApiConn;
+use informer::Informer;
+use queue::WorkQueue;
+
+/// What every control loop shares: the connection, the caches, the event recorder.
+pub struct Ctx {
+    pub conn: Arc<ApiConn>,
+    pub pods: Arc<Informer>,
+    pub nodes: Arc<Informer>,
+    pub replicasets: Arc<Informer>,
+    pub deployments: Arc<Informer>,
+    pub statefulsets: Arc<Informer>,
+    pub daemonsets: Arc<Informer>,
+    pub jobs: Arc<Informer>,
+    pub cronjobs: Arc<Informer>,
+    pub controllerrevisions: Arc<Informer>,
+    pub pvcs: Arc<Informer>,
+    pub events: events::Recorder,
+}
+
+impl Ctx {
+    fn new(conn: Arc<ApiConn>) -> Arc<Ctx> {
+        Arc::new(Ctx {
+            events: events::Recorder::new(conn.clone()),
+            conn,
+            pods: Informer::new("/api/v1/pods"),
+            nodes: Informer::new("/api/v1/nodes"),
+            replicasets: Informer::new("/apis/apps/v1/replicasets"),
+            deployments: Informer::new("/apis/apps/v1/deployments"),
+            statefulsets: Informer::new("/apis/apps/v1/statefulsets"),
+            daemonsets: Informer::new("/apis/apps/v1/daemonsets"),
+            jobs: Informer::new("/apis/batch/v1/jobs"),
+            cronjobs: Informer::new("/apis/batch/v1/cronjobs"),
+            controllerrevisions: Informer::new("/apis/apps/v1/controllerrevisions"),
+            pvcs: Informer::new("/api/v1/persistentvolumeclaims"),
+        })
+    }
+
+    /// The caches of kinds that own or are owned (what the garbage collector follows), with
+    /// their kinds.
+    fn owned_kinds(&self) -> Vec<(&'static str, Arc<Informer>)> {
+        vec![
+            ("Pod", self.pods.clone()),
+            ("ReplicaSet", self.replicasets.clone()),
+            ("Deployment", self.deployments.clone()),
+            ("StatefulSet", self.statefulsets.clone()),
+            ("DaemonSet", self.daemonsets.clone()),
+            ("Job", self.jobs.clone()),
+            ("CronJob", self.cronjobs.clone()),
+            ("ControllerRevision", self.controllerrevisions.clone()),
+            ("PersistentVolumeClaim", self.pvcs.clone()),
+        ]
+    }
+
+    fn informers(&self) -> Vec<Arc<Informer>> {
+        let mut all: Vec<Arc<Informer>> = self.owned_kinds().into_iter().map(|(_, i)| i).collect();
+        all.push(self.nodes.clone());
+        all
+    }
+}
+
+/// Starts every control loop; they stop when `stop` turns true.
+pub async fn run(client: crate::kubectl::client::Client, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let ctx = Ctx::new(Arc::new(ApiConn::new(client)));
+    let mut tasks = Vec::new();
+    // Handlers first, so the first list reaches every loop.
+    tasks.extend(scheduler::start(&ctx));
+    tasks.extend(replicaset::start(&ctx));
+    tasks.extend(deployment::start(&ctx));
+    tasks.extend(gc::start(&ctx));
+    for inf in ctx.informers() {
+        tasks.push(tokio::spawn(inf.run(ctx.conn.clone())));
+    }
+    let _ = stop.wait_for(|s| *s).await;
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// Runs `workers` reconcilers over `queue`: a key that fails comes back after its back-off,
+/// one that asks for a later look comes back after that delay.
+pub fn workers<F, Fut>(
+    name: &'static str,
+    queue: Arc<WorkQueue>,
+    workers: usize,
+    reconcile: F,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<Option<Duration>>> + Send,
+{
+    (0..workers)
+        .map(|_| {
+            let queue = queue.clone();
+            let reconcile = reconcile.clone();
+            tokio::spawn(async move {
+                loop {
+                    let key = queue.next().await;
+                    match reconcile(key.clone()).await {
+                        Ok(again) => {
+                            queue.forget(&key);
+                            if let Some(after) = again {
+                                queue.add_after(&key, after);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(controller = name, key, error = %format!("{e:#}"), "reconcile failed");
+                            queue.retry(&key);
+                        }
+                    }
+                    queue.done(&key);
+                }
+            })
+        })
+        .collect()
+}
+
+/// The newest revision each key's own writes produced, so its next reconcile waits for the
+/// cache to show them (client-go's "expectations", by revision instead of by count).
+#[derive(Default)]
+pub struct Writes(Mutex<HashMap<String, u64>>);
+
+impl Writes {
+    pub fn note(&self, key: &str, rev: u64) {
+        if let Ok(mut m) = self.0.lock() {
+            let e = m.entry(key.to_string()).or_default();
+            *e = (*e).max(rev);
+        }
+    }
+
+    /// Waits until `informer` shows every write made for `key`.
+    pub async fn settle(&self, key: &str, informer: &Informer) {
+        let rev = self.0.lock().ok().and_then(|mut m| m.remove(key));
+        if let Some(rev) = rev {
+            informer.caught_up(rev).await;
+        }
+    }
+}
+
+/// `s(obj, "/metadata/name")`: a string field, or "" when absent.
+pub fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The owner reference marked `controller: true`, if any.
+pub fn controller_of(obj: &Value) -> Option<&Value> {
+    obj.pointer("/metadata/ownerReferences")?.as_array()?.iter().find(|r| r["controller"] == true)
+}
+
+/// An owner reference to `owner` that marks it as the controller and blocks its
+/// foreground deletion until the dependent is gone.
+pub fn owner_ref(owner: &Value, api_version: &str, kind: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": api_version, "kind": kind,
+        "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+        "controller": true, "blockOwnerDeletion": true,
+    })
+}
+
+/// Whether the object is being deleted.
+pub fn deleting(obj: &Value) -> bool {
+    !s(obj, "/metadata/deletionTimestamp").is_empty()
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time, if it parses.
+pub fn epoch_secs(t: &str) -> Option<i64> {
+    t.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
+}
+
+pub fn now_secs() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Whether a pod counts as running its workload: not finished and not being deleted.
+pub fn pod_active(pod: &Value) -> bool {
+    !matches!(s(pod, "/status/phase"), "Succeeded" | "Failed") && !deleting(pod)
+}
+
+/// Whether a pod's Ready condition is True, and since when (epoch seconds).
+pub fn pod_ready_since(pod: &Value) -> Option<i64> {
+    let conds = pod.pointer("/status/conditions")?.as_array()?;
+    let ready = conds.iter().find(|c| c["type"] == "Ready" && c["status"] == "True")?;
+    Some(epoch_secs(s(ready, "/lastTransitionTime")).unwrap_or(0))
+}
+
+/// Whether a pod has been Ready for `min_ready_secs` at `now`.
+pub fn pod_available(pod: &Value, min_ready_secs: i64, now: i64) -> bool {
+    pod_ready_since(pod).is_some_and(|since| min_ready_secs == 0 || since + min_ready_secs <= now)
+}
+
+/// Resolves an IntOrString (`3` or `"25%"`) against `total`, rounding percentages up or
+/// down as the field's upstream semantics say.
+pub fn int_or_percent(v: &Value, total: i64, round_up: bool, default: i64) -> i64 {
+    match v {
+        Value::Number(n) => n.as_i64().unwrap_or(default),
+        Value::String(p) => match p.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()) {
+            Some(pct) if round_up => (pct * total + 99) / 100,
+            Some(pct) => pct * total / 100,
+            None => p.parse().unwrap_or(default),
+        },
+        _ => default,
+    }
+}

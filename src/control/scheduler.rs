@@ -1,0 +1,428 @@
+//! The scheduler: binds pending pods to nodes. Its decision is the pure function
+//! [`place`]: filters (unschedulable nodes, taints and tolerations, nodeSelector and
+//! required node affinity, resource requests against what is left of allocatable, pod
+//! count, host ports), then scores (preferred node affinity, PreferNoSchedule taints,
+//! spreading pods of the same owner, the least allocated node). A pod that fits nowhere
+//! gets `PodScheduled=False` and a `FailedScheduling` event with upstream's per-node
+//! summary, and is tried again when nodes or pods change (the watches say so), not on a
+//! timer.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use super::{Ctx, now_rfc3339, s};
+use crate::runtime::spec::quantity;
+
+const COMPONENT: &str = "default-scheduler";
+
+/// What a pod asks of a node: CPU in millicores, memory in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Requests {
+    pub cpu: i128,
+    pub memory: i128,
+}
+
+/// A pod's requests as upstream counts them: the sum over containers, or the largest init
+/// container's when that is more.
+pub fn requests(pod: &Value) -> Requests {
+    let one = |c: &Value| Requests {
+        cpu: quantity(&c["resources"]["requests"]["cpu"], true).unwrap_or(0),
+        memory: quantity(&c["resources"]["requests"]["memory"], false).unwrap_or(0),
+    };
+    let mut sum = Requests::default();
+    for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+        let r = one(c);
+        sum.cpu += r.cpu;
+        sum.memory += r.memory;
+    }
+    for c in pod["spec"]["initContainers"].as_array().into_iter().flatten() {
+        let r = one(c);
+        sum.cpu = sum.cpu.max(r.cpu);
+        sum.memory = sum.memory.max(r.memory);
+    }
+    sum
+}
+
+fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
+    tolerations.iter().any(|t| {
+        let effect_ok = t["effect"].as_str().is_none_or(|e| e.is_empty() || e == taint["effect"]);
+        let key = s(t, "/key");
+        let key_ok = key.is_empty() && s(t, "/operator") == "Exists" || key == s(taint, "/key");
+        let value_ok = s(t, "/operator") == "Exists" || s(t, "/value") == s(taint, "/value");
+        effect_ok && key_ok && value_ok
+    })
+}
+
+fn expression_matches(e: &Value, labels: &Value) -> bool {
+    let value = labels[s(e, "/key")].as_str();
+    let values: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let number = |v: Option<&str>| v.and_then(|v| v.parse::<i64>().ok());
+    match s(e, "/operator") {
+        "In" => value.is_some_and(|v| values.contains(&v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(&v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" => matches!((number(value), number(values.first().copied())), (Some(a), Some(b)) if a > b),
+        "Lt" => matches!((number(value), number(values.first().copied())), (Some(a), Some(b)) if a < b),
+        _ => false,
+    }
+}
+
+/// A node selector term: every expression (labels) and field (`metadata.name`) matches.
+fn term_matches(term: &Value, node: &Value) -> bool {
+    let labels = &node["metadata"]["labels"];
+    let fields = json!({"metadata.name": node["metadata"]["name"]});
+    let exprs = term["matchExpressions"].as_array().into_iter().flatten().all(|e| expression_matches(e, labels));
+    let flds = term["matchFields"].as_array().into_iter().flatten().all(|e| expression_matches(e, &fields));
+    let empty = term["matchExpressions"].as_array().is_none_or(Vec::is_empty)
+        && term["matchFields"].as_array().is_none_or(Vec::is_empty);
+    !empty && exprs && flds
+}
+
+fn selector_matches(pod: &Value, node: &Value) -> bool {
+    let labels = &node["metadata"]["labels"];
+    let by_selector =
+        pod["spec"]["nodeSelector"].as_object().is_none_or(|sel| sel.iter().all(|(k, v)| labels[k] == *v));
+    let required = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+    let by_affinity =
+        required["nodeSelectorTerms"].as_array().is_none_or(|terms| terms.iter().any(|t| term_matches(t, node)));
+    by_selector && by_affinity
+}
+
+fn host_ports(pod: &Value) -> Vec<(String, i64)> {
+    pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| {
+            let port = p["hostPort"].as_i64().filter(|h| *h > 0)?;
+            Some((p["protocol"].as_str().unwrap_or("TCP").to_string(), port))
+        })
+        .collect()
+}
+
+/// Why a node was filtered out, in upstream's words.
+fn unfit(pod: &Value, node: &Value, bound: &[&Value]) -> Option<String> {
+    let tolerations: Vec<Value> = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+    if node["spec"]["unschedulable"].as_bool() == Some(true) {
+        let t = json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
+        if !tolerates(&tolerations, &t) {
+            return Some("node(s) were unschedulable".into());
+        }
+    }
+    for taint in node["spec"]["taints"].as_array().into_iter().flatten() {
+        let effect = s(taint, "/effect");
+        if (effect == "NoSchedule" || effect == "NoExecute") && !tolerates(&tolerations, taint) {
+            return Some(format!("node(s) had untolerated taint {{{}: {}}}", s(taint, "/key"), s(taint, "/value")));
+        }
+    }
+    if !selector_matches(pod, node) {
+        return Some("node(s) didn't match Pod's node affinity/selector".into());
+    }
+    let max_pods = quantity(&node["status"]["allocatable"]["pods"], false).unwrap_or(110);
+    if bound.len() as i128 >= max_pods {
+        return Some("Too many pods".into());
+    }
+    let want = requests(pod);
+    let used = bound.iter().fold(Requests::default(), |mut acc, p| {
+        let r = requests(p);
+        acc.cpu += r.cpu;
+        acc.memory += r.memory;
+        acc
+    });
+    let alloc = &node["status"]["allocatable"];
+    if want.cpu > 0 && want.cpu + used.cpu > quantity(&alloc["cpu"], true).unwrap_or(0) {
+        return Some("Insufficient cpu".into());
+    }
+    if want.memory > 0 && want.memory + used.memory > quantity(&alloc["memory"], false).unwrap_or(0) {
+        return Some("Insufficient memory".into());
+    }
+    let mine = host_ports(pod);
+    if !mine.is_empty() && bound.iter().any(|p| host_ports(p).iter().any(|hp| mine.contains(hp))) {
+        return Some("node(s) didn't have free ports for the requested pod ports".into());
+    }
+    None
+}
+
+/// Higher is better.
+fn score(pod: &Value, node: &Value, bound: &[&Value]) -> i64 {
+    let mut total = 0i64;
+    let preferred = &pod["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+    for p in preferred.as_array().into_iter().flatten() {
+        if term_matches(&p["preference"], node) {
+            total += p["weight"].as_i64().unwrap_or(0) * 10;
+        }
+    }
+    let tolerations: Vec<Value> = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+    for taint in node["spec"]["taints"].as_array().into_iter().flatten() {
+        if s(taint, "/effect") == "PreferNoSchedule" && !tolerates(&tolerations, taint) {
+            total -= 500;
+        }
+    }
+    // Spread: replicas of one owner go to different nodes first.
+    let owner = pod["metadata"]["ownerReferences"][0]["uid"].as_str();
+    if let Some(owner) = owner {
+        let siblings =
+            bound.iter().filter(|p| p["metadata"]["ownerReferences"][0]["uid"].as_str() == Some(owner)).count();
+        total -= siblings as i64 * 300;
+    }
+    // Least allocated: the share of CPU and memory left after this pod, out of 100 each.
+    let want = requests(pod);
+    let used = bound.iter().fold(want, |mut acc, p| {
+        let r = requests(p);
+        acc.cpu += r.cpu;
+        acc.memory += r.memory;
+        acc
+    });
+    let alloc = &node["status"]["allocatable"];
+    let free =
+        |used: i128, cap: Option<i128>| cap.filter(|c| *c > 0).map_or(0, |c| ((c - used).max(0) * 100 / c) as i64);
+    total += free(used.cpu, quantity(&alloc["cpu"], true)) + free(used.memory, quantity(&alloc["memory"], false));
+    total
+}
+
+/// Picks the node for `pod`, or says why none fits: upstream's
+/// `0/N nodes are available: <count> <reason>, ...` summary.
+pub fn place(pod: &Value, nodes: &[Value], bound: &HashMap<String, Vec<Value>>) -> Result<String, String> {
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut best: Option<(i64, &str)> = None;
+    let empty = Vec::new();
+    for node in nodes {
+        let name = s(node, "/metadata/name");
+        let on_node: Vec<&Value> = bound.get(name).unwrap_or(&empty).iter().collect();
+        if let Some(why) = unfit(pod, node, &on_node) {
+            *reasons.entry(why).or_default() += 1;
+            continue;
+        }
+        let sc = score(pod, node, &on_node);
+        if best.is_none_or(|(b, n)| sc > b || (sc == b && name < n)) {
+            best = Some((sc, name));
+        }
+    }
+    match best {
+        Some((_, name)) => Ok(name.to_string()),
+        None => {
+            let parts: Vec<String> = reasons.iter().map(|(why, n)| format!("{n} {why}")).collect();
+            let mut msg = format!("0/{} nodes are available", nodes.len());
+            if !parts.is_empty() {
+                msg.push_str(&format!(": {}", parts.join(", ")));
+            }
+            msg.push('.');
+            Err(msg)
+        }
+    }
+}
+
+/// Whether the scheduler should place `pod`.
+fn pending(pod: &Value) -> bool {
+    s(pod, "/spec/nodeName").is_empty()
+        && s(pod, "/metadata/deletionTimestamp").is_empty()
+        && matches!(s(pod, "/spec/schedulerName"), "" | "default-scheduler")
+        && !matches!(s(pod, "/status/phase"), "Succeeded" | "Failed")
+}
+
+/// Registers the handlers and starts the scheduling loop: any change to a node or a pod
+/// may make room, so each wakes the loop, which then tries every pending pod.
+pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
+    let wake = Arc::new(Notify::new());
+    for informer in [&ctx.nodes, &ctx.pods] {
+        let w = wake.clone();
+        informer.on_change(Box::new(move |_, _| w.notify_one()));
+    }
+    let ctx = ctx.clone();
+    vec![tokio::spawn(async move {
+        ctx.nodes.synced().await;
+        ctx.pods.synced().await;
+        let mut sched = Scheduler { told: HashMap::new(), assumed: HashMap::new() };
+        loop {
+            wake.notified().await;
+            sched.cycle(&ctx).await;
+        }
+    })]
+}
+
+struct Scheduler {
+    /// What each unschedulable pod was last told, so it is told again only on a change.
+    told: HashMap<String, String>,
+    /// Pods bound by this loop that the cache does not show bound yet (uid -> node and
+    /// pod), counted on their nodes meanwhile, as upstream's scheduler "assumes" them.
+    assumed: HashMap<String, (String, Value)>,
+}
+
+impl Scheduler {
+    async fn cycle(&mut self, ctx: &Ctx) {
+        let nodes: Vec<Value> = ctx.nodes.list().iter().map(|n| (**n).clone()).collect();
+        let pods = ctx.pods.list();
+        let mut bound: HashMap<String, Vec<Value>> = HashMap::new();
+        let mut queue = Vec::new();
+        let mut seen = HashSet::new();
+        for p in &pods {
+            let uid = s(p, "/metadata/uid");
+            seen.insert(uid.to_string());
+            let node = s(p, "/spec/nodeName");
+            if !node.is_empty() {
+                self.assumed.remove(uid);
+                if !matches!(s(p, "/status/phase"), "Succeeded" | "Failed") {
+                    bound.entry(node.to_string()).or_default().push((**p).clone());
+                }
+            } else if pending(p) && !self.assumed.contains_key(uid) {
+                queue.push(p.clone());
+            }
+        }
+        self.assumed.retain(|uid, _| seen.contains(uid));
+        self.told.retain(|uid, _| seen.contains(uid));
+        for (node, pod) in self.assumed.values() {
+            bound.entry(node.clone()).or_default().push(pod.clone());
+        }
+        queue.sort_by(|a, b| {
+            let prio = |p: &Value| p.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0);
+            prio(b)
+                .cmp(&prio(a))
+                .then_with(|| s(a, "/metadata/creationTimestamp").cmp(s(b, "/metadata/creationTimestamp")))
+        });
+        // Decide every pod first (each decision sees the ones before it), then bind them
+        // all at once: the bindings share group commits in the store.
+        let mut bindings = Vec::new();
+        for pod in queue {
+            let uid = s(&pod, "/metadata/uid").to_string();
+            match place(&pod, &nodes, &bound) {
+                Ok(node) => {
+                    bound.entry(node.clone()).or_default().push((*pod).clone());
+                    self.assumed.insert(uid, (node.clone(), (*pod).clone()));
+                    bindings.push((pod, node));
+                }
+                Err(why) => {
+                    if self.told.get(&uid) != Some(&why) {
+                        unschedulable(ctx, &pod, &why).await;
+                        self.told.insert(uid, why);
+                    }
+                }
+            }
+        }
+        for chunk in bindings.chunks(128) {
+            let results = futures_util::future::join_all(chunk.iter().map(|(pod, node)| bind(ctx, pod, node))).await;
+            for ((pod, _), ok) in chunk.iter().zip(results) {
+                let uid = s(pod, "/metadata/uid");
+                if ok {
+                    self.told.remove(uid);
+                } else {
+                    self.assumed.remove(uid);
+                }
+            }
+        }
+    }
+}
+
+async fn bind(ctx: &Ctx, pod: &Value, node: &str) -> bool {
+    let (ns, name) = (s(pod, "/metadata/namespace"), s(pod, "/metadata/name"));
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "uid": pod["metadata"]["uid"]},
+                         "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+    let path = format!("/api/v1/namespaces/{ns}/pods/{name}/binding");
+    match ctx.conn.create(&path, &binding).await {
+        Ok(_) => {
+            let msg = format!("Successfully assigned {ns}/{name} to {node}");
+            ctx.events.emit(COMPONENT, pod, "Normal", "Scheduled", &msg);
+            true
+        }
+        Err(e) => {
+            tracing::debug!(pod = %format!("{ns}/{name}"), error = %format!("{e:#}"), "binding");
+            false
+        }
+    }
+}
+
+/// Tells a pod that fits nowhere why: `PodScheduled=False` and a `FailedScheduling` event.
+async fn unschedulable(ctx: &Ctx, pod: &Value, why: &str) {
+    let (ns, name) = (s(pod, "/metadata/namespace"), s(pod, "/metadata/name"));
+    let status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
+        "reason": "Unschedulable", "message": why, "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}]}});
+    let path = format!("/api/v1/namespaces/{ns}/pods/{name}/status");
+    if let Err(e) = ctx.conn.strategic_patch(&path, &status).await {
+        tracing::debug!(pod = %format!("{ns}/{name}"), error = %format!("{e:#}"), "pod condition");
+    }
+    ctx.events.emit(COMPONENT, pod, "Warning", "FailedScheduling", why);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, cpu: &str, mem: &str, labels: Value, taints: Value) -> Value {
+        json!({"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints},
+               "status": {"allocatable": {"cpu": cpu, "memory": mem, "pods": "110"}}})
+    }
+
+    fn pod(cpu: &str, mem: &str) -> Value {
+        json!({"metadata": {"name": "p", "namespace": "d"},
+               "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": mem}}}]}})
+    }
+
+    #[test]
+    fn filters_say_why_per_node_like_upstream() {
+        let nodes = vec![
+            node("a", "1", "1Gi", json!({"disk": "hdd"}), json!([])),
+            node("b", "4", "512Mi", json!({"disk": "ssd"}), json!([])),
+            node(
+                "c",
+                "4",
+                "8Gi",
+                json!({"disk": "ssd"}),
+                json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]),
+            ),
+        ];
+        let mut p = pod("500m", "1Gi");
+        p["spec"]["nodeSelector"] = json!({"disk": "ssd"});
+        assert_eq!(
+            place(&p, &nodes, &HashMap::new()).unwrap_err(),
+            "0/3 nodes are available: 1 Insufficient memory, 1 node(s) didn't match Pod's node affinity/selector, \
+             1 node(s) had untolerated taint {dedicated: gpu}."
+        );
+        p["spec"]["tolerations"] =
+            json!([{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]);
+        assert_eq!(place(&p, &nodes, &HashMap::new()).unwrap(), "c");
+    }
+
+    #[test]
+    fn requests_of_bound_pods_count_and_affinity_expressions_work() {
+        let nodes = vec![
+            node("a", "2", "4Gi", json!({"zone": "x"}), json!([])),
+            node("b", "2", "4Gi", json!({"zone": "y"}), json!([])),
+        ];
+        let mut bound = HashMap::new();
+        bound.insert("a".to_string(), vec![pod("1800m", "0")]);
+        assert_eq!(place(&pod("500m", "0"), &nodes, &bound).unwrap(), "b");
+        let mut p = pod("100m", "0");
+        p["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["y"]}]}]}}});
+        assert_eq!(place(&p, &nodes, &bound).unwrap(), "a");
+        let mut cordoned = nodes.clone();
+        cordoned[0]["spec"]["unschedulable"] = json!(true);
+        assert_eq!(
+            place(&p, &cordoned, &bound).unwrap_err(),
+            "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) were unschedulable."
+        );
+    }
+
+    #[test]
+    fn scores_spread_owners_and_prefer_free_nodes() {
+        let nodes = vec![node("a", "4", "8Gi", json!({}), json!([])), node("b", "4", "8Gi", json!({}), json!([]))];
+        let mut p = pod("100m", "64Mi");
+        p["metadata"]["ownerReferences"] = json!([{"uid": "rs-1"}]);
+        let mut bound = HashMap::new();
+        bound.insert("a".to_string(), vec![p.clone()]);
+        assert_eq!(place(&p, &nodes, &bound).unwrap(), "b", "the second replica goes elsewhere");
+        let mut busy = HashMap::new();
+        busy.insert("b".to_string(), vec![pod("3", "6Gi")]);
+        assert_eq!(place(&pod("100m", "64Mi"), &nodes, &busy).unwrap(), "a", "the least allocated node wins");
+        let mut ports = pod("0", "0");
+        ports["spec"]["containers"][0]["ports"] = json!([{"containerPort": 80, "hostPort": 8080}]);
+        let mut taken = HashMap::new();
+        taken.insert("a".to_string(), vec![ports.clone()]);
+        taken.insert("b".to_string(), vec![ports.clone()]);
+        assert!(place(&ports, &nodes, &taken).unwrap_err().contains("2 node(s) didn't have free ports"));
+    }
+}
