@@ -33,13 +33,25 @@ impl Schedule {
     }
 
     /// The first minute strictly after `after` that the schedule matches (UTC).
-    // The CronJob controller's (the controllers' issue); only tests call it until it lands.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn next_after(&self, after: jiff::Timestamp) -> Option<jiff::Timestamp> {
         let start =
             chrono::DateTime::<chrono::Utc>::from_timestamp(after.as_second(), after.subsec_nanosecond() as u32)?;
         let next = self.0.find_next_occurrence(&start, false).ok()?;
         jiff::Timestamp::from_second(next.timestamp()).ok()
+    }
+
+    /// The first run strictly after `after` with the schedule read as wall-clock time in
+    /// the IANA zone `tz` (the CronJob's `timeZone`). A wall time that a DST change skips
+    /// runs at its later equivalent, as upstream's cron library does.
+    pub fn next_after_in(&self, after: jiff::Timestamp, tz: &str) -> Result<Option<jiff::Timestamp>, String> {
+        let zone = jiff::tz::TimeZone::get(tz).map_err(|e| format!("unknown time zone {tz:?}: {e}"))?;
+        // Walk the schedule in civil time (as if it were UTC), then place the result in the zone.
+        let civil = after.to_zoned_datetime(zone.clone()).datetime();
+        let as_utc = jiff::tz::TimeZone::UTC.to_ambiguous_timestamp(civil).later().map_err(|e| e.to_string())?;
+        let Some(next) = self.next_after(as_utc) else { return Ok(None) };
+        let next_civil = next.to_zoned_datetime(jiff::tz::TimeZone::UTC).datetime();
+        let placed = zone.to_ambiguous_timestamp(next_civil).later().map_err(|e| e.to_string())?;
+        Ok(Some(placed))
     }
 }
 
@@ -78,6 +90,16 @@ mod tests {
         let every5 = Schedule::parse("*/5 * * * *").unwrap();
         assert_eq!(every5.next_after(at("2026-11-24T12:03:10Z")), Some(at("2026-11-24T12:05:00Z")));
         assert_eq!(every5.next_after(at("2026-11-24T12:05:00Z")), Some(at("2026-11-24T12:10:00Z")));
+        let nine = Schedule::parse("0 9 * * *").unwrap();
+        assert_eq!(
+            nine.next_after_in(at("2026-11-24T12:00:00Z"), "Europe/Berlin"),
+            Ok(Some(at("2026-11-25T08:00:00Z")))
+        );
+        assert_eq!(
+            nine.next_after_in(at("2026-07-01T00:00:00Z"), "Europe/Berlin"),
+            Ok(Some(at("2026-07-01T07:00:00Z")))
+        );
+        assert!(nine.next_after_in(at("2026-07-01T00:00:00Z"), "Mars/Olympus").is_err());
         let weekly = Schedule::parse("@weekly").unwrap();
         // 2026-11-24 is a Tuesday: the next Sunday midnight.
         assert_eq!(weekly.next_after(at("2026-11-24T12:00:00Z")), Some(at("2026-11-29T00:00:00Z")));

@@ -535,6 +535,11 @@ pub fn validate(kind: &str, o: &Value) -> Vec<Cause> {
             } else if let Err(why) = crate::cron::Schedule::parse(schedule) {
                 c.push(Cause::invalid("spec.schedule", schedule, why));
             }
+            if let Some(tz) = o.pointer("/spec/timeZone").and_then(Value::as_str)
+                && jiff::tz::TimeZone::get(tz).is_err()
+            {
+                c.push(Cause::invalid("spec.timeZone", tz, format!("unknown time zone {tz}")));
+            }
             validate_containers(
                 o.pointer("/spec/jobTemplate/spec/template/spec").unwrap_or(&Value::Null),
                 "spec.jobTemplate.spec.template.spec",

@@ -88,6 +88,10 @@ pub struct ServerArgs {
     /// Watch history kept in memory, in events.
     #[arg(long, default_value_t = 10_000)]
     pub watch_history: usize,
+    /// How long a node may go without a heartbeat before it is marked unreachable
+    /// (`40s`, `2m`, `1m30s`).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
     /// Bearer tokens in the upstream `--token-auth-file` format.
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,
@@ -327,4 +331,47 @@ fn init_tracing() {
     // Colours only on a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+}
+
+/// Parses a Go-style duration of whole units (`90s`, `2m`, `1h30m`, or bare seconds), as
+/// kube-controller-manager's duration flags take them.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    for ch in text.chars() {
+        if ch.is_ascii_digit() {
+            number.push(ch);
+            continue;
+        }
+        let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 40s, 2m or 1h30m"))?;
+        total += n * match ch {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(format!("{text:?} is not a duration like 40s, 2m or 1h30m")),
+        };
+        number.clear();
+    }
+    if !number.is_empty() || text.is_empty() {
+        return Err(format!("{text:?} is not a duration like 40s, 2m or 1h30m (say the unit)"));
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("40s"), Ok(Duration::from_secs(40)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("1m5").is_err());
+    }
 }

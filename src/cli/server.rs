@@ -157,7 +157,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(api::server::serve(Arc::clone(&api), listener, tls, stop_rx.clone()));
     let controllers = match crate::kubectl::client::Client::from_kubeconfig(Some(&args.write_kubeconfig), None) {
-        Ok(client) => Some(tokio::spawn(crate::control::run(client, stop_rx.clone()))),
+        Ok(client) => {
+            let opts = crate::control::ControlOptions { node_monitor_grace: args.node_monitor_grace_period };
+            Some(tokio::spawn(crate::control::run(client, opts, stop_rx.clone())))
+        }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "the controllers cannot reach the API");
             None

@@ -77,7 +77,7 @@ pub fn surge_and_unavailable(d: &Value, replicas: i64) -> (i64, i64) {
 }
 
 /// The hash that names a template's ReplicaSet: FNV-1a over the template's canonical JSON
-/// (and the collision count, once there was a collision), spelled in upstream's alphabet.
+/// (and the collision count, once there was a collision: 0 hashes as none), spelled in upstream's alphabet.
 pub fn template_hash(template: &Value, collisions: Option<i64>) -> String {
     let mut h: u32 = 0x811c_9dc5;
     let mut feed = |bytes: &[u8]| {
@@ -87,7 +87,7 @@ pub fn template_hash(template: &Value, collisions: Option<i64>) -> String {
         }
     };
     feed(template.to_string().as_bytes());
-    if let Some(c) = collisions {
+    if let Some(c) = collisions.filter(|c| *c > 0) {
         feed(c.to_string().as_bytes());
     }
     const SAFE: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -548,6 +548,7 @@ mod tests {
         assert_eq!(template_hash(&t, None), template_hash(&t.clone(), None));
         assert_ne!(template_hash(&t, None), template_hash(&t2, None));
         assert_ne!(template_hash(&t, None), template_hash(&t, Some(1)));
+        assert_eq!(template_hash(&t, None), template_hash(&t, Some(0)));
         assert!(template_hash(&t, None).chars().all(|ch| "bcdfghjklmnpqrstvwxz2456789".contains(ch)));
     }
 }

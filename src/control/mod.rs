@@ -8,13 +8,19 @@
 //! after it.
 
 pub mod conn;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod events;
 pub mod gc;
+pub mod history;
 pub mod informer;
+pub mod job;
+pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
 pub mod scheduler;
+pub mod statefulset;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,6 +46,8 @@ pub struct Ctx {
     pub cronjobs: Arc<Informer>,
     pub controllerrevisions: Arc<Informer>,
     pub pvcs: Arc<Informer>,
+    /// The nodes' heartbeat Leases (`kube-node-lease`).
+    pub leases: Arc<Informer>,
     pub events: events::Recorder,
 }
 
@@ -58,6 +66,7 @@ impl Ctx {
             cronjobs: Informer::new("/apis/batch/v1/cronjobs"),
             controllerrevisions: Informer::new("/apis/apps/v1/controllerrevisions"),
             pvcs: Informer::new("/api/v1/persistentvolumeclaims"),
+            leases: Informer::new("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"),
         })
     }
 
@@ -80,12 +89,25 @@ impl Ctx {
     fn informers(&self) -> Vec<Arc<Informer>> {
         let mut all: Vec<Arc<Informer>> = self.owned_kinds().into_iter().map(|(_, i)| i).collect();
         all.push(self.nodes.clone());
+        all.push(self.leases.clone());
         all
     }
 }
 
+/// Settings of the control loops (kube-controller-manager's flags where they exist).
+#[derive(Clone, Debug)]
+pub struct ControlOptions {
+    /// How long a node may stay silent before it is marked unreachable
+    /// (`--node-monitor-grace-period`).
+    pub node_monitor_grace: Duration,
+}
+
 /// Starts every control loop; they stop when `stop` turns true.
-pub async fn run(client: crate::kubectl::client::Client, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    client: crate::kubectl::client::Client,
+    opts: ControlOptions,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let ctx = Ctx::new(Arc::new(ApiConn::new(client)));
     let mut tasks = Vec::new();
     // Handlers first, so the first list reaches every loop.
@@ -93,6 +115,11 @@ pub async fn run(client: crate::kubectl::client::Client, mut stop: tokio::sync::
     tasks.extend(replicaset::start(&ctx));
     tasks.extend(deployment::start(&ctx));
     tasks.extend(gc::start(&ctx));
+    tasks.extend(job::start(&ctx));
+    tasks.extend(cronjob::start(&ctx));
+    tasks.extend(daemonset::start(&ctx));
+    tasks.extend(statefulset::start(&ctx));
+    tasks.extend(nodelifecycle::start(&ctx, opts.node_monitor_grace));
     for inf in ctx.informers() {
         tasks.push(tokio::spawn(inf.run(ctx.conn.clone())));
     }

@@ -46,7 +46,8 @@ pub fn requests(pod: &Value) -> Requests {
     sum
 }
 
-fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
+/// Whether one of `tolerations` tolerates `taint` (key, value, effect; `Exists` matches any value).
+pub fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
     tolerations.iter().any(|t| {
         let effect_ok = t["effect"].as_str().is_none_or(|e| e.is_empty() || e == taint["effect"]);
         let key = s(t, "/key");
@@ -82,7 +83,8 @@ fn term_matches(term: &Value, node: &Value) -> bool {
     !empty && exprs && flds
 }
 
-fn selector_matches(pod: &Value, node: &Value) -> bool {
+/// Whether the pod's nodeSelector and required node affinity admit `node`.
+pub fn selector_matches(pod: &Value, node: &Value) -> bool {
     let labels = &node["metadata"]["labels"];
     let by_selector =
         pod["spec"]["nodeSelector"].as_object().is_none_or(|sel| sel.iter().all(|(k, v)| labels[k] == *v));
