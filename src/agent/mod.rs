@@ -287,9 +287,15 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
             tracing::warn!(error = %format!("{e:#}"), "renewing the node lease");
         }
         let fresh = facts::gather(&opts.node_name, &opts.data_dir, opts.server);
-        // A read, not a write: notices at once when someone deleted the Node.
-        let gone = matches!(client.get(&format!("/api/v1/nodes/{}", opts.node_name)).await, Err(e) if is_not_found(&e));
+        // A read, not a write: notices at once when someone deleted the Node, or when the
+        // node controller marked it Unknown while this agent was out of touch.
+        let on_server = client.get(&format!("/api/v1/nodes/{}", opts.node_name)).await;
+        let gone = matches!(&on_server, Err(e) if is_not_found(e));
+        let marked_unknown = on_server.as_ref().is_ok_and(|n| {
+            n["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "Unknown")
+        });
         let changed = gone
+            || marked_unknown
             || fresh.memory_pressure.to_string() != last_status_flag(&last_status, "MemoryPressure")
             || fresh.disk_pressure.to_string() != last_status_flag(&last_status, "DiskPressure")
             || fresh.addresses != last_status["addresses"];

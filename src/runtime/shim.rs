@@ -217,7 +217,9 @@ fn cleanup(args: &ShimArgs) {
     match libcontainer::container::Container::load(dir.clone()) {
         Ok(mut c) => {
             if let Err(e) = c.delete(true) {
+                // Its state must not outlive it, even when libcontainer cannot finish.
                 eprintln!("bramble shim: deleting container {}: {e}", args.id);
+                let _ = std::fs::remove_dir_all(&dir);
             }
         }
         Err(e) => {

@@ -90,3 +90,81 @@ def test_agent_joins_from_its_own_network_namespace(remote_node):
                 agent.kill()
                 agent.wait()
         server.cleanup()
+
+
+def test_a_silent_node_is_tainted_and_its_pods_move(remote_node):
+    """Two nodes run a Deployment; the worker's agent dies (kill -9). After the grace period
+    the node is Unknown and tainted unreachable, its pods are evicted once their toleration
+    runs out, and the ReplicaSet replaces them on the node that is left."""
+    from busybox_image import docker_archive
+    ns, host_ip, node_ip = remote_node
+    image = "bramble.test/busybox:1"
+    server = Server(extra_args=["--tls-san", host_ip, "--node-name", "server-1", "--node-monitor-grace-period", "20s"],
+                    agent=True, bind="0.0.0.0")
+    os.makedirs(os.path.join(server.data_dir, "agent", "images"))
+    docker_archive(os.path.join(server.data_dir, "agent", "images", "busybox.tar"), tags=(image,))
+    server.start()
+    agent_dir = os.path.join(server.dir, "worker")
+    worker_logs = os.path.join(server.dir, "worker-pod-logs")
+    os.makedirs(os.path.join(agent_dir, "agent", "images"))
+    docker_archive(os.path.join(agent_dir, "agent", "images", "busybox.tar"), tags=(image,))
+    agent = None
+    try:
+        with open(os.path.join(server.data_dir, "server", "node-token")) as f:
+            token = f.read().strip()
+        log = open(os.path.join(server.dir, "worker.log"), "wb")
+        # nsenter, not `ip netns exec`: that one remounts /sys, hiding the cgroup tree
+        # the worker's containers need.
+        agent = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", BIN, "agent", "--server", f"https://{host_ip}:{server.port}",
+                                  "--token", token, "--data-dir", agent_dir, "--node-name", "worker-1",
+                                  "--pod-log-dir", worker_logs, "--private-registry", os.path.join(server.dir, "none.yaml")],
+                                 stdout=log, stderr=subprocess.STDOUT)
+        api = config.new_client_from_config(config_file=server.kubeconfig)
+        core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+
+        def ready(name):
+            return any(c.type == "Ready" and c.status == "True" for c in (core.read_node(name).status.conditions or []))
+        wait_for(lambda: ready("server-1") and ready("worker-1"), 60)
+
+        tolerate_briefly = [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+                             "tolerationSeconds": 2}]
+        apps.create_namespaced_deployment("default", {"metadata": {"name": "web"}, "spec": {
+            "replicas": 4, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                "tolerations": tolerate_briefly, "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never",
+                                "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]}]}}}})
+
+        def running(node):
+            return [p for p in core.list_namespaced_pod("default", label_selector="app=web").items
+                    if p.spec.node_name == node and p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+        try:
+            wait_for(lambda: len(running("server-1")) + len(running("worker-1")) == 4, 90)
+        except AssertionError:
+            pods = [(p.metadata.name, p.spec.node_name, p.status.phase, p.status.container_statuses)
+                    for p in core.list_namespaced_pod("default").items]
+            with open(os.path.join(server.dir, "worker.log"), errors="replace") as f:
+                raise AssertionError(f"pods: {pods}\nworker log:\n{f.read()[-4000:]}")
+        assert running("worker-1") and running("server-1"), "replicas of one owner are spread over the nodes"
+
+        agent.kill()
+        agent.wait()
+        silent = wait_for(lambda: (n := core.read_node("worker-1")).spec.taints and n, 60)
+        ready_cond = next(c for c in silent.status.conditions if c.type == "Ready")
+        assert ready_cond.status == "Unknown" and ready_cond.reason == "NodeStatusUnknown"
+        assert {(t.key, t.effect) for t in silent.spec.taints} >= {("node.kubernetes.io/unreachable", "NoExecute"),
+                                                                    ("node.kubernetes.io/unreachable", "NoSchedule")}
+        wait_for(lambda: len(running("server-1")) == 4, 90)
+        evicted = [p for p in core.list_namespaced_pod("default", label_selector="app=web").items
+                   if p.spec.node_name == "worker-1"]
+        assert evicted and all(p.metadata.deletion_timestamp for p in evicted), "marked for deletion, the node never confirms"
+        events = core.list_namespaced_event("default", field_selector="reason=TaintManagerEviction").items
+        assert events
+    finally:
+        if agent and agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        # The worker's containers outlive its agent: remove them from inside its namespace.
+        subprocess.run(["nsenter", f"--net=/run/netns/{ns}", BIN, "killall", "--data-dir", agent_dir, "--pod-log-dir", worker_logs],
+                       capture_output=True, timeout=60)
+        server.cleanup()
