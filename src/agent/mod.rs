@@ -292,7 +292,11 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
         let on_server = client.get(&format!("/api/v1/nodes/{}", opts.node_name)).await;
         let gone = matches!(&on_server, Err(e) if is_not_found(e));
         let marked_unknown = on_server.as_ref().is_ok_and(|n| {
-            n["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "Unknown")
+            n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "Unknown")
         });
         let changed = gone
             || marked_unknown

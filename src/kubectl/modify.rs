@@ -195,13 +195,45 @@ pub async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<()> {
     }
     let new: Value = serde_yaml::from_str(&content)
         .map_err(|e| anyhow!("the edited file is not valid YAML ({e}); it is kept at {}", file.0.display()))?;
-    match ctx.client.call("PUT", &path, Some("application/json"), "application/json", Some(&new)).await {
+    // Like kubectl, send only what the user changed, so a controller's concurrent writes
+    // (status, annotations) do not turn the edit into a conflict.
+    let before: Value = serde_yaml::from_str(&original)?;
+    let patch = merge_diff(&before, &new);
+    match ctx.client.call("PATCH", &path, Some("application/merge-patch+json"), "application/json", Some(&patch)).await
+    {
         Ok(_) => {
             let _ = std::fs::remove_file(&file.0);
             println!("{}/{name} edited", r.display());
             Ok(())
         }
         Err(e) => Err(e.context(format!("the edit was not saved; your copy is at {}", file.0.display()))),
+    }
+}
+
+/// The JSON merge patch (RFC 7386) that turns `before` into `after`.
+fn merge_diff(before: &Value, after: &Value) -> Value {
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            let mut patch = serde_json::Map::new();
+            for (k, bv) in b {
+                match a.get(k) {
+                    None => {
+                        patch.insert(k.clone(), Value::Null);
+                    }
+                    Some(av) if av != bv => {
+                        patch.insert(k.clone(), merge_diff(bv, av));
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (k, av) in a {
+                if !b.contains_key(k) {
+                    patch.insert(k.clone(), av.clone());
+                }
+            }
+            Value::Object(patch)
+        }
+        _ => after.clone(),
     }
 }
 
@@ -221,6 +253,17 @@ fn tempfile_in_tmp(name: &str) -> anyhow::Result<(std::path::PathBuf, std::fs::F
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edits_become_merge_patches_of_what_changed() {
+        let before =
+            serde_json::json!({"metadata": {"name": "a", "labels": {"x": "1", "y": "2"}}, "spec": {"replicas": 1}});
+        let after = serde_json::json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {"replicas": 3, "paused": true}});
+        assert_eq!(
+            merge_diff(&before, &after),
+            serde_json::json!({"metadata": {"labels": {"y": null}}, "spec": {"replicas": 3, "paused": true}})
+        );
+    }
 
     #[test]
     fn label_changes() {

@@ -177,7 +177,9 @@ def test_apply_multi_document(kubectl, ns):
     assert header == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"]
     assert len(rows) == 1
     name, ready, up_to_date, available, _age, containers, images, selector = rows[0]
-    assert (name, ready, up_to_date, available) == ("deployment.apps/web", "0/2", "0", "0")
+    # No node runs pods here: the controllers make them, none becomes ready.
+    assert (name, ready, available) == ("deployment.apps/web", "0/2", "0")
+    assert up_to_date in ("0", "2")
     assert (containers, images, selector) == ("nginx,log", "nginx:1.25,busybox:1.36", "app=web")
 
     header, rows = sections["service"]
@@ -537,7 +539,7 @@ def test_describe(kubectl, ns):
     assert fields["Name"] == "web" and fields["Namespace"] == ns
     assert re.search(r"^Labels:\s+app=web\n\s+tier=front\n", out, re.M), out
     assert fields["Selector"] == "app=web"
-    assert fields["Replicas"].startswith("2 desired | 0 updated | 0 total")
+    assert re.match(r"2 desired \| [02] updated \| [02] total", fields["Replicas"]), fields["Replicas"]
     assert fields["StrategyType"] == "RollingUpdate"
     assert re.search(r"^\s+nginx:\n\s+Image:\s+nginx:1\.25$", out, re.M), out
     assert re.search(r"^\s+log:\n\s+Image:\s+busybox:1\.36$", out, re.M), out
@@ -710,7 +712,8 @@ def test_scale(kubectl, ns):
     assert jsonpath(kubectl, ns, "rs", "front", path="{.spec.replicas}") == "3"
     rs = kubectl.run("-n", ns, "get", "rs", "front", "-o", "wide").stdout.splitlines()
     assert rs[0].split() == ["NAME", "DESIRED", "CURRENT", "READY", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"]
-    assert rs[1].split()[:4] == ["front", "3", "0", "0"]
+    # No node runs pods here: the ReplicaSet makes them, none becomes ready.
+    assert rs[1].split()[:4] in (["front", "3", "0", "0"], ["front", "3", "3", "0"])
 
     # The precondition is checked against the scale subresource.
     err = failed(kubectl.run("-n", ns, "scale", "rs", "front", "--current-replicas=2", "--replicas=4", check=False))
@@ -720,7 +723,9 @@ def test_scale(kubectl, ns):
 
     # Scaling by selector, several objects at once.
     kubectl.run("-n", ns, "scale", "deploy,rs", "--all", "--replicas=1")
-    assert jsonpath(kubectl, ns, "deploy,rs", path="{.items[*].spec.replicas}") == "1 1"
+    # (The Deployment's own ReplicaSet is among them; its controller keeps it in step.)
+    assert jsonpath(kubectl, ns, "deploy", "web", path="{.spec.replicas}") == "1"
+    assert jsonpath(kubectl, ns, "rs", "front", path="{.spec.replicas}") == "1"
 
 
 # ---------------------------------------------------------------------------------------
