@@ -21,65 +21,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Killed, Target, free_port, percentile, pid_cpu_ticks, pid_rss_kib, send, tls_from_kubeconfig};
+use common::{
+    Killed, Target, busybox_layer, docker_archive, free_port, percentile, pid_cpu_ticks, pid_rss_kib, send,
+    tls_from_kubeconfig,
+};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "bench.local/busybox:1";
-const APPLETS: &[&str] = &["sh", "sleep", "echo", "cat"];
-
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h
-}
-
-/// One layer: the static busybox with a few applets, as a tar.
-fn layer() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
-    let mut h = header(tar::EntryType::Directory, 0o755, 0);
-    b.append_data(&mut h, "bin/", std::io::empty()).expect("tar");
-    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
-    b.append_data(&mut h, "bin/busybox", &busybox[..]).expect("tar");
-    for a in APPLETS {
-        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-        b.append_link(&mut h, format!("bin/{a}"), "busybox").expect("tar");
-    }
-    b.into_inner().expect("tar")
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The image as a `docker save` archive.
-fn docker_archive(layer: &[u8]) -> Vec<u8> {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        other => other,
-    };
-    let config = json!({"architecture": arch, "os": "linux", "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
-                        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(layer))]}})
-    .to_string();
-    let config_name = format!("{}.json", sha256_hex(config.as_bytes()));
-    let manifest = json!([{"Config": config_name, "RepoTags": [IMAGE], "Layers": ["l0/layer.tar"]}]).to_string();
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in
-        [(config_name.as_str(), config.as_bytes()), ("l0/layer.tar", layer), ("manifest.json", manifest.as_bytes())]
-    {
-        let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
-        b.append_data(&mut h, name, data).expect("tar");
-    }
-    b.into_inner().expect("tar")
-}
-
 fn pod(name: &str, node: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1, "containers": [{
@@ -178,10 +126,10 @@ fn bench_runc(dir: &std::path::Path, layer: &[u8], n: usize) -> Option<Vec<Durat
 async fn run(n: usize) {
     let dir = std::env::temp_dir().join(format!("bramble-bench-pods-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let layer = layer();
+    let layer = busybox_layer();
     let agent_dir = dir.join("agent");
     std::fs::create_dir_all(agent_dir.join("agent/images")).expect("dir");
-    std::fs::write(agent_dir.join("agent/images/busybox.tar"), docker_archive(&layer)).expect("image");
+    std::fs::write(agent_dir.join("agent/images/busybox.tar"), docker_archive(&layer, IMAGE)).expect("image");
     let (port, kubelet_port) = (free_port(), free_port());
     let kubeconfig = dir.join("kc.yaml");
     let bin = env!("CARGO_BIN_EXE_bramble");

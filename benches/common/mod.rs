@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -133,4 +134,57 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h
+}
+
+/// One layer: the static busybox with a few applets, as a tar.
+pub fn busybox_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
+    let mut h = header(tar::EntryType::Directory, 0o755, 0);
+    b.append_data(&mut h, "bin/", std::io::empty()).expect("tar");
+    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
+    b.append_data(&mut h, "bin/busybox", &busybox[..]).expect("tar");
+    for a in ["sh", "sleep", "echo", "cat", "true"] {
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+        b.append_link(&mut h, format!("bin/{a}"), "busybox").expect("tar");
+    }
+    b.into_inner().expect("tar")
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The image `tag` as a `docker save` archive.
+pub fn docker_archive(layer: &[u8], tag: &str) -> Vec<u8> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        other => other,
+    };
+    let config = json!({"architecture": arch, "os": "linux", "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+                        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(layer))]}})
+    .to_string();
+    let config_name = format!("{}.json", sha256_hex(config.as_bytes()));
+    let manifest = json!([{"Config": config_name, "RepoTags": [tag], "Layers": ["l0/layer.tar"]}]).to_string();
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in
+        [(config_name.as_str(), config.as_bytes()), ("l0/layer.tar", layer), ("manifest.json", manifest.as_bytes())]
+    {
+        let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
+        b.append_data(&mut h, name, data).expect("tar");
+    }
+    b.into_inner().expect("tar")
 }

@@ -107,8 +107,53 @@ fn host_ports(pod: &Value) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// A node and what its bound pods already take, summed once per scheduling cycle and
+/// updated as pods are placed, so deciding costs O(nodes), not O(nodes x pods).
+pub struct NodeInfo {
+    pub node: Arc<Value>,
+    name: String,
+    used: Requests,
+    pods: usize,
+    ports: HashSet<(String, i64)>,
+    /// Bound pods per owner uid, for spreading.
+    owners: HashMap<String, usize>,
+    alloc_cpu: Option<i128>,
+    alloc_memory: Option<i128>,
+    max_pods: i128,
+}
+
+impl NodeInfo {
+    pub fn new(node: Arc<Value>) -> NodeInfo {
+        let alloc = &node["status"]["allocatable"];
+        NodeInfo {
+            name: s(&node, "/metadata/name").to_string(),
+            used: Requests::default(),
+            pods: 0,
+            ports: HashSet::new(),
+            owners: HashMap::new(),
+            alloc_cpu: quantity(&alloc["cpu"], true),
+            alloc_memory: quantity(&alloc["memory"], false),
+            max_pods: quantity(&alloc["pods"], false).unwrap_or(110),
+            node,
+        }
+    }
+
+    /// Counts a pod bound (or about to be bound) to this node.
+    pub fn add(&mut self, pod: &Value) {
+        let r = requests(pod);
+        self.used.cpu += r.cpu;
+        self.used.memory += r.memory;
+        self.pods += 1;
+        self.ports.extend(host_ports(pod));
+        if let Some(owner) = pod["metadata"]["ownerReferences"][0]["uid"].as_str() {
+            *self.owners.entry(owner.to_string()).or_default() += 1;
+        }
+    }
+}
+
 /// Why a node was filtered out, in upstream's words.
-fn unfit(pod: &Value, node: &Value, bound: &[&Value]) -> Option<String> {
+fn unfit(pod: &Value, want: Requests, info: &NodeInfo) -> Option<String> {
+    let node = &*info.node;
     let tolerations: Vec<Value> = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
     if node["spec"]["unschedulable"].as_bool() == Some(true) {
         let t = json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
@@ -125,33 +170,24 @@ fn unfit(pod: &Value, node: &Value, bound: &[&Value]) -> Option<String> {
     if !selector_matches(pod, node) {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
-    let max_pods = quantity(&node["status"]["allocatable"]["pods"], false).unwrap_or(110);
-    if bound.len() as i128 >= max_pods {
+    if info.pods as i128 >= info.max_pods {
         return Some("Too many pods".into());
     }
-    let want = requests(pod);
-    let used = bound.iter().fold(Requests::default(), |mut acc, p| {
-        let r = requests(p);
-        acc.cpu += r.cpu;
-        acc.memory += r.memory;
-        acc
-    });
-    let alloc = &node["status"]["allocatable"];
-    if want.cpu > 0 && want.cpu + used.cpu > quantity(&alloc["cpu"], true).unwrap_or(0) {
+    if want.cpu > 0 && want.cpu + info.used.cpu > info.alloc_cpu.unwrap_or(0) {
         return Some("Insufficient cpu".into());
     }
-    if want.memory > 0 && want.memory + used.memory > quantity(&alloc["memory"], false).unwrap_or(0) {
+    if want.memory > 0 && want.memory + info.used.memory > info.alloc_memory.unwrap_or(0) {
         return Some("Insufficient memory".into());
     }
-    let mine = host_ports(pod);
-    if !mine.is_empty() && bound.iter().any(|p| host_ports(p).iter().any(|hp| mine.contains(hp))) {
+    if host_ports(pod).iter().any(|hp| info.ports.contains(hp)) {
         return Some("node(s) didn't have free ports for the requested pod ports".into());
     }
     None
 }
 
 /// Higher is better.
-fn score(pod: &Value, node: &Value, bound: &[&Value]) -> i64 {
+fn score(pod: &Value, want: Requests, info: &NodeInfo) -> i64 {
+    let node = &*info.node;
     let mut total = 0i64;
     let preferred = &pod["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
     for p in preferred.as_array().into_iter().flatten() {
@@ -166,47 +202,34 @@ fn score(pod: &Value, node: &Value, bound: &[&Value]) -> i64 {
         }
     }
     // Spread: replicas of one owner go to different nodes first.
-    let owner = pod["metadata"]["ownerReferences"][0]["uid"].as_str();
-    if let Some(owner) = owner {
-        let siblings =
-            bound.iter().filter(|p| p["metadata"]["ownerReferences"][0]["uid"].as_str() == Some(owner)).count();
-        total -= siblings as i64 * 300;
+    if let Some(owner) = pod["metadata"]["ownerReferences"][0]["uid"].as_str() {
+        total -= info.owners.get(owner).copied().unwrap_or(0) as i64 * 300;
     }
     // Least allocated: the share of CPU and memory left after this pod, out of 100 each.
-    let want = requests(pod);
-    let used = bound.iter().fold(want, |mut acc, p| {
-        let r = requests(p);
-        acc.cpu += r.cpu;
-        acc.memory += r.memory;
-        acc
-    });
-    let alloc = &node["status"]["allocatable"];
     let free =
         |used: i128, cap: Option<i128>| cap.filter(|c| *c > 0).map_or(0, |c| ((c - used).max(0) * 100 / c) as i64);
-    total += free(used.cpu, quantity(&alloc["cpu"], true)) + free(used.memory, quantity(&alloc["memory"], false));
+    total += free(info.used.cpu + want.cpu, info.alloc_cpu) + free(info.used.memory + want.memory, info.alloc_memory);
     total
 }
 
-/// Picks the node for `pod`, or says why none fits: upstream's
+/// Picks the node for `pod` (its index in `nodes`), or says why none fits: upstream's
 /// `0/N nodes are available: <count> <reason>, ...` summary.
-pub fn place(pod: &Value, nodes: &[Value], bound: &HashMap<String, Vec<Value>>) -> Result<String, String> {
+pub fn place_in(pod: &Value, nodes: &[NodeInfo]) -> Result<usize, String> {
+    let want = requests(pod);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut best: Option<(i64, &str)> = None;
-    let empty = Vec::new();
-    for node in nodes {
-        let name = s(node, "/metadata/name");
-        let on_node: Vec<&Value> = bound.get(name).unwrap_or(&empty).iter().collect();
-        if let Some(why) = unfit(pod, node, &on_node) {
+    let mut best: Option<(i64, usize)> = None;
+    for (i, info) in nodes.iter().enumerate() {
+        if let Some(why) = unfit(pod, want, info) {
             *reasons.entry(why).or_default() += 1;
             continue;
         }
-        let sc = score(pod, node, &on_node);
-        if best.is_none_or(|(b, n)| sc > b || (sc == b && name < n)) {
-            best = Some((sc, name));
+        let sc = score(pod, want, info);
+        if best.is_none_or(|(b, j)| sc > b || (sc == b && info.name < nodes[j].name)) {
+            best = Some((sc, i));
         }
     }
     match best {
-        Some((_, name)) => Ok(name.to_string()),
+        Some((_, i)) => Ok(i),
         None => {
             let parts: Vec<String> = reasons.iter().map(|(why, n)| format!("{n} {why}")).collect();
             let mut msg = format!("0/{} nodes are available", nodes.len());
@@ -217,6 +240,22 @@ pub fn place(pod: &Value, nodes: &[Value], bound: &HashMap<String, Vec<Value>>) 
             Err(msg)
         }
     }
+}
+
+/// [`place_in`] for a list of nodes and the pods bound to each, by node name.
+#[cfg(test)]
+pub fn place(pod: &Value, nodes: &[Value], bound: &HashMap<String, Vec<Value>>) -> Result<String, String> {
+    let infos: Vec<NodeInfo> = nodes
+        .iter()
+        .map(|n| {
+            let mut info = NodeInfo::new(Arc::new(n.clone()));
+            for p in bound.get(s(n, "/metadata/name")).into_iter().flatten() {
+                info.add(p);
+            }
+            info
+        })
+        .collect();
+    place_in(pod, &infos).map(|i| infos[i].name.clone())
 }
 
 /// Whether the scheduler should place `pod`.
@@ -257,9 +296,10 @@ struct Scheduler {
 
 impl Scheduler {
     async fn cycle(&mut self, ctx: &Ctx) {
-        let nodes: Vec<Value> = ctx.nodes.list().iter().map(|n| (**n).clone()).collect();
+        let mut nodes: Vec<NodeInfo> = ctx.nodes.list().into_iter().map(NodeInfo::new).collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let index: HashMap<String, usize> = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
         let pods = ctx.pods.list();
-        let mut bound: HashMap<String, Vec<Value>> = HashMap::new();
         let mut queue = Vec::new();
         let mut seen = HashSet::new();
         for p in &pods {
@@ -268,8 +308,10 @@ impl Scheduler {
             let node = s(p, "/spec/nodeName");
             if !node.is_empty() {
                 self.assumed.remove(uid);
-                if !matches!(s(p, "/status/phase"), "Succeeded" | "Failed") {
-                    bound.entry(node.to_string()).or_default().push((**p).clone());
+                if !matches!(s(p, "/status/phase"), "Succeeded" | "Failed")
+                    && let Some(i) = index.get(node)
+                {
+                    nodes[*i].add(p);
                 }
             } else if pending(p) && !self.assumed.contains_key(uid) {
                 queue.push(p.clone());
@@ -278,7 +320,9 @@ impl Scheduler {
         self.assumed.retain(|uid, _| seen.contains(uid));
         self.told.retain(|uid, _| seen.contains(uid));
         for (node, pod) in self.assumed.values() {
-            bound.entry(node.clone()).or_default().push(pod.clone());
+            if let Some(i) = index.get(node) {
+                nodes[*i].add(pod);
+            }
         }
         queue.sort_by(|a, b| {
             let prio = |p: &Value| p.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0);
@@ -291,9 +335,10 @@ impl Scheduler {
         let mut bindings = Vec::new();
         for pod in queue {
             let uid = s(&pod, "/metadata/uid").to_string();
-            match place(&pod, &nodes, &bound) {
-                Ok(node) => {
-                    bound.entry(node.clone()).or_default().push((*pod).clone());
+            match place_in(&pod, &nodes) {
+                Ok(i) => {
+                    nodes[i].add(&pod);
+                    let node = nodes[i].name.clone();
                     self.assumed.insert(uid, (node.clone(), (*pod).clone()));
                     bindings.push((pod, node));
                 }
