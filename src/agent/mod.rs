@@ -286,6 +286,9 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
         if let Err(e) = renew_lease(&client, &opts).await {
             tracing::warn!(error = %format!("{e:#}"), "renewing the node lease");
         }
+        if let Err(e) = pods::volumes::clean_deleted_volumes(&client, &opts.node_name).await {
+            tracing::warn!(error = %format!("{e:#}"), "cleaning deleted local volumes");
+        }
         let fresh = facts::gather(&opts.node_name, &opts.data_dir, opts.server);
         // A read, not a write: notices at once when someone deleted the Node, or when the
         // node controller marked it Unknown while this agent was out of touch.

@@ -513,7 +513,22 @@ pub fn validate(kind: &str, o: &Value) -> Vec<Cause> {
         "Pod" => validate_containers(o.get("spec").unwrap_or(&Value::Null), "spec", &mut c),
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
             validate_selector_template(o, kind, &mut c);
-            validate_containers(o.pointer("/spec/template/spec").unwrap_or(&Value::Null), "spec.template.spec", &mut c);
+            // A StatefulSet's claim templates are volumes of its pods.
+            let mut pod_spec = o.pointer("/spec/template/spec").cloned().unwrap_or(Value::Null);
+            if kind == "StatefulSet"
+                && let Some(vols) = pod_spec.get_mut("volumes").map(Value::take).or(Some(json!([])))
+            {
+                let mut vols = vols.as_array().cloned().unwrap_or_default();
+                for t in o.pointer("/spec/volumeClaimTemplates").and_then(Value::as_array).into_iter().flatten() {
+                    vols.push(
+                        json!({"name": t.pointer("/metadata/name").cloned().unwrap_or(Value::Null), "emptyDir": {}}),
+                    );
+                }
+                if pod_spec.is_object() {
+                    pod_spec["volumes"] = json!(vols);
+                }
+            }
+            validate_containers(&pod_spec, "spec.template.spec", &mut c);
             if kind == "Deployment" || kind == "DaemonSet" || kind == "ReplicaSet" {
                 let rp = str_at(o, "/spec/template/spec/restartPolicy");
                 if !rp.is_empty() && rp != "Always" {

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a server: the Kubernetes API over a Raft-replicated store.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a node agent that joins a server with its token.
     Agent(AgentArgs),
     /// Manage this node's images: import archives, list, remove.
@@ -92,6 +92,9 @@ pub struct ServerArgs {
     /// (`40s`, `2m`, `1m30s`).
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     pub node_monitor_grace_period: std::time::Duration,
+    /// Where local PersistentVolumes keep their data on each node.
+    #[arg(long, default_value = "/var/lib/bramble/storage")]
+    pub default_local_storage_path: String,
     /// Bearer tokens in the upstream `--token-auth-file` format.
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,
@@ -310,7 +313,7 @@ pub fn run() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Server(args) => rt.block_on(server::run(args)),
+        Command::Server(args) => rt.block_on(server::run(*args)),
         Command::Agent(args) => rt.block_on(run_agent(args)),
         Command::Image(args) => rt.block_on(run_image(args)),
         Command::Kubectl(args) => return ExitCode::from(crate::kubectl::run(&rt, args)),

@@ -158,7 +158,11 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let serving = tokio::spawn(api::server::serve(Arc::clone(&api), listener, tls, stop_rx.clone()));
     let controllers = match crate::kubectl::client::Client::from_kubeconfig(Some(&args.write_kubeconfig), None) {
         Ok(client) => {
-            let opts = crate::control::ControlOptions { node_monitor_grace: args.node_monitor_grace_period };
+            let opts = crate::control::ControlOptions {
+                node_monitor_grace: args.node_monitor_grace_period,
+                local_storage_path: args.default_local_storage_path.clone(),
+                default_disk: crate::agent::facts::disk_type(&args.data_dir).unwrap_or("ssd").to_string(),
+            };
             Some(tokio::spawn(crate::control::run(client, opts, stop_rx.clone())))
         }
         Err(e) => {

@@ -21,6 +21,7 @@ pub mod queue;
 pub mod replicaset;
 pub mod scheduler;
 pub mod statefulset;
+pub mod storage;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,6 +47,8 @@ pub struct Ctx {
     pub cronjobs: Arc<Informer>,
     pub controllerrevisions: Arc<Informer>,
     pub pvcs: Arc<Informer>,
+    pub pvs: Arc<Informer>,
+    pub storageclasses: Arc<Informer>,
     /// The nodes' heartbeat Leases (`kube-node-lease`).
     pub leases: Arc<Informer>,
     pub events: events::Recorder,
@@ -66,6 +69,8 @@ impl Ctx {
             cronjobs: Informer::new("/apis/batch/v1/cronjobs"),
             controllerrevisions: Informer::new("/apis/apps/v1/controllerrevisions"),
             pvcs: Informer::new("/api/v1/persistentvolumeclaims"),
+            pvs: Informer::new("/api/v1/persistentvolumes"),
+            storageclasses: Informer::new("/apis/storage.k8s.io/v1/storageclasses"),
             leases: Informer::new("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"),
         })
     }
@@ -90,6 +95,8 @@ impl Ctx {
         let mut all: Vec<Arc<Informer>> = self.owned_kinds().into_iter().map(|(_, i)| i).collect();
         all.push(self.nodes.clone());
         all.push(self.leases.clone());
+        all.push(self.pvs.clone());
+        all.push(self.storageclasses.clone());
         all
     }
 }
@@ -100,6 +107,10 @@ pub struct ControlOptions {
     /// How long a node may stay silent before it is marked unreachable
     /// (`--node-monitor-grace-period`).
     pub node_monitor_grace: Duration,
+    /// Where local volumes' directories go on their nodes (`--default-local-storage-path`).
+    pub local_storage_path: String,
+    /// The disk kind (`ssd`/`hdd`) whose StorageClass is the default.
+    pub default_disk: String,
 }
 
 /// Starts every control loop; they stop when `stop` turns true.
@@ -120,6 +131,7 @@ pub async fn run(
     tasks.extend(daemonset::start(&ctx));
     tasks.extend(statefulset::start(&ctx));
     tasks.extend(nodelifecycle::start(&ctx, opts.node_monitor_grace));
+    tasks.extend(storage::start(&ctx, opts.local_storage_path.clone(), opts.default_disk.clone()));
     for inf in ctx.informers() {
         tasks.push(tokio::spawn(inf.run(ctx.conn.clone())));
     }

@@ -107,6 +107,70 @@ fn host_ports(pod: &Value) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// What a pod's PersistentVolumeClaims ask of its node.
+#[derive(Clone, Debug)]
+pub enum VolumeNeed {
+    /// The claim does not exist.
+    MissingClaim(String),
+    /// Bound to a volume: the node must satisfy the volume's node affinity.
+    Bound(Arc<Value>),
+    /// Waiting for its first consumer: the node must have the class's disk kind; the claim
+    /// is then annotated with the chosen node for the provisioner.
+    WaitForConsumer { claim: Arc<Value>, class: Arc<Value> },
+    /// Unbound and not ours to place (an Immediate class still provisioning).
+    Unbound,
+}
+
+/// The volume needs of `pod` as the caches show its claims.
+pub fn volume_needs(ctx: &Ctx, pod: &Value) -> Vec<VolumeNeed> {
+    let ns = s(pod, "/metadata/namespace");
+    let classes = ctx.storageclasses.list();
+    let mut out = Vec::new();
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let Some(claim_name) = v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str) else { continue };
+        let Some(claim) = ctx.pvcs.get(&format!("{ns}/{claim_name}")) else {
+            out.push(VolumeNeed::MissingClaim(claim_name.to_string()));
+            continue;
+        };
+        let volume = s(&claim, "/spec/volumeName");
+        if !volume.is_empty() {
+            match ctx.pvs.get(volume) {
+                Some(pv) => out.push(VolumeNeed::Bound(pv)),
+                None => out.push(VolumeNeed::Unbound),
+            }
+            continue;
+        }
+        match super::storage::class_of(&claim, &classes) {
+            Some(class) if s(class, "/volumeBindingMode") == "WaitForFirstConsumer" => {
+                out.push(VolumeNeed::WaitForConsumer { claim: claim.clone(), class: class.clone() })
+            }
+            _ => out.push(VolumeNeed::Unbound),
+        }
+    }
+    out
+}
+
+fn volumes_unfit(needs: &[VolumeNeed], node: &Value) -> Option<String> {
+    for need in needs {
+        match need {
+            VolumeNeed::MissingClaim(name) => return Some(format!("persistentvolumeclaim \"{name}\" not found")),
+            VolumeNeed::Unbound => return Some("pod has unbound immediate PersistentVolumeClaims".into()),
+            VolumeNeed::Bound(pv) => {
+                let terms = pv.pointer("/spec/nodeAffinity/required/nodeSelectorTerms").and_then(Value::as_array);
+                if terms.is_some_and(|t| !t.iter().any(|term| term_matches(term, node))) {
+                    return Some("node(s) had volume node affinity conflict".into());
+                }
+            }
+            VolumeNeed::WaitForConsumer { class, .. } => {
+                if !super::storage::node_fits_class(class, node) {
+                    return Some("node(s) didn't find available persistent volumes to bind".into());
+                }
+            }
+        }
+    }
+    None
+}
+
 /// A node and what its bound pods already take, summed once per scheduling cycle and
 /// updated as pods are placed, so deciding costs O(nodes), not O(nodes x pods).
 pub struct NodeInfo {
@@ -152,8 +216,11 @@ impl NodeInfo {
 }
 
 /// Why a node was filtered out, in upstream's words.
-fn unfit(pod: &Value, want: Requests, info: &NodeInfo) -> Option<String> {
+fn unfit(pod: &Value, want: Requests, needs: &[VolumeNeed], info: &NodeInfo) -> Option<String> {
     let node = &*info.node;
+    if let Some(why) = volumes_unfit(needs, node) {
+        return Some(why);
+    }
     let tolerations: Vec<Value> = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
     if node["spec"]["unschedulable"].as_bool() == Some(true) {
         let t = json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
@@ -214,12 +281,12 @@ fn score(pod: &Value, want: Requests, info: &NodeInfo) -> i64 {
 
 /// Picks the node for `pod` (its index in `nodes`), or says why none fits: upstream's
 /// `0/N nodes are available: <count> <reason>, ...` summary.
-pub fn place_in(pod: &Value, nodes: &[NodeInfo]) -> Result<usize, String> {
+pub fn place_in(pod: &Value, needs: &[VolumeNeed], nodes: &[NodeInfo]) -> Result<usize, String> {
     let want = requests(pod);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<(i64, usize)> = None;
     for (i, info) in nodes.iter().enumerate() {
-        if let Some(why) = unfit(pod, want, info) {
+        if let Some(why) = unfit(pod, want, needs, info) {
             *reasons.entry(why).or_default() += 1;
             continue;
         }
@@ -255,7 +322,7 @@ pub fn place(pod: &Value, nodes: &[Value], bound: &HashMap<String, Vec<Value>>) 
             info
         })
         .collect();
-    place_in(pod, &infos).map(|i| infos[i].name.clone())
+    place_in(pod, &[], &infos).map(|i| infos[i].name.clone())
 }
 
 /// Whether the scheduler should place `pod`.
@@ -335,10 +402,15 @@ impl Scheduler {
         let mut bindings = Vec::new();
         for pod in queue {
             let uid = s(&pod, "/metadata/uid").to_string();
-            match place_in(&pod, &nodes) {
+            let needs = volume_needs(ctx, &pod);
+            match place_in(&pod, &needs, &nodes) {
                 Ok(i) => {
                     nodes[i].add(&pod);
                     let node = nodes[i].name.clone();
+                    if !select_node_for_claims(ctx, &needs, &node).await {
+                        self.assumed.remove(&uid);
+                        continue;
+                    }
                     self.assumed.insert(uid, (node.clone(), (*pod).clone()));
                     bindings.push((pod, node));
                 }
@@ -362,6 +434,26 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// Tells waiting claims which node their first pod goes to, so the provisioner makes their
+/// volumes there before the pod starts.
+async fn select_node_for_claims(ctx: &Ctx, needs: &[VolumeNeed], node: &str) -> bool {
+    for need in needs {
+        if let VolumeNeed::WaitForConsumer { claim, .. } = need {
+            let path = format!(
+                "/api/v1/namespaces/{}/persistentvolumeclaims/{}",
+                s(claim, "/metadata/namespace"),
+                s(claim, "/metadata/name")
+            );
+            let patch = json!({"metadata": {"annotations": {super::storage::SELECTED_NODE: node}}});
+            if let Err(e) = ctx.conn.merge_patch(&path, &patch).await {
+                tracing::debug!(claim = %path, error = %format!("{e:#}"), "selecting a node for a claim");
+                return false;
+            }
+        }
+    }
+    true
 }
 
 async fn bind(ctx: &Ctx, pod: &Value, node: &str) -> bool {

@@ -21,7 +21,8 @@ SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 
 @pytest.fixture(scope="module")
 def node():
-    s = Server(extra_args=["--node-name", NODE], agent=True)
+    s = Server(extra_args=["--node-name", NODE, "--node-label", "disktype=ssd"], agent=True)
+    s.extra_args += ["--default-local-storage-path", os.path.join(s.dir, "storage")]
     os.makedirs(os.path.join(s.data_dir, "agent", "images"))
     docker_archive(os.path.join(s.data_dir, "agent", "images", "busybox.tar"), tags=(IMAGE,))
     s.start()
@@ -395,3 +396,47 @@ def test_cordon_and_drain(node, api, ns):
         kubectl(node, "uncordon", NODE)
     wait_for(lambda: len(running_pods(core, ns, "app=drained")) == 2, 60)
     assert not any(t.key == "node.kubernetes.io/unschedulable" for t in (core.read_node(NODE).spec.taints or []))
+
+
+def test_statefulset_claims_get_local_volumes_on_their_node(node, api, ns):
+    apps = client.AppsV1Api(api)
+    core = client.CoreV1Api(api)
+    classes = {c.metadata.name: c for c in client.StorageV1Api(api).list_storage_class().items}
+    assert {"local-ssd", "local-hdd"} <= set(classes)
+    defaults = [n for n, c in classes.items()
+                if (c.metadata.annotations or {}).get("storageclass.kubernetes.io/is-default-class") == "true"]
+    assert len(defaults) == 1
+    apps.create_namespaced_stateful_set(ns, {"metadata": {"name": "kv"}, "spec": {
+        "serviceName": "kv", "replicas": 2, "selector": {"matchLabels": {"app": "kv"}},
+        "template": {"metadata": {"labels": {"app": "kv"}}, "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "main", "image": IMAGE, "imagePullPolicy": "Never",
+            "command": ["sh", "-c", "hostname >> /data/id; trap 'exit 0' TERM; sleep 3600 & wait"],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+        "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+            "storageClassName": "local-ssd", "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "64Mi"}}}}]}})
+    kubectl(node, "-n", ns, "rollout", "status", "sts/kv", "--timeout=90s")
+    claims = {c.metadata.name: c for c in core.list_namespaced_persistent_volume_claim(ns).items}
+    assert sorted(claims) == ["data-kv-0", "data-kv-1"]
+    assert all(c.status.phase == "Bound" and c.spec.volume_name for c in claims.values())
+    pv = core.read_persistent_volume(claims["data-kv-1"].spec.volume_name)
+    assert pv.spec.storage_class_name == "local-ssd" and pv.spec.capacity["storage"] == "64Mi"
+    assert pv.spec.node_affinity.required.node_selector_terms[0].match_expressions[0].values
+    path = pv.spec.host_path.path
+    assert path.startswith(os.path.join(node.dir, "storage"))
+    assert wait_for(lambda: os.path.exists(os.path.join(path, "id")) and open(os.path.join(path, "id")).read() == "kv-1\n", 10)
+
+    # Scale down: the pod goes, its claim and data stay; deleting the claim removes both.
+    kubectl(node, "-n", ns, "scale", "sts/kv", "--replicas=1")
+    wait_for(lambda: [p.metadata.name for p in core.list_namespaced_pod(ns).items] == ["kv-0"], 60)
+    assert "data-kv-1" in [c.metadata.name for c in core.list_namespaced_persistent_volume_claim(ns).items]
+    assert os.path.exists(path)
+    core.delete_namespaced_persistent_volume_claim("data-kv-1", ns)
+    wait_for(lambda: pv.metadata.name not in [v.metadata.name for v in core.list_persistent_volume().items], 40)
+    assert not os.path.exists(path), "the node removed the volume's directory"
+
+    # A pod whose claim does not exist is told so.
+    core.create_namespaced_pod(ns, {"metadata": {"name": "lost"}, "spec": {"containers": [
+        {"name": "main", "image": IMAGE}], "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "nope"}}]}})
+    lost = wait_for(lambda: (p := core.read_namespaced_pod("lost", ns)).status and p.status.conditions and p, 30)
+    assert 'persistentvolumeclaim "nope" not found' in lost.status.conditions[0].message

@@ -237,6 +237,8 @@ pub async fn prepare(
             let files = object_files(client, ns, src, secret, 0o644).await?;
             write_atomic(&dir, &files)?;
             out.push((name, dir));
+        } else if let Some(claim) = v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str) {
+            out.push((name, claimed_path(client, ns, claim).await?));
         } else if v["downwardAPI"].is_object() {
             let mode = mode_of(&v["downwardAPI"]["defaultMode"], 0o644);
             write_atomic(&dir, &downward_files(pod, &v["downwardAPI"]["items"], mode, allocatable))?;
@@ -258,6 +260,75 @@ pub async fn prepare(
         }
     }
     Ok(out)
+}
+
+/// The host directory behind a bound claim: its volume's `hostPath` (made when the type
+/// says so) or `local` path.
+async fn claimed_path(client: &Client, ns: &str, claim: &str) -> Result<PathBuf, VolumeError> {
+    let err = |what: String| VolumeError(format!("persistentvolumeclaim {claim:?}: {what}"));
+    let pvc = client
+        .get(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}"))
+        .await
+        .map_err(|e| err(format!("{e:#}")))?;
+    let volume = pvc.pointer("/spec/volumeName").and_then(Value::as_str).unwrap_or("");
+    if volume.is_empty() {
+        return Err(err("not bound to a volume yet".into()));
+    }
+    let pv = client.get(&format!("/api/v1/persistentvolumes/{volume}")).await.map_err(|e| err(format!("{e:#}")))?;
+    if let Some(path) = pv.pointer("/spec/hostPath/path").and_then(Value::as_str) {
+        let path = PathBuf::from(path);
+        check_host_path(&path, pv.pointer("/spec/hostPath/type").and_then(Value::as_str).unwrap_or(""))?;
+        return Ok(path);
+    }
+    if let Some(path) = pv.pointer("/spec/local/path").and_then(Value::as_str) {
+        return Ok(PathBuf::from(path));
+    }
+    Err(err(format!("volume {volume} is neither hostPath nor local, which this node cannot mount")))
+}
+
+/// Removes the directories of this node's local volumes that were deleted, then lets the
+/// volumes go (their cleanup finalizer), as the provisioner's helper would.
+pub async fn clean_deleted_volumes(client: &Client, node: &str) -> anyhow::Result<()> {
+    use crate::control::storage::{CLEANUP_FINALIZER, NODE_ANNOTATION};
+    let list = client.get("/api/v1/persistentvolumes").await?;
+    for pv in list["items"].as_array().into_iter().flatten() {
+        let name = pv.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let finalizers: Vec<Value> =
+            pv.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mine = pv.pointer("/metadata/annotations").and_then(|a| a.get(NODE_ANNOTATION)).and_then(Value::as_str)
+            == Some(node);
+        let deleting = pv.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+        if !mine || !deleting || !finalizers.iter().any(|f| f == CLEANUP_FINALIZER) {
+            continue;
+        }
+        if let Some(path) = pv.pointer("/spec/hostPath/path").and_then(Value::as_str) {
+            let path = PathBuf::from(path);
+            // Only the directory the provisioner named after this volume.
+            if path.file_name().is_some_and(|f| f.to_string_lossy().starts_with(&format!("{name}_"))) {
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(volume = name, path = %path.display(), error = %e, "removing a local volume");
+                        continue;
+                    }
+                }
+            }
+        }
+        let keep: Vec<Value> = finalizers.into_iter().filter(|f| f != CLEANUP_FINALIZER).collect();
+        let patch = serde_json::json!({"metadata": {"finalizers": keep}});
+        client
+            .call(
+                "PATCH",
+                &format!("/api/v1/persistentvolumes/{name}"),
+                Some("application/merge-patch+json"),
+                "application/json",
+                Some(&patch),
+            )
+            .await?;
+        tracing::info!(volume = name, "local volume removed");
+    }
+    Ok(())
 }
 
 /// Applies a hostPath `type`: creates what `...OrCreate` asks for, checks the rest.
