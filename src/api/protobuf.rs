@@ -126,8 +126,13 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ApiError> {
         "networking.k8s.io" => "networking",
         g => g,
     };
-    let message = format!("k8s.io.api.{pkg}.{version}.{kind}");
-    if !schema().contains_key(&message) {
+    // Options kinds (DeleteOptions, ...) are meta/v1 types, whatever group sends them.
+    let message =
+        [format!("k8s.io.api.{pkg}.{version}.{kind}"), format!("k8s.io.apimachinery.pkg.apis.meta.v1.{kind}")]
+            .into_iter()
+            .find(|m| schema().contains_key(m))
+            .unwrap_or_default();
+    if message.is_empty() {
         return Err(ApiError::unsupported_media_type(&format!(
             "application/vnd.kubernetes.protobuf for {api_version} {kind}"
         )));
@@ -354,6 +359,21 @@ mod tests {
     fn field_varint(num: u64, v: u64, out: &mut Vec<u8>) {
         varint(num << 3, out);
         varint(v, out);
+    }
+
+    /// DeleteOptions as client-go sends them to a core resource (Helm's uninstall does).
+    #[test]
+    fn decodes_delete_options_sent_as_v1() {
+        let mut opts = Vec::new();
+        field_bytes(4, b"Background", &mut opts);
+        let mut type_meta = Vec::new();
+        field_bytes(1, b"v1", &mut type_meta);
+        field_bytes(2, b"DeleteOptions", &mut type_meta);
+        let mut body = MAGIC.to_vec();
+        field_bytes(1, &type_meta, &mut body);
+        field_bytes(2, &opts, &mut body);
+        let v = decode_body(&body).unwrap();
+        assert_eq!((v["kind"].as_str(), v["propagationPolicy"].as_str()), (Some("DeleteOptions"), Some("Background")));
     }
 
     /// A ConfigMap as kubectl 1.33 `create configmap` would encode it.
