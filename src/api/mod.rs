@@ -27,7 +27,7 @@ mod watch;
 pub use table::human_duration;
 
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -59,7 +59,6 @@ pub struct Api {
     pub store: Store,
     pub opts: ApiOptions,
     tokens: Tokens,
-    me: Weak<Api>,
 }
 
 /// Parses `a.b.c.d/n`.
@@ -82,7 +81,7 @@ fn warning_header(resp: &mut Response<Body>, warnings: &[String]) {
 
 impl Api {
     pub fn new(store: Store, opts: ApiOptions, tokens: Tokens) -> Arc<Api> {
-        Arc::new_cyclic(|me| Api { store, opts, tokens, me: me.clone() })
+        Arc::new(Api { store, opts, tokens })
     }
 
     /// Creates what every cluster has: the system namespaces and the `kubernetes` Service.
@@ -285,6 +284,9 @@ impl Api {
                 let ptype = PatchType::from_content_type(&ct).ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
                 let patch_body = http::decode_body("application/json", &body)?;
                 Ok(json_response(200, &self.scale(&target, &q, "PATCH", Some((Some(ptype), patch_body))).await?))
+            }
+            ("update", Some("finalize")) if res.kind == "Namespace" => {
+                Ok(json_response(200, &self.finalize(&target, &q, body_value(true)?).await?))
             }
             ("create", Some("binding")) if res.kind == "Pod" => {
                 Ok(json_response(201, &self.bind(&target, body_value(true)?).await?))

@@ -546,7 +546,13 @@ impl Api {
         let stopping_pod = res.kind == "Pod"
             && new.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) > 0
             && !matches!(new.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
-        let deleting = !meta_str(&new, "deletionTimestamp").is_empty() && !has_finalizers(&new) && !stopping_pod;
+        // A namespace also waits for its own `spec.finalizers` (the namespace controller's).
+        let namespace_held = res.kind == "Namespace"
+            && new.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let deleting = !meta_str(&new, "deletionTimestamp").is_empty()
+            && !has_finalizers(&new)
+            && !stopping_pod
+            && !namespace_held;
         let key = t.key();
         if deleting {
             let mut ops = vec![Op { key: key.clone(), expect: Expect::ModRev(current.mod_rev), value: None }];
@@ -728,9 +734,6 @@ impl Api {
                     match self.store.commit(vec![op]).await? {
                         TxnResult::Applied { revision } => {
                             obj["metadata"]["resourceVersion"] = json!(revision.to_string());
-                            if res.kind == "Namespace" {
-                                self.spawn_namespace_cleanup(t.name().to_string());
-                            }
                             return Ok((200, obj));
                         }
                         TxnResult::Failed { .. } => continue,
@@ -771,41 +774,20 @@ impl Api {
         )
     }
 
-    /// The namespace lifecycle until the namespace controller lands: once a namespace is
-    /// Terminating, delete what it holds (finalizers aside) and then the namespace itself.
-    fn spawn_namespace_cleanup(&self, ns: String) {
-        let Some(api) = self.me.upgrade() else { return };
-        tokio::spawn(async move {
-            for attempt in 0..600 {
-                let mut remaining = 0;
-                for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-                    let (records, _) = match api.store.list(&res.list_prefix(Some(&ns)), None, usize::MAX) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::warn!(namespace = %ns, error = %e, "namespace cleanup");
-                            continue;
-                        }
-                    };
-                    for rec in records {
-                        remaining += 1;
-                        let name = rec.key.rsplit('/').next().unwrap_or("").to_string();
-                        let t = Target { res, namespace: Some(ns.clone()), name: Some(name), sub: None };
-                        let _ = api.delete(&t, &Query::default(), json!({"gracePeriodSeconds": 0})).await;
-                    }
-                }
-                if remaining == 0 {
-                    let ns_res = resources::find("", "v1", "namespaces").expect("namespaces are always served");
-                    if let Ok(Some(rec)) = api.store.get(&ns_res.key("", &ns)) {
-                        let _ = api
-                            .store
-                            .commit(vec![Op { key: rec.key, expect: Expect::ModRev(rec.mod_rev), value: None }])
-                            .await;
-                    }
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(if attempt < 10 { 100 } else { 1000 })).await;
+    /// PUT `namespaces/<name>/finalize`: sets `spec.finalizers` (and nothing else); a
+    /// Terminating namespace whose finalizers are all gone is removed.
+    pub async fn finalize(&self, t: &Target, q: &Query, body: Value) -> Result<Value, ApiError> {
+        let finalizers = body.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
+        for _ in 0..16 {
+            let current = self.store.get(&t.key())?.ok_or_else(|| t.not_found())?;
+            let mut new = to_object(&current)?;
+            new["spec"]["finalizers"] = finalizers.clone();
+            match self.write_update(t, &current, new, q, false, false).await {
+                Err(e) if e.reason == "Conflict" => continue,
+                other => return other,
             }
-        });
+        }
+        Err(ApiError::conflict(t.res.plural, t.res.group, t.name()))
     }
 
     /// GET/PUT/PATCH `.../scale`.

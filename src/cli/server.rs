@@ -162,6 +162,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
                 node_monitor_grace: args.node_monitor_grace_period,
                 local_storage_path: args.default_local_storage_path.clone(),
                 default_disk: crate::agent::facts::disk_type(&args.data_dir).unwrap_or("ssd").to_string(),
+                identity: node_name.clone(),
             };
             Some(tokio::spawn(crate::control::run(client, opts, stop_rx.clone())))
         }

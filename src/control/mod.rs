@@ -16,6 +16,8 @@ pub mod gc;
 pub mod history;
 pub mod informer;
 pub mod job;
+pub mod leader;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
@@ -48,6 +50,7 @@ pub struct Ctx {
     pub controllerrevisions: Arc<Informer>,
     pub pvcs: Arc<Informer>,
     pub pvs: Arc<Informer>,
+    pub namespaces: Arc<Informer>,
     pub storageclasses: Arc<Informer>,
     /// The nodes' heartbeat Leases (`kube-node-lease`).
     pub leases: Arc<Informer>,
@@ -70,6 +73,7 @@ impl Ctx {
             controllerrevisions: Informer::new("/apis/apps/v1/controllerrevisions"),
             pvcs: Informer::new("/api/v1/persistentvolumeclaims"),
             pvs: Informer::new("/api/v1/persistentvolumes"),
+            namespaces: Informer::new("/api/v1/namespaces"),
             storageclasses: Informer::new("/apis/storage.k8s.io/v1/storageclasses"),
             leases: Informer::new("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"),
         })
@@ -96,6 +100,7 @@ impl Ctx {
         all.push(self.nodes.clone());
         all.push(self.leases.clone());
         all.push(self.pvs.clone());
+        all.push(self.namespaces.clone());
         all.push(self.storageclasses.clone());
         all
     }
@@ -111,15 +116,67 @@ pub struct ControlOptions {
     pub local_storage_path: String,
     /// The disk kind (`ssd`/`hdd`) whose StorageClass is the default.
     pub default_disk: String,
+    /// Who holds the controller Lease when this server leads: its node name.
+    pub identity: String,
 }
 
-/// Starts every control loop; they stop when `stop` turns true.
+/// Runs the control loops while this server holds the controller Lease (see [`leader`]);
+/// returns when `stop` turns true.
 pub async fn run(
     client: crate::kubectl::client::Client,
     opts: ControlOptions,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let ctx = Ctx::new(Arc::new(ApiConn::new(client)));
+    let conn = Arc::new(ApiConn::new(client));
+    // The node name: unique among servers and stable across restarts, so a restarted
+    // server takes its own Lease back at once.
+    let me = opts.identity.clone();
+    loop {
+        // Wait for the Lease.
+        loop {
+            match leader::try_hold(&conn, &me).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "controller lease"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+        tracing::info!(identity = %me, "leading: the control loops run here");
+        let tasks = start_all(conn.clone(), &opts);
+        // Renew it; stop leading when it cannot be renewed within its duration.
+        let mut last_renewed = tokio::time::Instant::now();
+        let stopped = loop {
+            tokio::select! {
+                _ = tokio::time::sleep(leader::RENEW_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => break true,
+            }
+            match leader::try_hold(&conn, &me).await {
+                Ok(true) => last_renewed = tokio::time::Instant::now(),
+                Ok(false) => break false,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "renewing the controller lease");
+                    if last_renewed.elapsed() >= Duration::from_secs(leader::LEASE_SECS as u64 - 2) {
+                        break false;
+                    }
+                }
+            }
+        };
+        for t in tasks {
+            t.abort();
+        }
+        if stopped {
+            return;
+        }
+        tracing::warn!("lost the controller lease: the control loops stop here");
+    }
+}
+
+/// Starts every control loop over fresh caches.
+fn start_all(conn: Arc<ApiConn>, opts: &ControlOptions) -> Vec<tokio::task::JoinHandle<()>> {
+    let ctx = Ctx::new(conn);
     let mut tasks = Vec::new();
     // Handlers first, so the first list reaches every loop.
     tasks.extend(scheduler::start(&ctx));
@@ -130,15 +187,13 @@ pub async fn run(
     tasks.extend(cronjob::start(&ctx));
     tasks.extend(daemonset::start(&ctx));
     tasks.extend(statefulset::start(&ctx));
+    tasks.extend(namespace::start(&ctx));
     tasks.extend(nodelifecycle::start(&ctx, opts.node_monitor_grace));
     tasks.extend(storage::start(&ctx, opts.local_storage_path.clone(), opts.default_disk.clone()));
     for inf in ctx.informers() {
         tasks.push(tokio::spawn(inf.run(ctx.conn.clone())));
     }
-    let _ = stop.wait_for(|s| *s).await;
-    for t in tasks {
-        t.abort();
-    }
+    tasks
 }
 
 /// Runs `workers` reconcilers over `queue`: a key that fails comes back after its back-off,
