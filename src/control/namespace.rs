@@ -51,19 +51,27 @@ async fn reconcile(ctx: &Ctx, name: &str) -> anyhow::Result<Option<Duration>> {
     if !deleting(&ns) || !finalizers.iter().any(|f| f == FINALIZER) {
         return Ok(None);
     }
+    // Delete everything, then count what is left: objects deleted at once are gone by
+    // then, so most namespaces finish in one pass.
     let mut remaining = 0usize;
-    for path in collections(name) {
-        let list = match ctx.conn.get(&path).await {
-            Ok(l) => l,
-            // Not listable (a create-only resource): nothing of it to delete.
-            Err(_) => continue,
-        };
-        for item in list["items"].as_array().into_iter().flatten() {
-            remaining += 1;
-            if !deleting(item) {
-                let item_path = format!("{path}/{}", s(item, "/metadata/name"));
-                ctx.conn.delete(&item_path, &json!({"propagationPolicy": "Background"})).await?;
+    for pass in 0..2 {
+        remaining = 0;
+        for path in collections(name) {
+            let list = match ctx.conn.get(&path).await {
+                Ok(l) => l,
+                // Not listable (a create-only resource): nothing of it to delete.
+                Err(_) => continue,
+            };
+            for item in list["items"].as_array().into_iter().flatten() {
+                remaining += 1;
+                if pass == 0 && !deleting(item) {
+                    let item_path = format!("{path}/{}", s(item, "/metadata/name"));
+                    ctx.conn.delete(&item_path, &json!({"propagationPolicy": "Background"})).await?;
+                }
             }
+        }
+        if remaining == 0 {
+            break;
         }
     }
     if remaining > 0 {

@@ -69,7 +69,8 @@ def ns(k, request):
     name = f"builtin-{request.node.callspec.id}".lower().replace("_", "-")[:60]
     k.run("create", "namespace", name)
     yield name
-    k.run("delete", "namespace", name, "--wait=false", check=False)
+    # A namespace is gone once the namespace controller has emptied it: wait for that.
+    k.run("delete", "namespace", name, check=False)
 
 
 def test_apply_get_and_update(k, ns):
