@@ -94,12 +94,7 @@ impl ApiConn {
         let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
-            return Err(ServerError {
-                code: status,
-                reason: value["reason"].as_str().unwrap_or("Unknown").to_string(),
-                message: value["message"].as_str().unwrap_or_default().to_string(),
-            })
-            .with_context(|| format!("{method} {path}"));
+            return Err(ServerError::from_body(status, &bytes)).with_context(|| format!("{method} {path}"));
         }
         Ok(value)
     }
@@ -142,13 +137,7 @@ impl ApiConn {
         let status = resp.status().as_u16();
         if status != 200 {
             let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(ServerError {
-                code: status,
-                reason: value["reason"].as_str().unwrap_or("Unknown").to_string(),
-                message: value["message"].as_str().unwrap_or_default().to_string(),
-            }
-            .into());
+            return Err(ServerError::from_body(status, &bytes).into());
         }
         Ok(resp.into_body())
     }

@@ -73,27 +73,14 @@ pub fn due(
 /// Registers the handlers and starts the workers.
 pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
     let queue = WorkQueue::new();
-    let q = queue.clone();
-    ctx.cronjobs.on_change(Box::new(move |_, new| {
-        if let Some(cj) = new {
-            q.add(&super::informer::key_of(cj));
-        }
-    }));
-    let q = queue.clone();
-    ctx.jobs.on_change(Box::new(move |old, new| {
-        for job in [old, new].into_iter().flatten() {
-            if let Some(owner) = controller_of(job).filter(|o| o["kind"] == "CronJob") {
-                q.add(&format!("{}/{}", s(job, "/metadata/namespace"), s(owner, "/name")));
-            }
-        }
-    }));
-    let writes = Arc::new(Writes::default());
-    let ctx = ctx.clone();
-    super::workers(COMPONENT, queue, 1, move |key| {
-        let ctx = ctx.clone();
-        let writes = writes.clone();
-        async move { reconcile(&ctx, &writes, &key).await }
-    })
+    super::follow(&queue, &ctx.cronjobs, &ctx.jobs, "CronJob");
+    super::owner_workers(
+        COMPONENT,
+        queue,
+        1,
+        ctx,
+        |ctx, writes, key| async move { reconcile(&ctx, &writes, &key).await },
+    )
 }
 
 fn rfc3339(t: i64) -> String {
@@ -103,6 +90,15 @@ fn rfc3339(t: i64) -> String {
 fn job_ref(job: &Value) -> Value {
     json!({"apiVersion": "batch/v1", "kind": "Job", "namespace": job["metadata"]["namespace"],
            "name": job["metadata"]["name"], "uid": job["metadata"]["uid"], "resourceVersion": job["metadata"]["resourceVersion"]})
+}
+
+/// Deletes one of the CronJob's Jobs, its pods with it.
+async fn delete_job(ctx: &Ctx, cj: &Value, job: &Value) -> anyhow::Result<()> {
+    let name = s(job, "/metadata/name");
+    let path = format!("/apis/batch/v1/namespaces/{}/jobs/{name}", s(job, "/metadata/namespace"));
+    ctx.conn.delete(&path, &json!({"propagationPolicy": "Background"})).await?;
+    ctx.events.emit(COMPONENT, cj, "Normal", "SuccessfulDelete", &format!("Deleted job {name}"));
+    Ok(())
 }
 
 async fn reconcile(ctx: &Ctx, writes: &Writes, key: &str) -> anyhow::Result<Option<Duration>> {
@@ -151,15 +147,7 @@ async fn reconcile(ctx: &Ctx, writes: &Writes, key: &str) -> anyhow::Result<Opti
         let done: Vec<&Arc<Value>> = jobs.iter().filter(|j| job_finished(j) == Some(kind) && !deleting(j)).collect();
         if done.len() > limit {
             for j in &done[..done.len() - limit] {
-                let path = format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", s(j, "/metadata/name"));
-                ctx.conn.delete(&path, &json!({"propagationPolicy": "Background"})).await?;
-                ctx.events.emit(
-                    COMPONENT,
-                    &cj,
-                    "Normal",
-                    "SuccessfulDelete",
-                    &format!("Deleted job {}", s(j, "/metadata/name")),
-                );
+                delete_job(ctx, &cj, j).await?;
             }
         }
     }
@@ -201,15 +189,7 @@ async fn reconcile(ctx: &Ctx, writes: &Writes, key: &str) -> anyhow::Result<Opti
         } else {
             if policy == "Replace" {
                 for j in active.drain(..) {
-                    let path = format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", s(&j, "/metadata/name"));
-                    ctx.conn.delete(&path, &json!({"propagationPolicy": "Background"})).await?;
-                    ctx.events.emit(
-                        COMPONENT,
-                        &cj,
-                        "Normal",
-                        "SuccessfulDelete",
-                        &format!("Deleted job {}", s(&j, "/metadata/name")),
-                    );
+                    delete_job(ctx, &cj, &j).await?;
                 }
             }
             let template = &cj["spec"]["jobTemplate"];

@@ -144,20 +144,7 @@ pub fn plan(
 /// Registers the handlers and starts the workers.
 pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
     let queue = WorkQueue::new();
-    let q = queue.clone();
-    ctx.daemonsets.on_change(Box::new(move |_, new| {
-        if let Some(ds) = new {
-            q.add(&super::informer::key_of(ds));
-        }
-    }));
-    let q = queue.clone();
-    ctx.pods.on_change(Box::new(move |old, new| {
-        for pod in [old, new].into_iter().flatten() {
-            if let Some(owner) = controller_of(pod).filter(|o| o["kind"] == "DaemonSet") {
-                q.add(&format!("{}/{}", s(pod, "/metadata/namespace"), s(owner, "/name")));
-            }
-        }
-    }));
+    super::follow(&queue, &ctx.daemonsets, &ctx.pods, "DaemonSet");
     let q = queue.clone();
     let dss = ctx.daemonsets.clone();
     ctx.nodes.on_change(Box::new(move |old, new| {
@@ -169,13 +156,13 @@ pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
             q.add(&super::informer::key_of(&ds));
         }
     }));
-    let writes = Arc::new(Writes::default());
-    let ctx = ctx.clone();
-    super::workers(COMPONENT, queue, 2, move |key| {
-        let ctx = ctx.clone();
-        let writes = writes.clone();
-        async move { reconcile(&ctx, &writes, &key).await }
-    })
+    super::owner_workers(
+        COMPONENT,
+        queue,
+        2,
+        ctx,
+        |ctx, writes, key| async move { reconcile(&ctx, &writes, &key).await },
+    )
 }
 
 fn int(v: &Value, p: &str) -> i64 {

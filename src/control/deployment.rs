@@ -144,27 +144,14 @@ pub fn set_condition(conds: &mut Vec<Value>, kind: &str, status: &str, reason: &
 /// Registers the handlers and starts the workers.
 pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
     let queue = WorkQueue::new();
-    let q = queue.clone();
-    ctx.deployments.on_change(Box::new(move |_, new| {
-        if let Some(d) = new {
-            q.add(&super::informer::key_of(d));
-        }
-    }));
-    let q = queue.clone();
-    ctx.replicasets.on_change(Box::new(move |old, new| {
-        for rs in [old, new].into_iter().flatten() {
-            if let Some(owner) = controller_of(rs).filter(|o| o["kind"] == "Deployment") {
-                q.add(&format!("{}/{}", s(rs, "/metadata/namespace"), s(owner, "/name")));
-            }
-        }
-    }));
-    let writes = Arc::new(Writes::default());
-    let ctx = ctx.clone();
-    super::workers(COMPONENT, queue, 2, move |key| {
-        let ctx = ctx.clone();
-        let writes = writes.clone();
-        async move { reconcile(&ctx, &writes, &key).await }
-    })
+    super::follow(&queue, &ctx.deployments, &ctx.replicasets, "Deployment");
+    super::owner_workers(
+        COMPONENT,
+        queue,
+        2,
+        ctx,
+        |ctx, writes, key| async move { reconcile(&ctx, &writes, &key).await },
+    )
 }
 
 async fn scale(ctx: &Ctx, writes: &Writes, key: &str, d: &Value, rs: &Value, to: i64) -> anyhow::Result<()> {

@@ -234,6 +234,43 @@ where
         .collect()
 }
 
+/// The wiring every workload controller has: the key of each changed object of `own`, and
+/// the owner's key of each changed object of `owned` whose controller is a `kind`, go on
+/// `queue`.
+pub fn follow(queue: &Arc<WorkQueue>, own: &Informer, owned: &Informer, kind: &'static str) {
+    let q = queue.clone();
+    own.on_change(Box::new(move |_, new| {
+        if let Some(obj) = new {
+            q.add(&informer::key_of(obj));
+        }
+    }));
+    let q = queue.clone();
+    owned.on_change(Box::new(move |old, new| {
+        for obj in [old, new].into_iter().flatten() {
+            if let Some(owner) = controller_of(obj).filter(|o| o["kind"] == kind) {
+                q.add(&format!("{}/{}", s(obj, "/metadata/namespace"), s(owner, "/name")));
+            }
+        }
+    }));
+}
+
+/// [`workers`] for a reconcile that needs the shared context and its own [`Writes`].
+pub fn owner_workers<F, Fut>(
+    name: &'static str,
+    queue: Arc<WorkQueue>,
+    n: usize,
+    ctx: &Arc<Ctx>,
+    reconcile: F,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    F: Fn(Arc<Ctx>, Arc<Writes>, String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<Option<Duration>>> + Send,
+{
+    let writes = Arc::new(Writes::default());
+    let ctx = ctx.clone();
+    workers(name, queue, n, move |key| reconcile(ctx.clone(), writes.clone(), key))
+}
+
 /// The newest revision each key's own writes produced, so its next reconcile waits for the
 /// cache to show them (client-go's "expectations", by revision instead of by count).
 #[derive(Default)]

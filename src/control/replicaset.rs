@@ -105,13 +105,13 @@ pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         }
     }));
-    let writes = Arc::new(Writes::default());
-    let ctx = ctx.clone();
-    super::workers(COMPONENT, queue, 2, move |key| {
-        let ctx = ctx.clone();
-        let writes = writes.clone();
-        async move { reconcile(&ctx, &writes, &key).await }
-    })
+    super::owner_workers(
+        COMPONENT,
+        queue,
+        2,
+        ctx,
+        |ctx, writes, key| async move { reconcile(&ctx, &writes, &key).await },
+    )
 }
 
 async fn reconcile(ctx: &Ctx, writes: &Writes, key: &str) -> anyhow::Result<Option<Duration>> {

@@ -116,27 +116,14 @@ fn ordinal_of(set: &str, pod: &str) -> Option<i64> {
 /// Registers the handlers and starts the workers.
 pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
     let queue = WorkQueue::new();
-    let q = queue.clone();
-    ctx.statefulsets.on_change(Box::new(move |_, new| {
-        if let Some(set) = new {
-            q.add(&super::informer::key_of(set));
-        }
-    }));
-    let q = queue.clone();
-    ctx.pods.on_change(Box::new(move |old, new| {
-        for pod in [old, new].into_iter().flatten() {
-            if let Some(owner) = controller_of(pod).filter(|o| o["kind"] == "StatefulSet") {
-                q.add(&format!("{}/{}", s(pod, "/metadata/namespace"), s(owner, "/name")));
-            }
-        }
-    }));
-    let writes = Arc::new(Writes::default());
-    let ctx = ctx.clone();
-    super::workers(COMPONENT, queue, 2, move |key| {
-        let ctx = ctx.clone();
-        let writes = writes.clone();
-        async move { reconcile(&ctx, &writes, &key).await }
-    })
+    super::follow(&queue, &ctx.statefulsets, &ctx.pods, "StatefulSet");
+    super::owner_workers(
+        COMPONENT,
+        queue,
+        2,
+        ctx,
+        |ctx, writes, key| async move { reconcile(&ctx, &writes, &key).await },
+    )
 }
 
 fn int(v: &Value, p: &str) -> i64 {

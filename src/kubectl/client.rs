@@ -101,6 +101,21 @@ impl fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
+impl ServerError {
+    /// The error a non-2xx answer carries: its `Status` reason and message, or the raw body.
+    pub fn from_body(code: u16, body: &[u8]) -> ServerError {
+        let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        ServerError {
+            code,
+            reason: value["reason"].as_str().unwrap_or("Unknown").to_string(),
+            message: match value["message"].as_str() {
+                Some(m) => m.to_string(),
+                None => String::from_utf8_lossy(body).trim().to_string(),
+            },
+        }
+    }
+}
+
 /// A connection recipe for one API server.
 pub struct Client {
     tls: TlsConnector,
@@ -290,12 +305,7 @@ impl Client {
         let body = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
         let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
-            let reason = value["reason"].as_str().unwrap_or("Unknown").to_string();
-            let message = match value["message"].as_str() {
-                Some(m) => m.to_string(),
-                None => String::from_utf8_lossy(&body).trim().to_string(),
-            };
-            return Err(ServerError { code: status, reason, message }.into());
+            return Err(ServerError::from_body(status, &body).into());
         }
         Ok(value)
     }
@@ -311,13 +321,7 @@ impl Client {
         let status = resp.status().as_u16();
         if status != 200 {
             let body = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
-            let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            return Err(ServerError {
-                code: status,
-                reason: value["reason"].as_str().unwrap_or("Unknown").to_string(),
-                message: value["message"].as_str().unwrap_or_default().to_string(),
-            }
-            .into());
+            return Err(ServerError::from_body(status, &body).into());
         }
         Ok(resp.into_body())
     }

@@ -102,6 +102,23 @@ class Server:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+BUSYBOX = "bramble.test/busybox:1"
+
+
+def drop_busybox(data_dir):
+    """Puts the test busybox image where an agent imports archives at start (the airgap path)."""
+    from busybox_image import docker_archive
+    os.makedirs(os.path.join(data_dir, "agent", "images"), exist_ok=True)
+    docker_archive(os.path.join(data_dir, "agent", "images", "busybox.tar"), tags=(BUSYBOX,))
+
+
+def node_with_busybox(node_name, *extra_args):
+    """A started server whose agent runs pods and has the test busybox image."""
+    s = Server(extra_args=["--node-name", node_name, *extra_args], agent=True)
+    drop_busybox(s.data_dir)
+    return s.start()
+
+
 @pytest.fixture(scope="module")
 def server():
     s = Server().start()

@@ -10,10 +10,8 @@ import time
 import pytest
 from kubernetes import client, config
 
-from busybox_image import docker_archive
-from conftest import Server, kubectl_dir, wait_for
+from conftest import BUSYBOX as IMAGE, Server, drop_busybox, kubectl_dir, wait_for
 
-IMAGE = "bramble.test/busybox:1"
 NODE = "ctl-1"
 # A container that stops at once on SIGTERM, so deletions do not wait out a grace period.
 SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
@@ -23,8 +21,7 @@ SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 def node():
     s = Server(extra_args=["--node-name", NODE, "--node-label", "disktype=ssd"], agent=True)
     s.extra_args += ["--default-local-storage-path", os.path.join(s.dir, "storage")]
-    os.makedirs(os.path.join(s.data_dir, "agent", "images"))
-    docker_archive(os.path.join(s.data_dir, "agent", "images", "busybox.tar"), tags=(IMAGE,))
+    drop_busybox(s.data_dir)
     s.start()
     try:
         yield s

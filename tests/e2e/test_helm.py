@@ -11,12 +11,10 @@ import warnings
 import pytest
 from kubernetes import client, config
 
-from busybox_image import docker_archive
-from conftest import Server, wait_for
+from conftest import node_with_busybox, wait_for
 
 helm = pytest.importorskip("helm_sdkpy", reason="pip install --ignore-requires-python helm-sdkpy cffi")
 
-IMAGE = "bramble.test/busybox:1"
 NODE = "helm-1"
 
 CHART = {
@@ -112,10 +110,7 @@ CHART = {
 
 @pytest.fixture(scope="module")
 def node():
-    s = Server(extra_args=["--node-name", NODE], agent=True)
-    os.makedirs(os.path.join(s.data_dir, "agent", "images"))
-    docker_archive(os.path.join(s.data_dir, "agent", "images", "busybox.tar"), tags=(IMAGE,))
-    s.start()
+    s = node_with_busybox(NODE)
     try:
         core = client.CoreV1Api(config.new_client_from_config(config_file=s.kubeconfig))
         wait_for(lambda: any(c.type == "Ready" and c.status == "True"

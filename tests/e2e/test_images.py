@@ -12,8 +12,6 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-
-import socket
 import time
 
 import pytest
@@ -171,7 +169,6 @@ def test_airgap_directory_is_imported_when_the_agent_starts():
         os.makedirs(drop)
         docker_archive(os.path.join(drop, "tool.tar"), ["airgap/tool:3"], [BASE])
         server.start()
-        import time
         deadline = time.time() + 15
         while time.time() < deadline and "airgap/tool" not in image(server.data_dir, "ls").stdout:
             time.sleep(0.2)

@@ -429,8 +429,14 @@ def test_create_generator(kubectl, ns, case, tmp_path):
     assert obj["metadata"]["name"] == resource.split("/")[1] and obj["metadata"]["namespace"] == ns
     check(obj, ns)
 
-    # The YAML we read back is accepted as it is by a replace, and nothing changes.
-    dumped = kubectl.run("-n", ns, "get", resource, "-o", "yaml").stdout
+    # The YAML we read back is accepted as it is by a replace, and nothing changes. The
+    # controllers write status just after a create: read once they have settled.
+    while True:
+        dumped = kubectl.run("-n", ns, "get", resource, "-o", "yaml").stdout
+        time.sleep(0.5)
+        if kubectl.run("-n", ns, "get", resource, "-o", "yaml").stdout == dumped:
+            break
+    obj = yaml.safe_load(dumped)
     kubectl.run("-n", ns, "replace", "-f", "-", input=dumped)
     again = get_yaml(kubectl, ns, resource)
     for doc in (obj, again):
@@ -560,7 +566,7 @@ def test_describe(kubectl, ns):
 
     # Several objects at once, selected by label.
     out = kubectl.run("-n", ns, "describe", "cm,svc", "-l", "app=web").stdout
-    assert out.count(f"Namespace:") == 2
+    assert out.count("Namespace:") == 2
 
 
 def test_describe_namespace(kubectl, ns):

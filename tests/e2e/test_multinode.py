@@ -5,13 +5,12 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 
 import pytest
 from kubernetes import client, config
 
-from conftest import BIN, Server, wait_for
+from conftest import BIN, BUSYBOX, Server, drop_busybox, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
                                 reason="needs root and iproute2 for network namespaces")
@@ -96,18 +95,15 @@ def test_a_silent_node_is_tainted_and_its_pods_move(remote_node):
     """Two nodes run a Deployment; the worker's agent dies (kill -9). After the grace period
     the node is Unknown and tainted unreachable, its pods are evicted once their toleration
     runs out, and the ReplicaSet replaces them on the node that is left."""
-    from busybox_image import docker_archive
     ns, host_ip, node_ip = remote_node
-    image = "bramble.test/busybox:1"
+    image = BUSYBOX
     server = Server(extra_args=["--tls-san", host_ip, "--node-name", "server-1", "--node-monitor-grace-period", "20s"],
                     agent=True, bind="0.0.0.0")
-    os.makedirs(os.path.join(server.data_dir, "agent", "images"))
-    docker_archive(os.path.join(server.data_dir, "agent", "images", "busybox.tar"), tags=(image,))
+    drop_busybox(server.data_dir)
     server.start()
     agent_dir = os.path.join(server.dir, "worker")
     worker_logs = os.path.join(server.dir, "worker-pod-logs")
-    os.makedirs(os.path.join(agent_dir, "agent", "images"))
-    docker_archive(os.path.join(agent_dir, "agent", "images", "busybox.tar"), tags=(image,))
+    drop_busybox(agent_dir)
     agent = None
     try:
         with open(os.path.join(server.data_dir, "server", "node-token")) as f:

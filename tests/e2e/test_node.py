@@ -3,7 +3,6 @@ system info, conditions), its Lease heartbeat, labels users add surviving the ag
 deleted Node coming back."""
 import json
 import os
-import time
 
 import pytest
 from kubernetes import client, config

@@ -13,17 +13,14 @@ import pytest
 from kubernetes import client, config
 
 from busybox_image import docker_archive
-from conftest import Server, kubectl_dir, wait_for
+from conftest import kubectl_dir, node_with_busybox, wait_for
 
 IMAGE = "bramble.test/busybox:1"
 
 
 @pytest.fixture(scope="module")
 def node():
-    s = Server(extra_args=["--node-name", "pods-1"], agent=True)
-    os.makedirs(os.path.join(s.data_dir, "agent", "images"))
-    docker_archive(os.path.join(s.data_dir, "agent", "images", "busybox.tar"), tags=(IMAGE,))
-    s.start()
+    s = node_with_busybox("pods-1")
     try:
         yield s
     finally:

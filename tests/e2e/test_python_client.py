@@ -103,17 +103,30 @@ def test_crud_and_defaults(api_client, ns):
     assert e.value.status == 404
 
 
+def retry_on_conflict(read, write, change):
+    """Read, change, write; again on 409, as clients do beside controllers that write too."""
+    for _ in range(20):
+        obj = read()
+        change(obj)
+        try:
+            return write(obj)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+    raise AssertionError("kept conflicting")
+
+
 def test_generation_and_status(api_client, ns):
     apps = client.AppsV1Api(api_client)
-    d = apps.create_namespaced_deployment(ns, deployment("gen"))
-    d.metadata.labels["extra"] = "yes"
-    d = apps.replace_namespaced_deployment("gen", ns, d)
-    assert d.metadata.generation == 1
-    d.spec.replicas = 4
-    d = apps.replace_namespaced_deployment("gen", ns, d)
+    apps.create_namespaced_deployment(ns, deployment("gen"))
+    read = lambda: apps.read_namespaced_deployment("gen", ns)  # noqa: E731
+    replace = lambda d: apps.replace_namespaced_deployment("gen", ns, d)  # noqa: E731
+    d = retry_on_conflict(read, replace, lambda d: d.metadata.labels.update({"extra": "yes"}))
+    assert d.metadata.generation == 1, "labels are not spec"
+    d = retry_on_conflict(read, replace, lambda d: setattr(d.spec, "replicas", 4))
     assert d.metadata.generation == 2
-    d.status = client.V1DeploymentStatus(replicas=4, observed_generation=2)
-    d = apps.replace_namespaced_deployment_status("gen", ns, d)
+    d = retry_on_conflict(read, lambda d: apps.replace_namespaced_deployment_status("gen", ns, d),
+                          lambda d: setattr(d, "status", client.V1DeploymentStatus(replicas=4, observed_generation=2)))
     assert d.metadata.generation == 2 and d.status.observed_generation == 2
 
 
