@@ -8,6 +8,7 @@ mod alloc;
 mod apply;
 pub mod auth;
 mod discovery;
+pub mod disruption;
 pub mod http;
 pub mod join;
 mod kinds;
@@ -59,6 +60,8 @@ pub struct Api {
     pub store: Store,
     pub opts: ApiOptions,
     tokens: Tokens,
+    /// Serializes evictions (see `evict`).
+    evictions: tokio::sync::Mutex<()>,
 }
 
 /// Parses `a.b.c.d/n`.
@@ -81,7 +84,7 @@ fn warning_header(resp: &mut Response<Body>, warnings: &[String]) {
 
 impl Api {
     pub fn new(store: Store, opts: ApiOptions, tokens: Tokens) -> Arc<Api> {
-        Arc::new(Api { store, opts, tokens })
+        Arc::new(Api { store, opts, tokens, evictions: tokio::sync::Mutex::new(()) })
     }
 
     /// Creates what every cluster has: the system namespaces and the `kubernetes` Service.

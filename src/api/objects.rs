@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use super::Api;
 use super::alloc;
 use super::apply;
+use super::disruption;
 use super::http::Query;
 use super::kinds;
 use super::patch::{self, PatchType};
@@ -882,10 +883,48 @@ impl Api {
         }
     }
 
-    /// POST `pods/<name>/eviction`: a delete with the eviction's options.
+    /// POST `pods/<name>/eviction`: a delete with the eviction's options, refused (429)
+    /// while it would take a PodDisruptionBudget covering a healthy pod below what it
+    /// requires. Evictions are taken one at a time, so two cannot both spend the last
+    /// allowed disruption.
     pub async fn evict(&self, t: &Target, q: &Query, body: Value) -> Result<Value, ApiError> {
         let pod_t = Target { sub: None, ..t.clone() };
         let options = body.get("deleteOptions").cloned().unwrap_or(json!({}));
+        let _one_at_a_time = self.evictions.lock().await;
+        let pod = self.get_object(&pod_t)?;
+        if disruption::healthy(&pod) {
+            let ns = t.namespace.as_deref().unwrap_or("default");
+            let objects = |plural: &str, group: &str| -> Result<Vec<Value>, ApiError> {
+                let res = resources::RESOURCES
+                    .iter()
+                    .find(|r| r.plural == plural && r.group == group)
+                    .ok_or_else(|| ApiError::internal(format!("{plural} are not served")))?;
+                let (records, _) = self.store.list(&res.list_prefix(Some(ns)), None, usize::MAX)?;
+                records.iter().map(to_object).collect()
+            };
+            let budgets: Vec<Value> = objects("poddisruptionbudgets", "policy")?
+                .into_iter()
+                .filter(|b| disruption::covers(b, &pod))
+                .collect();
+            if budgets.len() > 1 {
+                return Err(ApiError::internal(
+                    "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                ));
+            }
+            if let Some(pdb) = budgets.first() {
+                let scale_of = |owner: &Value| -> Option<i64> {
+                    let kind = owner["kind"].as_str()?;
+                    let res = resources::RESOURCES.iter().find(|r| r.kind == kind && r.scale)?;
+                    let rec = self.store.get(&res.key(ns, owner["name"].as_str()?)).ok()??;
+                    let obj = to_object(&rec).ok()?;
+                    (obj["metadata"]["uid"] == owner["uid"]).then(|| obj["spec"]["replicas"].as_i64().unwrap_or(1))
+                };
+                let b = disruption::budget(pdb, &objects("pods", "")?, &scale_of);
+                if b.allowed < 1 {
+                    return Err(ApiError::disruption_budget(meta_str(pdb, "name"), b.desired, b.healthy));
+                }
+            }
+        }
         self.delete(&pod_t, q, options).await?;
         Ok(crate::api::status::success_status(json!({"name": t.name(), "kind": "pods"})))
     }

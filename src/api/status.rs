@@ -126,6 +126,14 @@ impl ApiError {
             format!("the request body is too large: the limit is {limit} bytes"),
         )
     }
+    /// 429: an eviction a PodDisruptionBudget does not allow now (clients retry).
+    pub fn disruption_budget(pdb: &str, desired: i64, healthy: i64) -> ApiError {
+        let mut e =
+            ApiError::new(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.");
+        e.details = Some(json!({"causes": [{"reason": "DisruptionBudget",
+            "message": format!("The disruption budget {pdb} needs {desired} healthy pods and has {healthy} currently")}]}));
+        e
+    }
     pub fn gone(message: impl Into<String>) -> ApiError {
         ApiError::new(410, "Expired", message)
     }

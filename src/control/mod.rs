@@ -11,6 +11,7 @@ pub mod conn;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod events;
 pub mod gc;
 pub mod history;
@@ -51,6 +52,7 @@ pub struct Ctx {
     pub pvcs: Arc<Informer>,
     pub pvs: Arc<Informer>,
     pub namespaces: Arc<Informer>,
+    pub pdbs: Arc<Informer>,
     pub storageclasses: Arc<Informer>,
     /// The nodes' heartbeat Leases (`kube-node-lease`).
     pub leases: Arc<Informer>,
@@ -74,6 +76,7 @@ impl Ctx {
             pvcs: Informer::new("/api/v1/persistentvolumeclaims"),
             pvs: Informer::new("/api/v1/persistentvolumes"),
             namespaces: Informer::new("/api/v1/namespaces"),
+            pdbs: Informer::new("/apis/policy/v1/poddisruptionbudgets"),
             storageclasses: Informer::new("/apis/storage.k8s.io/v1/storageclasses"),
             leases: Informer::new("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"),
         })
@@ -101,6 +104,7 @@ impl Ctx {
         all.push(self.leases.clone());
         all.push(self.pvs.clone());
         all.push(self.namespaces.clone());
+        all.push(self.pdbs.clone());
         all.push(self.storageclasses.clone());
         all
     }
@@ -188,6 +192,7 @@ fn start_all(conn: Arc<ApiConn>, opts: &ControlOptions) -> Vec<tokio::task::Join
     tasks.extend(daemonset::start(&ctx));
     tasks.extend(statefulset::start(&ctx));
     tasks.extend(namespace::start(&ctx));
+    tasks.extend(disruption::start(&ctx));
     tasks.extend(nodelifecycle::start(&ctx, opts.node_monitor_grace));
     tasks.extend(storage::start(&ctx, opts.local_storage_path.clone(), opts.default_disk.clone()));
     for inf in ctx.informers() {

@@ -5,8 +5,9 @@
 //! pods of a NoExecute-tainted node once their toleration runs out (300 s by default,
 //! added by the API), and their controllers replace them elsewhere.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -58,8 +59,8 @@ pub fn eviction_time(pod: &Value, taints: &[Value]) -> Option<i64> {
 pub fn start(ctx: &Arc<Ctx>, grace: Duration) -> Vec<tokio::task::JoinHandle<()>> {
     let queue = WorkQueue::new();
     let q = queue.clone();
-    ctx.nodes.on_change(Box::new(move |_, new| {
-        if let Some(n) = new {
+    ctx.nodes.on_change(Box::new(move |old, new| {
+        if let Some(n) = new.or(old) {
             q.add(s(n, "/metadata/name"));
         }
     }));
@@ -84,9 +85,20 @@ pub fn start(ctx: &Arc<Ctx>, grace: Duration) -> Vec<tokio::task::JoinHandle<()>
     });
     let ctx = ctx.clone();
     let mut tasks = vec![ticker];
+    let gone = Arc::new(Mutex::new(HashMap::new()));
     tasks.extend(super::workers(COMPONENT, queue, 1, move |key| {
         let ctx = ctx.clone();
-        async move { reconcile(&ctx, &key, grace).await }
+        let gone = gone.clone();
+        async move {
+            ctx.nodes.synced().await;
+            if ctx.nodes.get(&key).is_none() {
+                return collect_orphans(&ctx, &key, &gone).await;
+            }
+            if let Ok(mut m) = gone.lock() {
+                m.remove(&key);
+            }
+            reconcile(&ctx, &key, grace).await
+        }
     }));
     tasks
 }
@@ -97,6 +109,43 @@ fn last_heartbeat(ctx: &Ctx, node: &Value) -> Option<i64> {
     let ready = node.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == "Ready")?;
     let posted = epoch_secs(s(ready, "/lastHeartbeatTime"));
     renewed.max(posted).or_else(|| epoch_secs(s(node, "/metadata/creationTimestamp")))
+}
+
+/// How long pods of a deleted Node wait before they are force-deleted (upstream pod GC's
+/// quarantine: the Node may be coming back).
+const ORPHAN_QUARANTINE: Duration = Duration::from_secs(40);
+
+/// Pods bound to a Node that was deleted: force-deleted once the Node has stayed gone for
+/// the quarantine, as upstream's pod garbage collector does, so their controllers' view
+/// and `kubectl get pods` do not keep them for ever.
+async fn collect_orphans(
+    ctx: &Ctx,
+    node: &str,
+    gone: &Mutex<HashMap<String, Instant>>,
+) -> anyhow::Result<Option<Duration>> {
+    let since = match gone.lock() {
+        Ok(mut m) => *m.entry(node.to_string()).or_insert_with(Instant::now),
+        Err(_) => return Ok(None),
+    };
+    if since.elapsed() < ORPHAN_QUARANTINE {
+        return Ok(Some(ORPHAN_QUARANTINE - since.elapsed()));
+    }
+    if let Ok(mut m) = gone.lock() {
+        m.remove(node);
+    }
+    for pod in ctx.pods.list().iter().filter(|p| s(p, "/spec/nodeName") == node) {
+        let (ns, name) = (s(pod, "/metadata/namespace"), s(pod, "/metadata/name"));
+        let opts = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": pod["metadata"]["uid"]}});
+        ctx.conn.delete(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &opts).await?;
+        ctx.events.emit(
+            COMPONENT,
+            pod,
+            "Normal",
+            "PodGC",
+            &format!("Deleted pod {ns}/{name}: its node {node} is gone"),
+        );
+    }
+    Ok(None)
 }
 
 async fn reconcile(ctx: &Ctx, name: &str, grace: Duration) -> anyhow::Result<Option<Duration>> {

@@ -466,3 +466,38 @@ def test_deleting_a_namespace_empties_it_first(node, api):
     with pytest.raises(client.ApiException) as e:
         core.create_namespaced_config_map(name, {"metadata": {"name": "late"}})
     assert e.value.status == 404
+
+
+def test_evictions_respect_disruption_budgets(node, api, ns):
+    apps = client.AppsV1Api(api)
+    core = client.CoreV1Api(api)
+    policy = client.PolicyV1Api(api)
+    slow = deployment("guarded", replicas=2)
+    slow["spec"]["template"]["spec"]["containers"][0]["command"] = ["sh", "-c", "sleep 3600"]
+    apps.create_namespaced_deployment(ns, slow)
+    policy.create_namespaced_pod_disruption_budget(ns, {"metadata": {"name": "keep-one"}, "spec": {
+        "maxUnavailable": 1, "selector": {"matchLabels": {"app": "guarded"}}}})
+    wait_for(lambda: len(running_pods(core, ns, "app=guarded")) == 2
+             and all(c.status == "True" for p in running_pods(core, ns, "app=guarded")
+                     for c in p.status.conditions if c.type == "Ready"), 60)
+    pdb = wait_for(lambda: (b := policy.read_namespaced_pod_disruption_budget("keep-one", ns)).status
+                   and b.status.disruptions_allowed == 1 and b, 30)
+    assert (pdb.status.expected_pods, pdb.status.current_healthy, pdb.status.desired_healthy) == (2, 2, 1)
+
+    first, second = [p.metadata.name for p in running_pods(core, ns, "app=guarded")]
+    evict = lambda name: core.create_namespaced_pod_eviction(name, ns, {  # noqa: E731
+        "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": ns}})
+    evict(first)
+    with pytest.raises(client.ApiException) as e:
+        evict(second)
+    assert e.value.status == 429
+    assert "disruption budget" in e.value.body and "keep-one needs 1 healthy pods and has 1 currently" in e.value.body
+    # Once the replacement is Ready, the budget allows one more.
+    def replaced():
+        pods = [p for p in running_pods(core, ns, "app=guarded") if p.metadata.name != first]
+        return len(pods) == 2 and all(c.status == "True" for p in pods for c in p.status.conditions if c.type == "Ready")
+    wait_for(replaced, 60)
+    wait_for(lambda: policy.read_namespaced_pod_disruption_budget("keep-one", ns).status.current_healthy == 2, 30)
+    evict(second)
+    out = kubectl(node, "-n", ns, "get", "pdb", "keep-one").stdout
+    assert "keep-one" in out

@@ -156,6 +156,12 @@ def test_a_silent_node_is_tainted_and_its_pods_move(remote_node):
         assert evicted and all(p.metadata.deletion_timestamp for p in evicted), "marked for deletion, the node never confirms"
         events = core.list_namespaced_event("default", field_selector="reason=TaintManagerEviction").items
         assert events
+
+        # The node is retired for good: after the pod GC's quarantine its pods are gone too.
+        core.delete_node("worker-1")
+        wait_for(lambda: not [p for p in core.list_namespaced_pod("default", label_selector="app=web").items
+                              if p.spec.node_name == "worker-1"], 90)
+        assert len(running("server-1")) == 4
     finally:
         if agent and agent.poll() is None:
             agent.kill()
