@@ -131,6 +131,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     })
     .await
     .context("opening the store")?;
+    let store_leadership = store.leadership();
     let tokens = match &args.token_auth_file {
         Some(p) => Tokens::load(p).with_context(|| format!("reading {}", p.display()))?,
         None => Tokens::default(),
@@ -162,9 +163,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
                 node_monitor_grace: args.node_monitor_grace_period,
                 local_storage_path: args.default_local_storage_path.clone(),
                 default_disk: crate::agent::facts::disk_type(&args.data_dir).unwrap_or("ssd").to_string(),
-                identity: node_name.clone(),
             };
-            Some(tokio::spawn(crate::control::run(client, opts, stop_rx.clone())))
+            Some(tokio::spawn(crate::control::run(client, opts, store_leadership, stop_rx.clone())))
         }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "the controllers cannot reach the API");

@@ -17,7 +17,6 @@ pub mod gc;
 pub mod history;
 pub mod informer;
 pub mod job;
-pub mod leader;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod queue;
@@ -120,53 +119,27 @@ pub struct ControlOptions {
     pub local_storage_path: String,
     /// The disk kind (`ssd`/`hdd`) whose StorageClass is the default.
     pub default_disk: String,
-    /// Who holds the controller Lease when this server leads: its node name.
-    pub identity: String,
 }
 
-/// Runs the control loops while this server holds the controller Lease (see [`leader`]);
-/// returns when `stop` turns true.
+/// Runs the control loops while this server leads the store's Raft group (`leading`),
+/// so that with several servers exactly one runs them; returns when `stop` turns true.
 pub async fn run(
     client: crate::kubectl::client::Client,
     opts: ControlOptions,
+    mut leading: tokio::sync::watch::Receiver<bool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let conn = Arc::new(ApiConn::new(client));
-    // The node name: unique among servers and stable across restarts, so a restarted
-    // server takes its own Lease back at once.
-    let me = opts.identity.clone();
     loop {
-        // Wait for the Lease.
-        loop {
-            match leader::try_hold(&conn, &me).await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => tracing::debug!(error = %format!("{e:#}"), "controller lease"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => if r.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
         }
-        tracing::info!(identity = %me, "leading: the control loops run here");
+        tracing::info!("leading: the control loops run here");
         let tasks = start_all(conn.clone(), &opts);
-        // Renew it; stop leading when it cannot be renewed within its duration.
-        let mut last_renewed = tokio::time::Instant::now();
-        let stopped = loop {
-            tokio::select! {
-                _ = tokio::time::sleep(leader::RENEW_EVERY) => {}
-                _ = stop.wait_for(|s| *s) => break true,
-            }
-            match leader::try_hold(&conn, &me).await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
-                Ok(false) => break false,
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "renewing the controller lease");
-                    if last_renewed.elapsed() >= Duration::from_secs(leader::LEASE_SECS as u64 - 2) {
-                        break false;
-                    }
-                }
-            }
+        let stopped = tokio::select! {
+            _ = leading.wait_for(|l| !*l) => false,
+            _ = stop.wait_for(|s| *s) => true,
         };
         for t in tasks {
             t.abort();
@@ -174,7 +147,7 @@ pub async fn run(
         if stopped {
             return;
         }
-        tracing::warn!("lost the controller lease: the control loops stop here");
+        tracing::warn!("no longer leading: the control loops stop here");
     }
 }
 

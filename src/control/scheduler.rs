@@ -337,10 +337,35 @@ fn pending(pod: &Value) -> bool {
 /// may make room, so each wakes the loop, which then tries every pending pod.
 pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
     let wake = Arc::new(Notify::new());
-    for informer in [&ctx.nodes, &ctx.pods] {
-        let w = wake.clone();
-        informer.on_change(Box::new(move |_, _| w.notify_one()));
-    }
+    // The pods waiting for a node: a cycle runs only while there are some, so a busy
+    // cluster whose pods are all placed costs the scheduler nothing per change.
+    let waiting: Arc<std::sync::Mutex<HashSet<String>>> = Arc::default();
+    let (w, q) = (wake.clone(), waiting.clone());
+    ctx.pods.on_change(Box::new(move |old, new| {
+        let Ok(mut q) = q.lock() else { return };
+        match new {
+            Some(p) if pending(p) => {
+                q.insert(s(p, "/metadata/uid").to_string());
+            }
+            Some(p) => {
+                q.remove(s(p, "/metadata/uid"));
+            }
+            None => {
+                if let Some(p) = old {
+                    q.remove(s(p, "/metadata/uid"));
+                }
+            }
+        }
+        if !q.is_empty() {
+            w.notify_one();
+        }
+    }));
+    let (w, q) = (wake.clone(), waiting.clone());
+    ctx.nodes.on_change(Box::new(move |_, _| {
+        if q.lock().is_ok_and(|q| !q.is_empty()) {
+            w.notify_one();
+        }
+    }));
     let ctx = ctx.clone();
     vec![tokio::spawn(async move {
         ctx.nodes.synced().await;
@@ -348,7 +373,9 @@ pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut sched = Scheduler { told: HashMap::new(), assumed: HashMap::new() };
         loop {
             wake.notified().await;
-            sched.cycle(&ctx).await;
+            if waiting.lock().is_ok_and(|q| !q.is_empty()) {
+                sched.cycle(&ctx).await;
+            }
         }
     })]
 }

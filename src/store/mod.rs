@@ -139,6 +139,27 @@ impl Store {
         &self.shared.hub
     }
 
+    /// Whether this server leads its Raft group, kept current: the control loops run only
+    /// where it is true, so following leadership costs no writes (a Lease renewed every
+    /// few seconds would be a flash write each time).
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
+        let mut metrics = self.raft.metrics();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let leads = {
+                    let m = metrics.borrow_and_update();
+                    m.current_leader == Some(m.id)
+                };
+                tx.send_if_modified(|v| std::mem::replace(v, leads) != leads);
+                if metrics.changed().await.is_err() || tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
     /// The last applied revision.
     pub fn revision(&self) -> u64 {
         self.shared.hub.revision()
