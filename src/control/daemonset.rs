@@ -17,7 +17,7 @@ use super::queue::WorkQueue;
 use super::replicaset::pod_from_template;
 use super::scheduler::{selector_matches, tolerates};
 use super::{
-    Ctx, Writes, controller_of, deleting, int_or_percent, now_secs, owner_ref, pod_available, pod_ready_since, s,
+    Ctx, Writes, controller_of, deleting, int, int_or_percent, now_secs, owner_ref, pod_available, pod_ready_since, s,
 };
 
 const COMPONENT: &str = "daemonset-controller";
@@ -163,10 +163,6 @@ pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
         ctx,
         |ctx, writes, key| async move { reconcile(&ctx, &writes, &key).await },
     )
-}
-
-fn int(v: &Value, p: &str) -> i64 {
-    v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
 }
 
 async fn reconcile(ctx: &Ctx, writes: &Writes, key: &str) -> anyhow::Result<Option<Duration>> {

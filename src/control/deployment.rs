@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 
 use super::conn::{is_conflict, revision};
 use super::queue::WorkQueue;
-use super::{Ctx, Writes, controller_of, deleting, epoch_secs, int_or_percent, now_rfc3339, now_secs, owner_ref, s};
+use super::{
+    Ctx, Writes, controller_of, deleting, epoch_secs, int, int_or_percent, now_rfc3339, now_secs, owner_ref, s,
+};
 use crate::api::selector::LabelSelector;
 
 const COMPONENT: &str = "deployment-controller";
@@ -120,10 +122,6 @@ fn counts(rs: &Value) -> Counts {
         replicas: rs.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0),
         available: rs.pointer("/status/availableReplicas").and_then(Value::as_i64).unwrap_or(0),
     }
-}
-
-fn int(v: &Value, p: &str) -> i64 {
-    v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
 }
 
 /// Sets a condition, keeping its transition time when its status does not change.

@@ -276,6 +276,11 @@ pub fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
+/// An integer field, or 0 when absent (Go's zero value, as status counts read).
+pub fn int(v: &Value, pointer: &str) -> i64 {
+    v.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
 /// The owner reference marked `controller: true`, if any.
 pub fn controller_of(obj: &Value) -> Option<&Value> {
     obj.pointer("/metadata/ownerReferences")?.as_array()?.iter().find(|r| r["controller"] == true)

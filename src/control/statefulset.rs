@@ -17,7 +17,7 @@ use super::conn::{is_conflict, revision};
 use super::history::{self, HASH_LABEL};
 use super::queue::WorkQueue;
 use super::replicaset::pod_from_template;
-use super::{Ctx, Writes, controller_of, deleting, now_secs, owner_ref, pod_available, pod_ready_since, s};
+use super::{Ctx, Writes, controller_of, deleting, int, now_secs, owner_ref, pod_available, pod_ready_since, s};
 
 const COMPONENT: &str = "statefulset-controller";
 
@@ -124,10 +124,6 @@ pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
         ctx,
         |ctx, writes, key| async move { reconcile(&ctx, &writes, &key).await },
     )
-}
-
-fn int(v: &Value, p: &str) -> i64 {
-    v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
 }
 
 /// The pod of `ordinal` for a revision's template, with its claims' volumes.

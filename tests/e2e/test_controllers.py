@@ -336,12 +336,16 @@ def test_statefulset_starts_in_order_and_scales_down_from_the_top(node, api, ns)
                                 "custom-columns=E:.type,N:.object.metadata.name,D:.object.metadata.deletionTimestamp",
                                 "--no-headers"],
                                stdout=subprocess.PIPE, text=True)
+    seen = []
     try:
+        # The watch is open once it has listed the three pods.
+        seen = [watcher.stdout.readline() for _ in range(3)]
+        assert all(line.startswith("ADDED") for line in seen), seen
         kubectl(node, "-n", ns, "scale", "sts/db", "--replicas=1")
         wait_for(lambda: [p.metadata.name for p in core.list_namespaced_pod(ns).items] == ["db-0"], 60)
     finally:
         watcher.terminate()
-        out = watcher.communicate(timeout=10)[0]
+        out = "".join(seen) + watcher.communicate(timeout=10)[0]
     marked = [line.split()[1] for line in out.splitlines() if line.split()[0] == "MODIFIED" and line.split()[2] != "<none>"]
     order = list(dict.fromkeys(marked))
     assert order[:2] == ["db-2", "db-1"], out
