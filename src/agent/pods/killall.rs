@@ -14,6 +14,10 @@ use crate::runtime::{Layout, cgroup, network, podns};
 
 /// Kills and removes every pod under `data_dir`; returns how many pods were removed.
 pub fn killall(data_dir: &Path, log_dir: &Path) -> usize {
+    // Monitors the pods' records do not name go first, so the pods' cgroups empty.
+    if let Ok(node) = std::fs::read_to_string(data_dir.join("agent").join("node-name")) {
+        kill_unrecorded_monitors(&Layout::new(data_dir, node.trim(), log_dir).runtime_root());
+    }
     let pods_dir = data_dir.join("agent").join("pods");
     let Ok(entries) = std::fs::read_dir(&pods_dir) else { return 0 };
     let mut removed = 0;
@@ -89,6 +93,53 @@ pub fn killall(data_dir: &Path, log_dir: &Path) -> usize {
         eprintln!("bramble killall: {e:#}");
     }
     removed
+}
+
+/// The value after `flag` in a NUL-separated command line.
+fn arg_after<'a>(args: &'a [&'a [u8]], flag: &str) -> Option<&'a [u8]> {
+    args.iter().position(|a| *a == flag.as_bytes()).and_then(|i| args.get(i + 1).copied())
+}
+
+/// Kills containers whose monitor (`bramble shim --root <runtime_root>`) had not yet
+/// written the `run.json` the pod loop goes by (a pod starting in the instant its agent
+/// died): found in /proc, the container's init killed by the pid libcontainer recorded,
+/// then the monitor if it does not exit by itself. Returns how many it found.
+fn kill_unrecorded_monitors(runtime_root: &Path) -> usize {
+    let root = runtime_root.as_os_str().as_encoded_bytes();
+    let mut monitors = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.get(1).copied() != Some(b"shim".as_slice()) || arg_after(&args, "--root") != Some(root) {
+            continue;
+        }
+        let Some(id) = arg_after(&args, "--id").map(|i| String::from_utf8_lossy(i).into_owned()) else { continue };
+        let init = std::fs::read(runtime_root.join(&id).join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["pid"].as_i64())
+            .and_then(|p| i32::try_from(p).ok())
+            .filter(|p| *p > 1);
+        if let Some(init) = init {
+            // SAFETY: kill with a pid libcontainer recorded for a monitor that is alive.
+            unsafe { libc::kill(init, libc::SIGKILL) };
+        }
+        monitors.push((pid, id));
+    }
+    // A monitor reaps its container and removes its cgroup and state; wait a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while monitors.iter().any(|(p, _)| Path::new(&format!("/proc/{p}")).exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (pid, id) in &monitors {
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            // SAFETY: kill with a pid whose command line named this node's runtime root.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_dir_all(runtime_root.join(id));
+    }
+    monitors.len()
 }
 
 /// Frees the pod's address record, whatever the node's range.
