@@ -73,3 +73,33 @@ async fn compacted_history_answers_410_expired() {
     assert_eq!(events[0]["object"]["code"], 410);
     assert_eq!(events[0]["object"]["reason"], "Expired");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continue_older_than_the_history_is_410_with_a_token_that_reads_on() {
+    let server = TestServer::start(&["--watch-history", "4"]);
+    let c = server.client();
+    for name in ["a", "b", "c"] {
+        c.post(CM, &configmap(name, &[])).await;
+    }
+    let first = c.get(&format!("{CM}?limit=1")).await.json();
+    let token = first["metadata"]["continue"].as_str().expect("continue").to_string();
+    for i in 0..10 {
+        c.post(CM, &configmap(&format!("n{i}"), &[])).await;
+    }
+    let expired = c.get(&format!("{CM}?limit=2&continue={token}")).await;
+    assert_eq!(expired.status, 410);
+    let status = expired.json();
+    assert_eq!(status["reason"], "Expired");
+    assert!(status["message"].as_str().expect("message").contains("too old to display a consistent list"));
+    // The inconsistent token lists on from the same key, at the latest state.
+    let inconsistent = status["metadata"]["continue"].as_str().expect("inconsistent continue").to_string();
+    let rest = c.get(&format!("{CM}?continue={inconsistent}")).await.json();
+    let names: Vec<&str> = rest["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names[..2], ["b", "c"]);
+    assert_eq!(names.len(), 12);
+}

@@ -346,7 +346,13 @@ pub fn apply(
         } else {
             format!("Apply failed with {} conflicts: {}", lines.len(), lines.join("\n"))
         };
-        return Err(ApiError { code: 409, reason: "Conflict", message, details: Some(json!({"causes": causes})) });
+        return Err(ApiError {
+            code: 409,
+            reason: "Conflict",
+            message,
+            details: Some(json!({"causes": causes})),
+            list_meta: None,
+        });
     }
     for (m, _, p) in &conflicts {
         if let Some(e) = list.iter_mut().find(|e| &e.manager == m) {

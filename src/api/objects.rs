@@ -393,10 +393,26 @@ impl Api {
         fields.check_supported(t.res.plural)?;
         let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
         let prefix = t.res.list_prefix(t.namespace.as_deref());
-        let mut start = match q.get("continue").filter(|c| !c.is_empty()) {
-            Some(token) => Some(decode_continue(token)?),
-            None => None,
+        // Later pages read the first page's snapshot; a token whose revision is not positive
+        // (upstream's "inconsistent continue") reads the latest state.
+        let (mut start, mut at) = match q.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => {
+                let (key, rv) = decode_continue(token)?;
+                (Some(key), u64::try_from(rv).ok().filter(|r| *r > 0))
+            }
+            None => (None, None),
         };
+        if at.is_none() && q.get("resourceVersionMatch") == Some("Exact") {
+            let asked =
+                q.get("resourceVersion").and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0).ok_or_else(|| {
+                    ApiError::bad_request("resourceVersionMatch=Exact needs a resourceVersion above 0")
+                })?;
+            let current = self.store.revision();
+            if asked > current {
+                return Err(ApiError::too_large_resource_version(asked, current));
+            }
+            at = Some(asked);
+        }
         // A field selector on metadata.name reads one key instead of scanning.
         if let (Some(name), true) = (fields.equals("metadata.name"), t.namespace.is_some() || !t.res.namespaced) {
             let rev = self.store.revision();
@@ -410,12 +426,23 @@ impl Api {
             return Ok(self.list_body(t, items, rev, None, q, as_table));
         }
         let mut items = Vec::new();
-        let mut rev = None;
         let mut next = None;
         let chunk = limit.map_or(1000, |l| (l + 1).max(100));
         'scan: loop {
-            let (records, at) = self.store.list(&prefix, start.as_deref(), chunk)?;
-            rev.get_or_insert(at);
+            // Every chunk after the first reads the first one's revision.
+            let records = match at {
+                Some(rev) => self.store.list_at(&prefix, start.as_deref(), chunk, rev)?.ok_or_else(|| {
+                    match start.as_deref() {
+                        Some(key) => ApiError::continue_expired(encode_continue(key, -1)),
+                        None => ApiError::gone(format!("too old resource version: {rev}")),
+                    }
+                })?,
+                None => {
+                    let (records, now) = self.store.list(&prefix, start.as_deref(), chunk)?;
+                    at = Some(now);
+                    records
+                }
+            };
             let exhausted = records.len() < chunk;
             for rec in &records {
                 if let Some(l) = limit
@@ -434,7 +461,7 @@ impl Api {
                 break;
             }
         }
-        Ok(self.list_body(t, items, rev.unwrap_or(0), next, q, as_table))
+        Ok(self.list_body(t, items, at.unwrap_or(0), next, q, as_table))
     }
 
     fn list_body(
@@ -448,7 +475,7 @@ impl Api {
     ) -> Value {
         let mut meta = json!({"resourceVersion": rev.to_string()});
         if let Some(k) = next {
-            meta["continue"] = json!(encode_continue(&k, rev));
+            meta["continue"] = json!(encode_continue(&k, i64::try_from(rev).unwrap_or(-1)));
             meta["remainingItemCount"] = Value::Null;
             if let Some(m) = meta.as_object_mut() {
                 m.remove("remainingItemCount");
@@ -969,15 +996,18 @@ fn scale_of(obj: &Value, rev: u64) -> Value {
     })
 }
 
-fn encode_continue(key: &str, rev: u64) -> String {
+/// A `continue` token: the last key returned and the revision the list was read at (-1:
+/// read the latest state), as upstream's etcd tokens carry them.
+fn encode_continue(key: &str, rev: i64) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"v": 1, "start": key, "rv": rev}).to_string())
 }
 
-fn decode_continue(token: &str) -> Result<String, ApiError> {
+fn decode_continue(token: &str) -> Result<(String, i64), ApiError> {
     use base64::Engine;
     let bad = || ApiError::bad_request("continue key is not valid: list again without `continue`");
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    v.get("start").and_then(Value::as_str).map(String::from).ok_or_else(bad)
+    let key = v.get("start").and_then(Value::as_str).map(String::from).ok_or_else(bad)?;
+    Ok((key, v.get("rv").and_then(Value::as_i64).unwrap_or(-1)))
 }

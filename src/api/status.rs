@@ -13,6 +13,9 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// The Status's own list metadata: an expired `continue` answer carries the token that
+    /// reads on without the snapshot there, as upstream's does.
+    pub list_meta: Option<Value>,
 }
 
 /// One field-level cause of an `Invalid` error.
@@ -59,7 +62,7 @@ fn quote(v: &str) -> String {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { code, reason, message: message.into(), details: None }
+        ApiError { code, reason, message: message.into(), details: None, list_meta: None }
     }
     fn with_details(mut self, group: &str, kind: &str, name: &str) -> ApiError {
         self.details = Some(json!({"name": name, "group": group, "kind": kind}));
@@ -134,6 +137,32 @@ impl ApiError {
             "message": format!("The disruption budget {pdb} needs {desired} healthy pods and has {healthy} currently")}]}));
         e
     }
+    /// A `continue` token whose snapshot is older than the retained history. `inconsistent`
+    /// is the token that lists on from the same key at the latest revision.
+    pub fn continue_expired(inconsistent: String) -> ApiError {
+        let mut e = ApiError::new(
+            410,
+            "Expired",
+            "The provided continue parameter is too old to display a consistent list result. You can start a new \
+             list without the continue parameter, or use the continue token in this response to retrieve the \
+             remainder of the results. Continuing with the provided token results in an inconsistent list - objects \
+             that were created, modified, or deleted between the time the first chunk was returned and now may show \
+             up in the list.",
+        );
+        e.list_meta = Some(json!({"continue": inconsistent}));
+        e
+    }
+
+    /// A list at an exact revision the store has not reached.
+    pub fn too_large_resource_version(asked: u64, current: u64) -> ApiError {
+        let message = format!("Too large resource version: {asked}, current: {current}");
+        let mut e = ApiError::new(504, "Timeout", message.clone());
+        e.details = Some(
+            json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": message}], "retryAfterSeconds": 1}),
+        );
+        e
+    }
+
     pub fn gone(message: impl Into<String>) -> ApiError {
         ApiError::new(410, "Expired", message)
     }
@@ -159,6 +188,7 @@ impl ApiError {
             reason: "Invalid",
             message,
             details: Some(json!({"name": name, "group": group, "kind": kind, "causes": causes})),
+            list_meta: None,
         }
     }
 
@@ -175,6 +205,9 @@ impl ApiError {
         });
         if let Some(d) = &self.details {
             s["details"] = d.clone();
+        }
+        if let Some(m) = &self.list_meta {
+            s["metadata"] = m.clone();
         }
         s
     }

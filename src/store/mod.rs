@@ -117,6 +117,22 @@ impl Store {
         Ok((records, rev))
     }
 
+    /// Like [`Store::list`], but as the records were at revision `at` (the first page's
+    /// revision, for the later pages of a paginated list). `None` when `at` is older than
+    /// the retained change history.
+    pub fn list_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        at: u64,
+    ) -> Result<Option<Vec<Record>>, StoreError> {
+        match self.shared.list_at(prefix, start_after, limit, at)? {
+            Some(records) => Ok(Some(records.into_iter().map(|r| self.open_record(r)).collect::<Result<_, _>>()?)),
+            None => Ok(None),
+        }
+    }
+
     /// Proposes `ops` as one atomic compare-and-swap transaction and waits until it is
     /// durable and applied.
     pub async fn commit(&self, mut ops: Vec<Op>) -> Result<TxnResult, StoreError> {

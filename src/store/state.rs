@@ -209,6 +209,64 @@ impl Shared {
     pub fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> sled::Result<(Vec<Record>, u64)> {
         let overlay = self.read();
         let revision = self.hub.revision();
+        Ok((self.list_locked(&overlay, prefix, start_after, limit)?, revision))
+    }
+
+    /// Up to `limit` records under `prefix` after `start_after` as they were at revision
+    /// `at`: what the later pages of a paginated list must show, so that a list read in
+    /// pages is one consistent snapshot (etcd's MVCC gives upstream the same). The current
+    /// state is rolled back with the watch history's previous versions; `None` when the
+    /// history no longer reaches back to `at`.
+    pub fn list_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        at: u64,
+    ) -> sled::Result<Option<Vec<Record>>> {
+        let overlay = self.read();
+        // Applies publish while holding the overlay's write lock: history and state agree here.
+        let Ok(events) = self.hub.since(at, prefix) else { return Ok(None) };
+        // Each key changed since `at`, as it was at `at` (`None`: it did not exist then).
+        let mut then: BTreeMap<&str, Option<Record>> = BTreeMap::new();
+        for e in &events {
+            if start_after.is_some_and(|a| e.key.as_str() <= a) {
+                continue;
+            }
+            then.entry(e.key.as_str()).or_insert_with(|| {
+                e.prev.as_ref().map(|p| Record { key: e.key.clone(), mod_rev: e.prev_rev, value: p.to_vec() })
+            });
+        }
+        let mut out = Vec::new();
+        let mut cursor = start_after.map(str::to_string);
+        loop {
+            let now = self.list_locked(&overlay, prefix, cursor.as_deref(), limit)?;
+            let exhausted = now.len() < limit;
+            // Restored versions belong to this round up to the last key read (to the end
+            // when the scan is done).
+            let upper = if exhausted { None } else { now.last().map(|r| r.key.clone()) };
+            let mut round: Vec<Record> = now.into_iter().filter(|r| !then.contains_key(r.key.as_str())).collect();
+            let from = cursor.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let to = upper.as_deref().map_or(Bound::Unbounded, Bound::Included);
+            round.extend(then.range::<str, _>((from, to)).filter_map(|(_, r)| r.clone()));
+            round.sort_by(|a, b| a.key.cmp(&b.key));
+            out.extend(round);
+            if exhausted || out.len() >= limit {
+                break;
+            }
+            cursor = upper;
+        }
+        out.truncate(limit);
+        Ok(Some(out))
+    }
+
+    fn list_locked(
+        &self,
+        overlay: &Overlay,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> sled::Result<Vec<Record>> {
         let from = match start_after {
             Some(a) => Bound::Excluded(a.to_string()),
             None => Bound::Included(prefix.to_string()),
@@ -256,7 +314,7 @@ impl Shared {
                 out.push(r);
             }
         }
-        Ok((out, revision))
+        Ok(out)
     }
 
     fn stored_meta<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
@@ -377,24 +435,31 @@ impl StateMachine {
                 let failed = TxnResult::Failed { key: op.key.clone(), current: cur_rec.map(|(m, _, _)| m) };
                 return Ok((failed, Vec::new()));
             }
-            planned.push((op, cur_rec.map(|(_, c, v)| (c, Arc::<[u8]>::from(v)))));
+            planned.push((op, cur_rec.map(|(m, c, v)| (m, c, Arc::<[u8]>::from(v)))));
         }
         let mut events = Vec::new();
         for (op, cur) in planned {
-            let prev = cur.as_ref().map(|(_, v)| v.clone());
+            let prev = cur.as_ref().map(|(_, _, v)| v.clone());
+            let prev_rev = cur.as_ref().map_or(0, |(m, _, _)| *m);
             match &op.value {
                 Some(v) => {
                     let v = super::codec::for_memory(v);
-                    let create = cur.as_ref().map_or(revision, |(c, _)| *c);
+                    let create = cur.as_ref().map_or(revision, |(_, c, _)| *c);
                     let raw: Arc<[u8]> = Arc::from(encode_record(revision, create, &v));
                     overlay.bytes += raw.len() + op.key.len();
                     overlay.pending.insert(op.key.clone(), Some(raw));
-                    events.push(Event { revision, key: op.key.clone(), value: Some(Arc::from(&v[..])), prev });
+                    events.push(Event {
+                        revision,
+                        key: op.key.clone(),
+                        value: Some(Arc::from(&v[..])),
+                        prev,
+                        prev_rev,
+                    });
                 }
                 None if cur.is_some() => {
                     overlay.bytes += op.key.len();
                     overlay.pending.insert(op.key.clone(), None);
-                    events.push(Event { revision, key: op.key.clone(), value: None, prev });
+                    events.push(Event { revision, key: op.key.clone(), value: None, prev, prev_rev });
                 }
                 None => {}
             }
@@ -613,6 +678,82 @@ mod tests {
         shared.checkpoint().unwrap();
         assert_eq!(keys("pods/", None, 100).len(), 3);
         drop(shared);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Applies one write (`None` deletes) the way Raft entries are applied, history included.
+    fn apply(sm: &StateMachine, key: &str, value: Option<&str>) -> u64 {
+        let mut overlay = sm.shared.write();
+        let revision = sm.shared.hub.revision() + 1;
+        let txn =
+            Txn { ops: vec![Op { key: key.into(), expect: Expect::Any, value: value.map(|v| v.as_bytes().to_vec()) }] };
+        let (result, events) = sm.apply_txn(&mut overlay, &txn, revision).unwrap();
+        assert_eq!(result, TxnResult::Applied { revision });
+        overlay.revision = Some(revision);
+        sm.shared.hub.publish(revision, events);
+        revision
+    }
+
+    #[test]
+    fn lists_at_an_earlier_revision_roll_back_later_changes() {
+        let dir = std::env::temp_dir().join(format!("bramble-sm-at-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sm = StateMachine { shared: Arc::new(Shared::open(&dir, 1 << 20, 100, 1 << 20).unwrap()) };
+        for i in 0..6 {
+            apply(&sm, &format!("pods/a/{i}"), Some("v1"));
+        }
+        let at = sm.shared.hub.revision();
+        sm.shared.checkpoint().unwrap();
+        // After the snapshot: one changed, one deleted, one created, one outside the prefix.
+        apply(&sm, "pods/a/1", Some("v2"));
+        apply(&sm, "pods/a/2", None);
+        apply(&sm, "pods/a/25", Some("v1"));
+        apply(&sm, "services/a/1", Some("v1"));
+        let page = |after: Option<&str>, limit: usize| -> Vec<(String, u64, String)> {
+            sm.shared
+                .list_at("pods/", after, limit, at)
+                .unwrap()
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.key, r.mod_rev, String::from_utf8_lossy(&r.value).into_owned()))
+                .collect()
+        };
+        let all = page(None, 100);
+        let keys: Vec<&str> = all.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(keys, ["pods/a/0", "pods/a/1", "pods/a/2", "pods/a/3", "pods/a/4", "pods/a/5"]);
+        assert!(all.iter().all(|r| r.2 == "v1"), "{all:?}");
+        assert_eq!(all[1].1, 2, "the old version keeps its own revision");
+        // Pages of two, each at the same revision, cover the same snapshot.
+        let mut paged = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let p = page(after.as_deref(), 2);
+            after = p.last().map(|r| r.0.clone());
+            let done = p.len() < 2;
+            paged.extend(p);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(paged, all);
+        // The current state is untouched.
+        let now: Vec<String> = sm.shared.list("pods/", None, 100).unwrap().0.into_iter().map(|r| r.key).collect();
+        assert!(now.contains(&"pods/a/25".to_string()) && !now.contains(&"pods/a/2".to_string()));
+        drop(sm);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lists_at_a_revision_older_than_the_history_are_refused() {
+        let dir = std::env::temp_dir().join(format!("bramble-sm-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sm = StateMachine { shared: Arc::new(Shared::open(&dir, 1 << 20, 3, 1 << 20).unwrap()) };
+        for i in 0..10 {
+            apply(&sm, &format!("pods/a/{i}"), Some("v"));
+        }
+        assert!(sm.shared.list_at("pods/", None, 100, 2).unwrap().is_none());
+        assert_eq!(sm.shared.list_at("pods/", None, 100, 8).unwrap().map(|r| r.len()), Some(8));
+        drop(sm);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -19,6 +19,9 @@ pub struct Event {
     pub value: Option<Arc<[u8]>>,
     /// The stored bytes before the change; `None` when the key was created.
     pub prev: Option<Arc<[u8]>>,
+    /// The revision `prev` was written at (0 when there is no `prev`): what a list at an
+    /// earlier revision reports as that version's `resourceVersion`.
+    pub prev_rev: u64,
 }
 
 impl Event {
@@ -110,7 +113,7 @@ mod tests {
     use super::*;
 
     fn ev(rev: u64, key: &str) -> Event {
-        Event { revision: rev, key: key.into(), value: Some(Arc::from(&b"x"[..])), prev: None }
+        Event { revision: rev, key: key.into(), value: Some(Arc::from(&b"x"[..])), prev: None, prev_rev: 0 }
     }
 
     #[test]

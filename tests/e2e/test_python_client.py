@@ -209,6 +209,38 @@ def test_selectors_and_pagination(api_client, ns):
     assert collected == ["cm0", "cm1", "cm2", "cm3", "cm4"]
 
 
+def test_pages_show_the_first_pages_snapshot(api_client, ns):
+    core = client.CoreV1Api(api_client)
+    for i in range(5):
+        core.create_namespaced_config_map(ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"cm{i}"),
+                                                                 data={"v": "1"}))
+    first = core.list_namespaced_config_map(ns, limit=2)
+    snapshot = first.metadata.resource_version
+    # Between pages: one changed, one deleted, one created, all after the first page's key.
+    core.patch_namespaced_config_map("cm3", ns, {"data": {"v": "2"}})
+    core.delete_namespaced_config_map("cm4", ns)
+    core.create_namespaced_config_map(ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="cm2a")))
+    items, token = list(first.items), first.metadata._continue
+    while token:
+        page = core.list_namespaced_config_map(ns, limit=2, _continue=token)
+        assert page.metadata.resource_version == snapshot
+        items += page.items
+        token = page.metadata._continue
+    assert [c.metadata.name for c in items] == ["cm0", "cm1", "cm2", "cm3", "cm4"]
+    assert all(c.data == {"v": "1"} for c in items)
+    cm3 = next(c for c in items if c.metadata.name == "cm3")
+    assert int(cm3.metadata.resource_version) <= int(snapshot)
+    # A list at an exact revision is the same snapshot; the latest state is not.
+    exact = core.list_namespaced_config_map(ns, resource_version=snapshot, resource_version_match="Exact")
+    assert [c.metadata.name for c in exact.items] == ["cm0", "cm1", "cm2", "cm3", "cm4"]
+    now = core.list_namespaced_config_map(ns)
+    assert [c.metadata.name for c in now.items] == ["cm0", "cm1", "cm2", "cm2a", "cm3"]
+    with pytest.raises(ApiException) as too_new:
+        core.list_namespaced_config_map(ns, resource_version=str(int(now.metadata.resource_version) + 1000),
+                                        resource_version_match="Exact")
+    assert too_new.value.status == 504
+
+
 def test_patches_apply_and_dry_run(api_client, ns):
     core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
     apps.create_namespaced_deployment(ns, deployment("p"))
