@@ -12,6 +12,11 @@
 //! Entry)`. An entry usually carries a batch of similar objects (group commit), which zstd
 //! shrinks several times over: flash writes are what a board's storage wears out on. A torn
 //! tail (short or bad-checksum record) found at open is cut off: it was never acknowledged.
+//!
+//! Each append is padded to the end of its last page (a `len = 0` header whose second word
+//! says how many padding bytes follow). Without that, every fsync rewrote the page the last
+//! append ended in, so a small append cost one or two page writes; now it costs one. The
+//! padding is the price: about one page of file per append until the log is purged.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -28,6 +33,25 @@ use serde::{Deserialize, Serialize};
 use super::raft::{NodeId, TypeConfig};
 
 const HEADER_LEN: u64 = 8;
+
+/// Appends end on a boundary of this many bytes (the page size of the page cache).
+const PAGE: u64 = 4096;
+
+/// The padding header that takes `at` (a file offset) to the next page boundary, and the
+/// bytes of padding after it; `None` when `at` is on a boundary already.
+fn padding_at(at: u64) -> Option<Vec<u8>> {
+    let mut gap = (PAGE - at % PAGE) % PAGE;
+    if gap == 0 {
+        return None;
+    }
+    if gap < HEADER_LEN {
+        gap += PAGE;
+    }
+    let skip = gap - HEADER_LEN;
+    let mut pad = vec![0u8; gap as usize];
+    pad[4..8].copy_from_slice(&(skip as u32).to_le_bytes());
+    Some(pad)
+}
 
 /// What survives restarts beside the entries themselves.
 #[derive(Default, Serialize, Deserialize, Clone)]
@@ -97,6 +121,16 @@ impl LogStore {
             let at = offset as usize;
             let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
             let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+            if len == 0 {
+                // Padding to a page boundary; all zeros is the unwritten end of the file.
+                let skip = u64::from(crc);
+                let next = offset + HEADER_LEN + skip;
+                if skip == 0 || skip >= 2 * PAGE || next > bytes.len() as u64 {
+                    break;
+                }
+                offset = next;
+                continue;
+            }
             let start = at + HEADER_LEN as usize;
             let Some(payload) = bytes.get(start..start + len as usize) else { break };
             if crc32fast::hash(payload) != crc {
@@ -174,14 +208,35 @@ impl LogInner {
 
     /// Drops the purged head of the file: copy the live tail to a new file, fsync, rename.
     fn compact(&mut self) -> io::Result<()> {
-        let head = self.positions.values().next().map_or(self.end, |(o, _)| *o);
-        if head < COMPACT_MIN_BYTES || head * 2 < self.end {
+        self.compact_from(COMPACT_MIN_BYTES)
+    }
+
+    fn compact_from(&mut self, min_bytes: u64) -> io::Result<()> {
+        let first = self.positions.values().next().map_or(self.end, |(o, _)| *o);
+        if first < min_bytes.max(2 * PAGE) || first * 2 < self.end {
             return Ok(());
         }
+        // Cut on a page boundary, so that later appends stay page-aligned, with a padding
+        // header over what is left of purged records before the first kept one.
+        let mut head = first - first % PAGE;
+        let mut gap = first - head;
+        if gap > 0 && gap < HEADER_LEN {
+            head -= PAGE;
+            gap += PAGE;
+        }
+        let lead = (gap > 0).then(|| {
+            let mut pad = vec![0u8; gap as usize];
+            pad[4..8].copy_from_slice(&((gap - HEADER_LEN) as u32).to_le_bytes());
+            pad
+        });
         let tmp = self.path.with_extension("log.compact");
         let mut out = File::create(&tmp)?;
         let mut buf = vec![0u8; 1 << 20];
         let mut at = head;
+        if let Some(pad) = &lead {
+            out.write_all(pad)?;
+            at += pad.len() as u64;
+        }
         while at < self.end {
             let n = ((self.end - at) as usize).min(buf.len());
             self.file.read_exact_at(&mut buf[..n], at)?;
@@ -281,6 +336,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             last = Some(entry.log_id);
         }
         let end = inner.end;
+        if let Some(pad) = padding_at(end + buf.len() as u64) {
+            buf.extend_from_slice(&pad);
+        }
         inner.file.write_all_at(&buf, end).map_err(|e| StorageIOError::write_logs(&e))?;
         inner.end += buf.len() as u64;
         inner.positions.extend(placed);
@@ -318,5 +376,92 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         inner.save_meta().map_err(|e| StorageIOError::write_logs(&e))?;
         inner.compact().map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn blank(index: u64) -> Entry<TypeConfig> {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
+    }
+
+    /// Writes entries the way `append` does: records, then padding to the page's end.
+    fn append_raw(file: &mut Vec<u8>, entries: &[u64]) {
+        let mut zc = zstd::block::Compressor::new();
+        for i in entries {
+            let payload = encode_entry(&mut zc, &blank(*i)).unwrap();
+            file.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            file.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            file.extend_from_slice(&payload);
+        }
+        if let Some(pad) = padding_at(file.len() as u64) {
+            file.extend_from_slice(&pad);
+        }
+    }
+
+    fn indexes(store: &LogStore) -> Vec<u64> {
+        store.lock().positions.keys().copied().collect()
+    }
+
+    #[test]
+    fn padded_appends_read_back_and_a_torn_tail_is_cut() {
+        let dir = std::env::temp_dir().join(format!("bramble-log-pad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut bytes = Vec::new();
+        append_raw(&mut bytes, &[1]);
+        assert_eq!(bytes.len() as u64, PAGE, "one small append takes one page");
+        append_raw(&mut bytes, &[2, 3]);
+        // A record torn mid-write after the last acknowledged append.
+        let kept = bytes.len();
+        bytes.extend_from_slice(&[40, 0, 0, 0, 1, 2, 3, 4, 5]);
+        std::fs::write(dir.join("raft.log"), &bytes).unwrap();
+        let store = LogStore::open(&dir).unwrap();
+        assert_eq!(indexes(&store), vec![1, 2, 3]);
+        assert_eq!(store.lock().end, kept as u64);
+        assert_eq!(std::fs::metadata(dir.join("raft.log")).unwrap().len(), kept as u64);
+        // A file of zeros past the end (preallocated) is its unwritten end.
+        let mut zeros = bytes[..kept].to_vec();
+        zeros.extend_from_slice(&[0u8; 64]);
+        std::fs::write(dir.join("raft.log"), &zeros).unwrap();
+        assert_eq!(indexes(&LogStore::open(&dir).unwrap()), vec![1, 2, 3]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn compaction_keeps_the_file_readable_and_page_aligned() {
+        for entries_before in [1usize, 2, 3] {
+            let dir = std::env::temp_dir().join(format!("bramble-log-compact-{}-{entries_before}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut bytes = Vec::new();
+            let mut next = 1u64;
+            for _ in 0..4 {
+                append_raw(&mut bytes, &[next]);
+                next += 1;
+            }
+            // An append of several entries, the first of which will be purged.
+            let many: Vec<u64> = (next..next + entries_before as u64 + 1).collect();
+            append_raw(&mut bytes, &many);
+            next += many.len() as u64;
+            std::fs::write(dir.join("raft.log"), &bytes).unwrap();
+            let store = LogStore::open(&dir).unwrap();
+            let keep_from = next - 1;
+            {
+                let mut inner = store.lock();
+                inner.positions.retain(|i, _| *i >= keep_from);
+                inner.compact_from(0).unwrap();
+                assert_eq!(inner.end % PAGE, 0, "appends after compaction stay aligned");
+            }
+            drop(store);
+            let reopened = LogStore::open(&dir).unwrap();
+            assert_eq!(indexes(&reopened), vec![keep_from]);
+            let entry = reopened.lock().read_entry(keep_from).unwrap().unwrap();
+            assert_eq!(entry.log_id.index, keep_from);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }

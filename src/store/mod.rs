@@ -8,6 +8,7 @@
 //! writers share one Raft entry and one fsync (`batch.rs`).
 
 mod batch;
+mod chunks;
 mod codec;
 mod crypt;
 mod log;
