@@ -70,7 +70,9 @@ impl Tokens {
 /// What an agent's identity (`system:node:<name>` in `system:nodes`) may do: run its own
 /// Node and Lease, report pods and events, and read what pods need. A subset of upstream's
 /// node authorizer and NodeRestriction: a node may change only the Node and Lease named
-/// after it (creation is not checked against the body's name yet).
+/// after it (creation is not checked against the body's name yet), and may get a Secret,
+/// ConfigMap or claim one at a time, only one a pod bound to it uses (checked against the
+/// pods by `node_graph.rs`, see [`node_reads_through_pods`]).
 fn node_may(user: &User, verb: &str, group: &str, resource: &str, name: Option<&str>) -> bool {
     let Some(me) = user.name.strip_prefix("system:node:") else { return false };
     if !user.groups.iter().any(|g| g == "system:nodes") {
@@ -82,14 +84,26 @@ fn node_may(user: &User, verb: &str, group: &str, resource: &str, name: Option<&
         ("", "nodes") | ("coordination.k8s.io", "leases") => read || verb == "create" || own,
         ("", "pods") => true,
         ("", "events") => read || matches!(verb, "create" | "update" | "patch"),
-        ("", "configmaps" | "secrets" | "services" | "endpoints" | "namespaces") | ("", "persistentvolumeclaims") => {
-            read
-        }
+        ("", "configmaps" | "secrets" | "persistentvolumeclaims") => verb == "get" && name.is_some(),
+        ("", "services" | "endpoints" | "namespaces") => read,
         // Releasing a local volume's finalizer once its directory is gone (not upstream's
         // rule: upstream cleans local volumes with a helper pod).
         ("", "persistentvolumes") => read || verb == "patch",
         _ => false,
     }
+}
+
+/// The node whose request for `resource` is allowed only when one of its pods uses the
+/// object: `None` for everyone else.
+pub fn node_reads_through_pods<'a>(user: &'a User, group: &str, resource: &str) -> Option<&'a str> {
+    if user.is_admin() || !group.is_empty() || !matches!(resource, "configmaps" | "secrets" | "persistentvolumeclaims")
+    {
+        return None;
+    }
+    if !user.groups.iter().any(|g| g == "system:nodes") {
+        return None;
+    }
+    user.name.strip_prefix("system:node:")
 }
 
 pub fn authorize(
@@ -133,6 +147,12 @@ mod tests {
         assert!(authorize(&node, "list", "apps", "deployments", Some("default"), None).is_err());
         assert!(authorize(&node, "get", "", "secrets", Some("default"), Some("s")).is_ok());
         assert!(authorize(&node, "delete", "", "secrets", Some("default"), Some("s")).is_err());
+        assert!(authorize(&node, "list", "", "secrets", Some("default"), None).is_err());
+        assert!(authorize(&node, "watch", "", "configmaps", None, None).is_err());
+        assert_eq!(node_reads_through_pods(&node, "", "secrets"), Some("board-2"));
+        assert_eq!(node_reads_through_pods(&node, "", "services"), None);
+        let admin = User { name: "admin".into(), groups: vec!["system:masters".into()] };
+        assert_eq!(node_reads_through_pods(&admin, "", "secrets"), None);
         let impostor = User { name: "system:node:board-2".into(), groups: vec![] };
         assert!(authorize(&impostor, "get", "", "nodes", None, Some("board-2")).is_err());
     }

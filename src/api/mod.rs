@@ -12,6 +12,7 @@ pub mod disruption;
 pub mod http;
 pub mod join;
 mod kinds;
+mod node_graph;
 pub mod node_proxy;
 mod objects;
 mod openapi;
@@ -221,6 +222,11 @@ impl Api {
             _ => return Err(ApiError::method_not_allowed(format!("{method} is not supported on {path}"))),
         };
         auth::authorize(&user, verb, group, target.res.plural, target.namespace.as_deref(), target.name.as_deref())?;
+        if let (Some(node), Some(ns), Some(name)) =
+            (auth::node_reads_through_pods(&user, group, target.res.plural), &target.namespace, &target.name)
+        {
+            self.check_node_reference(node, target.res.plural, ns, name)?;
+        }
         let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let as_table = table::wants_table(&accept);
         let (parts, body) = http::read_body(req).await?;

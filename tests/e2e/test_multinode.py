@@ -80,6 +80,28 @@ def test_agent_joins_from_its_own_network_namespace(remote_node):
         with pytest.raises(client.ApiException) as e:
             client.AppsV1Api(node_api).list_namespaced_deployment("default")
         assert e.value.status == 403
+
+        # Secrets: only those a pod bound to this node uses, one at a time (upstream's node
+        # authorizer), so a lost board gives away its own pods' secrets and no others.
+        node_core = client.CoreV1Api(node_api)
+        for name in ("worker-secret", "other-secret"):
+            core.create_namespaced_secret("default", client.V1Secret(
+                metadata=client.V1ObjectMeta(name=name), string_data={"k": "v"}))
+        with pytest.raises(client.ApiException) as e:
+            node_core.read_namespaced_secret("worker-secret", "default")
+        assert e.value.status == 403 and "no relationship found" in e.value.body
+        core.create_namespaced_pod("default", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "uses-secret"},
+            "spec": {"nodeName": "worker-1", "containers": [{
+                "name": "c", "image": "registry.invalid/none:1",
+                "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "worker-secret", "key": "k"}}}]}]}})
+        assert node_core.read_namespaced_secret("worker-secret", "default").data["k"]
+        for forbidden in (lambda: node_core.read_namespaced_secret("other-secret", "default"),
+                          lambda: node_core.list_namespaced_secret("default"),
+                          lambda: node_core.list_config_map_for_all_namespaces()):
+            with pytest.raises(client.ApiException) as e:
+                forbidden()
+            assert e.value.status == 403
     finally:
         if agent:
             agent.send_signal(signal.SIGTERM)
