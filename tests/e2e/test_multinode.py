@@ -49,6 +49,7 @@ def test_agent_joins_from_its_own_network_namespace(remote_node):
     server = Server(extra_args=["--tls-san", host_ip, "--node-name", "server-1"], agent=True, bind="0.0.0.0").start()
     agent = None
     agent_dir = os.path.join(server.dir, "agent-node")
+    worker_logs = os.path.join(server.dir, "worker-pod-logs")
     try:
         with open(os.path.join(server.data_dir, "server", "node-token")) as f:
             token = f.read().strip()
@@ -61,8 +62,11 @@ def test_agent_joins_from_its_own_network_namespace(remote_node):
         assert refused.returncode != 0 and "refused the token" in refused.stderr
 
         log = open(os.path.join(server.dir, "agent.log"), "wb")
-        agent = subprocess.Popen(["ip", "netns", "exec", ns, BIN, "agent", "--server", url, "--token", token,
-                                  "--data-dir", agent_dir, "--node-name", "worker-1", "--node-label", "disktype=hdd"],
+        # nsenter, not `ip netns exec` (see below): the pod bound to this node gets a sandbox
+        # whose mounts must be visible to the cleanup.
+        agent = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", BIN, "agent", "--server", url, "--token", token,
+                                  "--data-dir", agent_dir, "--node-name", "worker-1", "--node-label", "disktype=hdd",
+                                  "--pod-log-dir", worker_logs],
                                  stdout=log, stderr=subprocess.STDOUT)
         core = client.CoreV1Api(config.new_client_from_config(config_file=server.kubeconfig))
         node = wait_for(lambda: core.read_node("worker-1"))
@@ -110,6 +114,9 @@ def test_agent_joins_from_its_own_network_namespace(remote_node):
             except subprocess.TimeoutExpired:
                 agent.kill()
                 agent.wait()
+            # The pod bound to the worker keeps its sandbox after the agent stops.
+            subprocess.run(["nsenter", f"--net=/run/netns/{ns}", BIN, "killall", "--data-dir", agent_dir,
+                            "--pod-log-dir", worker_logs], capture_output=True, timeout=60)
         server.cleanup()
 
 

@@ -19,9 +19,8 @@ pub fn killall(data_dir: &Path, log_dir: &Path) -> usize {
         kill_unrecorded_monitors(&Layout::new(data_dir, node.trim(), log_dir).runtime_root());
     }
     let pods_dir = data_dir.join("agent").join("pods");
-    let Ok(entries) = std::fs::read_dir(&pods_dir) else { return 0 };
     let mut removed = 0;
-    for pod in entries.flatten() {
+    for pod in std::fs::read_dir(&pods_dir).into_iter().flatten().flatten() {
         let dir = pod.path();
         let uid = pod.file_name().to_string_lossy().into_owned();
         let obj: Value = std::fs::read(dir.join("pod.json"))
@@ -79,6 +78,13 @@ pub fn killall(data_dir: &Path, log_dir: &Path) -> usize {
     // The node's volatile directories, even when no pod was left.
     if let Ok(node) = std::fs::read_to_string(data_dir.join("agent").join("node-name")) {
         let run_dir = Layout::new(data_dir, node.trim(), log_dir).run_dir;
+        // Sandboxes without a pod record: the agent stopped between making a pod's
+        // namespaces and recording the pod.
+        for orphan in std::fs::read_dir(run_dir.join("pods")).into_iter().flatten().flatten() {
+            podns::remove(&orphan.path().join("ns"));
+            cgroup::remove_pod(node.trim(), &orphan.file_name().to_string_lossy());
+            let _ = std::fs::remove_dir(orphan.path());
+        }
         for d in [run_dir.join("pods"), run_dir.join("runtime"), run_dir.clone()] {
             let _ = std::fs::remove_dir(d);
         }
