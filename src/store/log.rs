@@ -47,10 +47,15 @@ fn padding_at(at: u64) -> Option<Vec<u8>> {
     if gap < HEADER_LEN {
         gap += PAGE;
     }
-    let skip = gap - HEADER_LEN;
+    Some(padding(gap))
+}
+
+/// `gap` bytes (at least a header's) that readers skip: a `len = 0` header saying how many
+/// padding bytes follow it.
+fn padding(gap: u64) -> Vec<u8> {
     let mut pad = vec![0u8; gap as usize];
-    pad[4..8].copy_from_slice(&(skip as u32).to_le_bytes());
-    Some(pad)
+    pad[4..8].copy_from_slice(&((gap - HEADER_LEN) as u32).to_le_bytes());
+    pad
 }
 
 /// What survives restarts beside the entries themselves.
@@ -224,11 +229,7 @@ impl LogInner {
             head -= PAGE;
             gap += PAGE;
         }
-        let lead = (gap > 0).then(|| {
-            let mut pad = vec![0u8; gap as usize];
-            pad[4..8].copy_from_slice(&((gap - HEADER_LEN) as u32).to_le_bytes());
-            pad
-        });
+        let lead = (gap > 0).then(|| padding(gap));
         let tmp = self.path.with_extension("log.compact");
         let mut out = File::create(&tmp)?;
         let mut buf = vec![0u8; 1 << 20];
