@@ -5,7 +5,9 @@
 //! Run: `cargo bench --bench api` (etcd from Debian's `etcd-server` package is used when
 //! installed; set `BENCH_WRITES` to change the number of writes per phase, `BENCH_ONLY=bramble`
 //! or `etcd` to run one side).
-//! Figures are printed, never asserted: machines are noisy.
+//! Figures are printed, never asserted: machines are noisy. Both servers run side by side
+//! and the throughput bursts alternate between them (`BENCH_ROUNDS`, default 5), so a
+//! slow moment of the machine falls on both; medians and the per-round ratio are printed.
 
 mod common;
 
@@ -34,79 +36,109 @@ fn pod(name: &str) -> Value {
 /// to reach the disk counters.
 const SETTLE: Duration = Duration::from_secs(7);
 
-/// What the write phases measured.
-struct Writes {
-    p50: Duration,
-    p99: Duration,
-    rate: f64,
-    /// Bytes written to disk per 1,000 sequential writes (each its own fsync).
-    bytes_seq: f64,
-    /// Bytes written to disk per 1,000 writes from 16 concurrent clients (group commit).
-    bytes_conc: f64,
-    /// Server CPU time per write in the concurrent phase, in milliseconds.
-    cpu_ms_per_write: f64,
-    /// How busy the whole machine (server and load generator) was in the concurrent phase.
-    machine_busy: f64,
-}
-
-/// Sequential then concurrent writes.
-async fn write_phases(
+/// One server under test, as the load generator reaches it.
+struct Server {
+    name: &'static str,
     target: Arc<Target>,
     pid: u32,
-    n: usize,
     make: Arc<dyn Fn(usize) -> (String, Vec<u8>) + Send + Sync>,
-) -> Writes {
-    let mut conn = target.connect().await;
+    /// Writes made so far, so every write names a new key.
+    written: usize,
+}
+
+/// What the sequential phase measured.
+struct Sequential {
+    p50: Duration,
+    p99: Duration,
+    /// Bytes written to disk per 1,000 sequential writes (each its own fsync).
+    bytes_per_1000: f64,
+}
+
+/// Writes one after another on one connection.
+async fn sequential(s: &mut Server, n: usize) -> Sequential {
+    let mut conn = s.target.connect().await;
     let mut lat = Vec::with_capacity(n);
-    let io_before = pid_write_bytes(pid);
-    for i in 0..n {
-        let (path, body) = make(i);
+    let io_before = pid_write_bytes(s.pid);
+    for _ in 0..n {
+        let (path, body) = (s.make)(s.written);
+        s.written += 1;
         let t = Instant::now();
         let (status, _) = send(&mut conn, "POST", &path, body).await;
         lat.push(t.elapsed());
-        assert!(status == 200 || status == 201, "write failed: {status}");
+        assert!(status == 200 || status == 201, "{} write failed: {status}", s.name);
     }
     // Let background writes land before reading the I/O counters: bramble's store
     // checkpoints into sled every 5 s, etcd's backend commits every 100 ms.
     tokio::time::sleep(SETTLE).await;
-    let bytes_per_1000 = (pid_write_bytes(pid) - io_before) as f64 * 1000.0 / n as f64;
+    let bytes_per_1000 = (pid_write_bytes(s.pid) - io_before) as f64 * 1000.0 / n as f64;
     lat.sort();
+    Sequential { p50: percentile(&lat, 0.5), p99: percentile(&lat, 0.99), bytes_per_1000 }
+}
+
+/// A burst of `n` writes from 16 concurrent clients; the writes per second.
+async fn burst(s: &mut Server, n: usize) -> f64 {
     let clients = 16;
     let per = n.max(clients) / clients;
-    let io_before = pid_write_bytes(pid);
-    let (cpu_before, (busy_before, total_before)) = (pid_cpu_ticks(pid), machine_jiffies());
+    let base = s.written;
+    s.written += per * clients;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let target = target.clone();
-        let make = make.clone();
+        let (target, make, name) = (s.target.clone(), s.make.clone(), s.name);
         tasks.push(tokio::spawn(async move {
             let mut conn = target.connect().await;
             for i in 0..per {
-                let (path, body) = make(n + c * per + i);
+                let (path, body) = make(base + c * per + i);
                 let (status, _) = send(&mut conn, "POST", &path, body).await;
-                assert!(status == 200 || status == 201, "write failed: {status}");
+                assert!(status == 200 || status == 201, "{name} write failed: {status}");
             }
         }));
     }
     for t in tasks {
         t.await.expect("client");
     }
-    let rate = (per * clients) as f64 / started.elapsed().as_secs_f64();
-    let (busy_after, total_after) = machine_jiffies();
-    let machine_busy = (busy_after - busy_before) as f64 / (total_after - total_before).max(1) as f64;
-    let cpu_ms_per_write = (pid_cpu_ticks(pid) - cpu_before) as f64 * 10.0 / (per * clients) as f64;
-    tokio::time::sleep(SETTLE).await;
-    let bytes_conc = (pid_write_bytes(pid) - io_before) as f64 * 1000.0 / (per * clients) as f64;
-    Writes {
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-        rate,
-        bytes_seq: bytes_per_1000,
-        bytes_conc,
-        cpu_ms_per_write,
-        machine_busy,
+    (per * clients) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// What the alternating bursts measured, per server.
+#[derive(Default)]
+struct Concurrent {
+    rates: Vec<f64>,
+    writes: usize,
+    cpu_ticks: u64,
+    bytes: u64,
+    busy: u64,
+    total: u64,
+}
+
+/// Alternates bursts between the servers for `rounds` rounds; CPU and disk counters cover
+/// each server's own bursts and what it wrote in the background after them.
+async fn alternate(servers: &mut [&mut Server], rounds: usize, n: usize) -> Vec<Concurrent> {
+    let mut out: Vec<Concurrent> = servers.iter().map(|_| Concurrent::default()).collect();
+    let io_before: Vec<u64> = servers.iter().map(|s| pid_write_bytes(s.pid)).collect();
+    let cpu_before: Vec<u64> = servers.iter().map(|s| pid_cpu_ticks(s.pid)).collect();
+    for _ in 0..rounds {
+        for (s, c) in servers.iter_mut().zip(out.iter_mut()) {
+            let (busy_before, total_before) = machine_jiffies();
+            c.rates.push(burst(s, n).await);
+            c.writes += n.max(16) / 16 * 16;
+            let (busy_after, total_after) = machine_jiffies();
+            c.busy += busy_after - busy_before;
+            c.total += total_after - total_before;
+        }
     }
+    tokio::time::sleep(SETTLE).await;
+    for (i, (s, c)) in servers.iter().zip(out.iter_mut()).enumerate() {
+        c.bytes = pid_write_bytes(s.pid) - io_before[i];
+        c.cpu_ticks = pid_cpu_ticks(s.pid) - cpu_before[i];
+    }
+    out
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
 async fn wait_ready(target: &Target, path: &str, child: &mut Child) -> Duration {
@@ -129,7 +161,23 @@ async fn wait_ready(target: &Target, path: &str, child: &mut Child) -> Duration 
     }
 }
 
-async fn bench_bramble(n: usize) {
+/// A running server with what its start-up measured; killed and its data removed on drop.
+struct Started {
+    server: Server,
+    _child: Killed,
+    dir: std::path::PathBuf,
+    idle_rss_kib: u64,
+    ready: Duration,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts bramble and measures its idle memory, start-to-ready and watch delivery.
+async fn start_bramble() -> (Started, Vec<Duration>) {
     let dir = std::env::temp_dir().join(format!("bramble-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
@@ -158,7 +206,7 @@ async fn bench_bramble(n: usize) {
     let target = Arc::new(Target { tls: Some(tls_from_kubeconfig(&kubeconfig)), port });
     let ready = wait_ready(&target, "/readyz", &mut child.0).await.max(start.elapsed());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle_rss = pid_rss_kib(pid);
+    let idle_rss_kib = pid_rss_kib(pid);
 
     // Watch delivery: time from sending a write to its event arriving on an open watch.
     let mut watch_conn = target.connect().await;
@@ -195,35 +243,15 @@ async fn bench_bramble(n: usize) {
     let make: Arc<dyn Fn(usize) -> (String, Vec<u8>) + Send + Sync> = Arc::new(|i| {
         ("/api/v1/namespaces/default/pods".to_string(), serde_json::to_vec(&pod(&format!("p{i}"))).expect("json"))
     });
-    let w = write_phases(target.clone(), pid, n, make).await;
-    println!("bramble  idle RSS          {:>8.1} MiB", idle_rss as f64 / 1024.0);
-    println!("bramble  exec to /readyz   {:>8.1} ms", ready.as_secs_f64() * 1e3);
-    println!("bramble  create pod p50    {:>8.2} ms   (sequential, full API over TLS)", w.p50.as_secs_f64() * 1e3);
-    println!("bramble  create pod p99    {:>8.2} ms", w.p99.as_secs_f64() * 1e3);
-    println!(
-        "bramble  creates/s, 16 cl. {:>8.0}   ({:.2} ms server CPU per write, machine {:.0}% busy)",
-        w.rate,
-        w.cpu_ms_per_write,
-        w.machine_busy * 100.0
-    );
-    println!(
-        "bramble  watch delivery    {:>8.2} ms p50, {:.2} ms p99",
-        percentile(&watch_lat, 0.5).as_secs_f64() * 1e3,
-        percentile(&watch_lat, 0.99).as_secs_f64() * 1e3
-    );
-    println!(
-        "bramble  written/1000 wr.  {:>8.2} MB sequential, {:.2} MB with 16 clients",
-        w.bytes_seq / 1e6,
-        w.bytes_conc / 1e6
-    );
-    drop(child);
-    let _ = std::fs::remove_dir_all(&dir);
+    let server = Server { name: "bramble", target, pid, make, written: 0 };
+    (Started { server, _child: child, dir, idle_rss_kib, ready }, watch_lat)
 }
 
-async fn bench_etcd(n: usize) {
+/// Starts etcd (when installed) and measures its idle memory and time to the first write.
+async fn start_etcd() -> Option<Started> {
     let Ok(etcd) = which("etcd") else {
         println!("etcd     (not installed: apt-get install etcd-server to compare)");
-        return;
+        return None;
     };
     let dir = std::env::temp_dir().join(format!("etcd-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -263,29 +291,13 @@ async fn bench_etcd(n: usize) {
     }
     let ready = start.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle_rss = pid_rss_kib(pid);
+    let idle_rss_kib = pid_rss_kib(pid);
     let make: Arc<dyn Fn(usize) -> (String, Vec<u8>) + Send + Sync> = Arc::new(move |i| {
         let put = json!({"key": b64(&format!("/registry/pods/default/p{i}")), "value": b64(&body)});
         ("/v3/kv/put".to_string(), put.to_string().into_bytes())
     });
-    let w = write_phases(target, pid, n, make).await;
-    println!("etcd     idle RSS          {:>8.1} MiB", idle_rss as f64 / 1024.0);
-    println!("etcd     exec to 1st write {:>8.1} ms", ready.as_secs_f64() * 1e3);
-    println!("etcd     put p50           {:>8.2} ms   (sequential, raw put over HTTP)", w.p50.as_secs_f64() * 1e3);
-    println!("etcd     put p99           {:>8.2} ms", w.p99.as_secs_f64() * 1e3);
-    println!(
-        "etcd     puts/s, 16 cl.    {:>8.0}   ({:.2} ms server CPU per write, machine {:.0}% busy)",
-        w.rate,
-        w.cpu_ms_per_write,
-        w.machine_busy * 100.0
-    );
-    println!(
-        "etcd     written/1000 wr.  {:>8.2} MB sequential, {:.2} MB with 16 clients",
-        w.bytes_seq / 1e6,
-        w.bytes_conc / 1e6
-    );
-    drop(child);
-    let _ = std::fs::remove_dir_all(&dir);
+    let server = Server { name: "etcd", target, pid, make, written: 0 };
+    Some(Started { server, _child: child, dir, idle_rss_kib, ready })
 }
 
 fn which(name: &str) -> Result<std::path::PathBuf, ()> {
@@ -296,15 +308,73 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
 
 fn main() {
     let n: usize = std::env::var("BENCH_WRITES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5).max(1);
+    // BENCH_ONLY=bramble or etcd runs one side (for profiling one of them).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
-        // BENCH_ONLY=bramble or etcd runs one side (for profiling one of them).
-        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-        if only != "etcd" {
-            bench_bramble(n).await;
+        let bramble = if only != "etcd" { Some(start_bramble().await) } else { None };
+        let etcd = if only != "bramble" { start_etcd().await } else { None };
+        let mut started: Vec<Started> = Vec::new();
+        if let Some((b, watch_lat)) = bramble {
+            println!("bramble  idle RSS          {:>8.1} MiB", b.idle_rss_kib as f64 / 1024.0);
+            println!("bramble  exec to /readyz   {:>8.1} ms", b.ready.as_secs_f64() * 1e3);
+            println!(
+                "bramble  watch delivery    {:>8.2} ms p50, {:.2} ms p99",
+                percentile(&watch_lat, 0.5).as_secs_f64() * 1e3,
+                percentile(&watch_lat, 0.99).as_secs_f64() * 1e3
+            );
+            started.push(b);
         }
-        if only != "bramble" {
-            bench_etcd(n).await;
+        if let Some(e) = etcd {
+            println!("etcd     idle RSS          {:>8.1} MiB", e.idle_rss_kib as f64 / 1024.0);
+            println!("etcd     exec to 1st write {:>8.1} ms", e.ready.as_secs_f64() * 1e3);
+            started.push(e);
         }
+        for st in started.iter_mut() {
+            let seq = sequential(&mut st.server, n).await;
+            let what = if st.server.name == "bramble" { "create pod" } else { "raw put   " };
+            println!(
+                "{:<8} {what} p50/p99 {:>6.2} / {:.2} ms (sequential{})",
+                st.server.name,
+                seq.p50.as_secs_f64() * 1e3,
+                seq.p99.as_secs_f64() * 1e3,
+                if st.server.name == "bramble" { ", full API over TLS" } else { ", HTTP" }
+            );
+            println!("{:<8} written/1000 wr.  {:>8.2} MB sequential", st.server.name, seq.bytes_per_1000 / 1e6);
+        }
+        let mut servers: Vec<&mut Server> = started.iter_mut().map(|st| &mut st.server).collect();
+        let results = alternate(&mut servers, rounds, n).await;
+        for (s, c) in servers.iter().zip(&results) {
+            let rates: Vec<String> = c.rates.iter().map(|r| format!("{r:.0}")).collect();
+            println!(
+                "{:<8} writes/s, 16 cl.  {:>8.0} median of {} bursts of {n} [{}]",
+                s.name,
+                median(&c.rates),
+                c.rates.len(),
+                rates.join(" ")
+            );
+            println!(
+                "{:<8}   {:.2} ms server CPU per write (background work included), machine {:.0}% busy in its bursts",
+                s.name,
+                c.cpu_ticks as f64 * 10.0 / c.writes.max(1) as f64,
+                c.busy as f64 * 100.0 / c.total.max(1) as f64
+            );
+            println!(
+                "{:<8} written/1000 wr.  {:>8.2} MB with 16 clients",
+                s.name,
+                c.bytes as f64 * 1000.0 / c.writes.max(1) as f64 / 1e6
+            );
+        }
+        if let [b, e] = results.as_slice() {
+            let ratios: Vec<f64> = b.rates.iter().zip(&e.rates).map(|(b, e)| b / e).collect();
+            let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+            println!("bramble/etcd writes/s      {:>8.2} median of rounds [{}]", median(&ratios), shown.join(" "));
+            println!(
+                "bramble/etcd bytes/write   {:>8.2}",
+                (b.bytes as f64 / b.writes.max(1) as f64) / (e.bytes as f64 / e.writes.max(1) as f64).max(1.0)
+            );
+        }
+        drop(started);
     });
 }

@@ -247,18 +247,19 @@ fn store_entries(obj: &mut Value, list: Vec<Entry>) {
 pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, subresource: &str) {
     let mut list = old.map(entries).unwrap_or_default();
     let new_set = field_set(new);
-    let mut changed = Tree::new();
-    let mut paths = Vec::new();
-    leaves(&new_set, &mut Vec::new(), &mut paths);
-    for p in &paths {
-        let differs = match old {
-            Some(o) => value_at(o, p) != value_at(new, p),
-            None => true,
-        };
-        if differs {
-            insert_path(&mut changed, p);
+    let changed = match old {
+        // A create: the manager set every field there is.
+        None => new_set,
+        Some(o) => {
+            let mut changed = Tree::new();
+            let mut paths = Vec::new();
+            leaves(&new_set, &mut Vec::new(), &mut paths);
+            for p in paths.iter().filter(|p| value_at(o, p) != value_at(new, p)) {
+                insert_path(&mut changed, p);
+            }
+            changed
         }
-    }
+    };
     // Fields that disappeared are no longer anyone's.
     for e in list.iter_mut() {
         let mut owned = Vec::new();

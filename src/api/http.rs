@@ -6,7 +6,6 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 
@@ -17,6 +16,10 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 /// The response body type every handler returns.
 pub type Body = BoxBody<Bytes, Infallible>;
+
+/// The request body every handler reads: a connection's body, or an in-process caller's
+/// bytes (see [`super::Api::handle_local`]).
+pub type RequestBody = BoxBody<Bytes, hyper::Error>;
 
 /// A complete in-memory body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -108,7 +111,7 @@ pub fn decode(s: &str) -> String {
 /// Reads the whole body, refusing more than [`MAX_BODY_BYTES`]. An oversized body is still
 /// read (and dropped, up to a bound) so the client gets the 413 Status rather than a reset
 /// connection in the middle of its upload.
-pub async fn read_body(req: Request<Incoming>) -> Result<(http::request::Parts, Bytes), ApiError> {
+pub async fn read_body(req: Request<RequestBody>) -> Result<(http::request::Parts, Bytes), ApiError> {
     const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
     let (parts, mut body) = req.into_parts();
     let mut buf = bytes::BytesMut::new();

@@ -19,6 +19,7 @@ mod openapi;
 mod openapi_pb;
 mod patch;
 mod protobuf;
+mod raw_object;
 pub mod resources;
 pub mod selector;
 pub mod server;
@@ -31,13 +32,12 @@ pub use table::human_duration;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{Value, json};
 
 use crate::store::Store;
 use auth::{Tokens, User};
-use http::{Body, Query, error_response, json_response};
+use http::{Body, Query, RequestBody, error_response, json_response};
 use objects::Target;
 use patch::PatchType;
 use status::ApiError;
@@ -114,7 +114,7 @@ impl Api {
     }
 
     /// Answers one request from `user` (None: no credentials presented).
-    pub async fn handle(self: Arc<Self>, cert_user: Option<User>, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, cert_user: Option<User>, req: Request<RequestBody>) -> Response<Body> {
         let method = req.method().as_str().to_string();
         let path = req.uri().path().to_string();
         let started = std::time::Instant::now();
@@ -129,7 +129,7 @@ impl Api {
     async fn route(
         self: Arc<Self>,
         cert_user: Option<User>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().trim_end_matches('/').to_string();
         let path = if path.is_empty() { "/".to_string() } else { path };
@@ -322,7 +322,7 @@ impl Api {
         ns: &str,
         name: &str,
         sub: &str,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Body>, ApiError> {
         auth::authorize(user, "create", "", "pods", Some(ns), Some(name))?;
         if !req.headers().contains_key("upgrade") {

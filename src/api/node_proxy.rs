@@ -181,7 +181,7 @@ pub async fn upgrade(
     pki: &Pki,
     node: &Value,
     path_and_query: &str,
-    mut req: http::Request<hyper::body::Incoming>,
+    mut req: http::Request<super::http::RequestBody>,
 ) -> Result<Response<Body>, ApiError> {
     let NodeConn { mut sender, name, host } = connect(pki, node).await?;
     let mut forward = http::Request::builder().method(req.method().clone()).uri(path_and_query);

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -79,7 +80,7 @@ pub async fn serve(
             let service = service_fn(move |req| {
                 let api = api.clone();
                 let user = cert_user.clone();
-                async move { Ok::<_, std::convert::Infallible>(api.handle(user, req).await) }
+                async move { Ok::<_, std::convert::Infallible>(api.handle(user, req.map(BodyExt::boxed)).await) }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http2().max_concurrent_streams(250);

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::Api;
 use super::http::{Body, Query};
 use super::objects::{Target, object_at};
+use super::raw_object;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::table;
@@ -61,6 +62,23 @@ impl Encoder {
         let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
+    }
+
+    /// The event for a stored object sent as it is stored (see [`raw_object`]); `None` when
+    /// it must be parsed: for a Table, or bytes the splice does not take.
+    fn stored_event(&self, kind: &str, raw: &[u8], rev: u64) -> Option<Bytes> {
+        if self.as_table {
+            return None;
+        }
+        let mut line = Vec::with_capacity(raw.len() + 64);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        if !raw_object::write_with_revision(&mut line, raw, rev) {
+            return None;
+        }
+        line.extend_from_slice(b"}\n");
+        Some(Bytes::from(line))
     }
 }
 
@@ -142,6 +160,25 @@ pub fn watch(api: Arc<Api>, t: &Target, q: &Query, as_table: bool) -> Result<Res
                 Ok(events) => {
                     for ev in events {
                         cursor = cursor.max(ev.revision);
+                        if filter.labels.is_empty() && filter.fields.is_empty() {
+                            // No selector: the type follows from the event, the bytes need no parse.
+                            let (kind, stored) = match (&ev.value, &ev.prev) {
+                                (Some(v), None) => ("ADDED", v),
+                                (Some(v), Some(_)) => ("MODIFIED", v),
+                                (None, Some(p)) => ("DELETED", p),
+                                (None, None) => continue,
+                            };
+                            let line = api.store.open_value(&ev.key, stored).ok().and_then(|raw| {
+                                enc.stored_event(kind, &raw, ev.revision)
+                                    .or_else(|| object_at(&raw, ev.revision).ok().map(|o| enc.event(kind, o)))
+                            });
+                            if let Some(line) = line
+                                && tx.send(line).await.is_err()
+                            {
+                                return;
+                            }
+                            continue;
+                        }
                         let decode = |b: &Option<Arc<[u8]>>, rev: u64| -> Option<Value> {
                             let raw = api.store.open_value(&ev.key, b.as_deref()?).ok()?;
                             object_at(&raw, rev).ok()

@@ -157,19 +157,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(api::server::serve(Arc::clone(&api), listener, tls, stop_rx.clone()));
-    let controllers = match crate::kubectl::client::Client::from_kubeconfig(Some(&args.write_kubeconfig), None) {
-        Ok(client) => {
-            let opts = crate::control::ControlOptions {
-                node_monitor_grace: args.node_monitor_grace_period,
-                local_storage_path: args.default_local_storage_path.clone(),
-                default_disk: crate::agent::facts::disk_type(&args.data_dir).unwrap_or("ssd").to_string(),
-            };
-            Some(tokio::spawn(crate::control::run(client, opts, store_leadership, stop_rx.clone())))
-        }
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "the controllers cannot reach the API");
-            None
-        }
+    let controllers = {
+        let opts = crate::control::ControlOptions {
+            node_monitor_grace: args.node_monitor_grace_period,
+            local_storage_path: args.default_local_storage_path.clone(),
+            default_disk: crate::agent::facts::disk_type(&args.data_dir).unwrap_or("ssd").to_string(),
+        };
+        tokio::spawn(crate::control::run(Arc::clone(&api), opts, store_leadership, stop_rx.clone()))
     };
     let agent = (!args.disable_agent).then(|| {
         let opts = crate::agent::AgentOptions {
@@ -199,9 +193,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     let _ = serving.await;
-    if let Some(controllers) = controllers {
-        let _ = controllers.await;
-    }
+    let _ = controllers.await;
     if let Some(agent) = agent {
         let _ = agent.await;
     }

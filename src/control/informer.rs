@@ -176,12 +176,13 @@ impl Informer {
                 failures = 0;
                 let mut lines = Lines::new(body);
                 let mut expired = false;
-                while let Ok(Some(ev)) = lines.next().await {
-                    let kind = ev["type"].as_str().unwrap_or("");
+                while let Ok(Some(mut ev)) = lines.next().await {
+                    let kind = ev.get_mut("type").map(Value::take).unwrap_or_default();
+                    let kind = kind.as_str().unwrap_or("");
                     match kind {
                         "ADDED" | "MODIFIED" | "DELETED" => {
                             rev = rev.max(revision(&ev["object"]));
-                            self.apply(kind, ev["object"].clone());
+                            self.apply(kind, ev.get_mut("object").map(Value::take).unwrap_or_default());
                         }
                         "BOOKMARK" => {
                             rev = rev.max(revision(&ev["object"]));

@@ -1,6 +1,6 @@
 //! The control loops that run inside `bramble server` (the controller manager and the
-//! scheduler). Each talks to the API as any client does, over one shared HTTP/2
-//! connection ([`conn::ApiConn`]), reads shared watched caches ([`informer::Informer`]),
+//! scheduler). Each talks to the API as any client does, through the in-process
+//! [`conn::ApiConn`], reads shared watched caches ([`informer::Informer`]),
 //! and has one file with the same shape: handlers that turn changes into keys on its
 //! [`queue::WorkQueue`], a reconcile of one key that computes the desired state with a
 //! pure function (unit-tested without a server), and writes the difference. A failed
@@ -121,15 +121,24 @@ pub struct ControlOptions {
     pub default_disk: String,
 }
 
+/// Who the control loops are to the API: upstream's controller-manager user. It is in
+/// `system:masters`, as there are no finer roles to give it.
+fn identity() -> crate::api::auth::User {
+    crate::api::auth::User {
+        name: "system:kube-controller-manager".to_string(),
+        groups: vec!["system:masters".to_string(), "system:authenticated".to_string()],
+    }
+}
+
 /// Runs the control loops while this server leads the store's Raft group (`leading`),
 /// so that with several servers exactly one runs them; returns when `stop` turns true.
 pub async fn run(
-    client: crate::kubectl::client::Client,
+    api: Arc<crate::api::Api>,
     opts: ControlOptions,
     mut leading: tokio::sync::watch::Receiver<bool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let conn = Arc::new(ApiConn::new(client));
+    let conn = Arc::new(ApiConn::new(api, identity()));
     loop {
         tokio::select! {
             r = leading.wait_for(|l| *l) => if r.is_err() { return },

@@ -119,7 +119,6 @@ impl ServerError {
 /// A connection recipe for one API server.
 pub struct Client {
     tls: TlsConnector,
-    config: Arc<rustls::ClientConfig>,
     addr: String,
     server_name: ServerName<'static>,
     authority: String,
@@ -220,8 +219,7 @@ impl Client {
         let server_name = ServerName::try_from(bare.clone()).context("server host name")?;
         let config = Arc::new(config);
         Ok(Client {
-            tls: TlsConnector::from(Arc::clone(&config)),
-            config,
+            tls: TlsConnector::from(config),
             addr: if bare.contains(':') { format!("[{bare}]:{port}") } else { format!("{bare}:{port}") },
             server_name,
             authority: uri.authority().map(|a| a.to_string()).unwrap_or(bare),
@@ -256,35 +254,6 @@ impl Client {
         }
         let req = req.body(Full::new(body)).context("building the request")?;
         sender.send_request(req).await.with_context(|| format!("{method} {path}"))
-    }
-
-    /// Opens one HTTP/2 connection (ALPN `h2`) that many requests and watches can share,
-    /// for the long-running control loops; kubectl's one-shot calls stay on HTTP/1.1.
-    pub async fn connect_h2(&self) -> anyhow::Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>> {
-        let mut config = (*self.config).clone();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = TcpStream::connect(&self.addr).await.with_context(|| format!("connecting to {}", self.addr))?;
-        tcp.set_nodelay(true).context("TCP_NODELAY")?;
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .context("TLS handshake with the server")?;
-        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-            bail!("the server at {} does not speak HTTP/2", self.addr);
-        }
-        let (sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .context("HTTP/2 handshake with the server")?;
-        tokio::spawn(conn);
-        Ok(sender)
-    }
-
-    /// The `Host` authority and bearer token requests on [`Client::connect_h2`] carry.
-    pub fn credentials(&self) -> (&str, Option<&str>) {
-        (&self.authority, self.token.as_deref())
     }
 
     /// Sends a request and returns the JSON answer, or the server's Status as an error.
@@ -327,15 +296,20 @@ impl Client {
     }
 }
 
-/// Reads newline-delimited JSON values from a streaming body.
-pub struct Lines {
-    body: Incoming,
+/// Reads newline-delimited JSON values from a streaming body (a connection's, or the
+/// in-process API's).
+pub struct Lines<B = Incoming> {
+    body: B,
     buf: Vec<u8>,
 }
 
-impl Lines {
+impl<B> Lines<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     /// Wraps a watch body.
-    pub fn new(body: Incoming) -> Lines {
+    pub fn new(body: B) -> Lines<B> {
         Lines { body, buf: Vec::new() }
     }
 
@@ -343,11 +317,16 @@ impl Lines {
     pub async fn next(&mut self) -> anyhow::Result<Option<Value>> {
         loop {
             if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
+                let parsed = if self.buf[..i].iter().all(u8::is_ascii_whitespace) {
+                    None
+                } else {
+                    Some(serde_json::from_slice(&self.buf[..i]).context("a watch event is not JSON"))
+                };
+                self.buf.drain(..=i);
+                match parsed {
+                    Some(v) => return v.map(Some),
+                    None => continue,
                 }
-                return serde_json::from_slice(&line).map(Some).context("a watch event is not JSON");
             }
             match self.body.frame().await {
                 Some(frame) => {

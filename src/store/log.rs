@@ -74,6 +74,11 @@ struct LogInner {
     path: PathBuf,
     /// index -> (offset, payload length) of every entry present in the file.
     positions: BTreeMap<u64, (u64, u32)>,
+    /// Entries appended and not yet read, with their encoded sizes: the state machine
+    /// reads each entry right after it is made durable, and taking it from here spares
+    /// reading back, decompressing and decoding what was just written.
+    unread: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    unread_bytes: usize,
     end: u64,
     last_log_id: Option<LogId<NodeId>>,
     meta: LogMeta,
@@ -94,15 +99,19 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// At most this many bytes of encoded entries wait in memory to be read.
+const UNREAD_MAX_BYTES: usize = 4 * 1024 * 1024;
+
 /// zstd level for log records: fast, and most of the gain is in the repetition anyway.
 const ZSTD_LEVEL: i32 = 3;
 
 /// No record decompresses to more than this (entries are batches of at most a few MiB).
 const MAX_ENTRY_BYTES: usize = 64 * 1024 * 1024;
 
-fn encode_entry(zc: &mut zstd::block::Compressor, entry: &Entry<TypeConfig>) -> io::Result<Vec<u8>> {
+/// The record payload of `entry`, and the size of its encoding before compression.
+fn encode_entry(zc: &mut zstd::block::Compressor, entry: &Entry<TypeConfig>) -> io::Result<(Vec<u8>, usize)> {
     let plain = bincode::serialize(entry).map_err(io_err)?;
-    zc.compress(&plain, ZSTD_LEVEL)
+    Ok((zc.compress(&plain, ZSTD_LEVEL)?, plain.len()))
 }
 
 fn decode_entry(zd: &mut zstd::block::Decompressor, payload: &[u8]) -> io::Result<Entry<TypeConfig>> {
@@ -173,6 +182,8 @@ impl LogStore {
                 zd,
                 path,
                 positions,
+                unread: BTreeMap::new(),
+                unread_bytes: 0,
                 end: offset,
                 last_log_id,
                 meta,
@@ -258,8 +269,37 @@ impl LogInner {
         Ok(())
     }
 
+    /// Keeps just-appended entries for their first read, dropping the oldest beyond
+    /// [`UNREAD_MAX_BYTES`] (those are read from the file instead).
+    fn keep_unread(&mut self, entries: Vec<(Entry<TypeConfig>, usize)>) {
+        for (entry, size) in entries {
+            self.unread_bytes += size;
+            self.unread.insert(entry.log_id.index, (entry, size));
+        }
+        while self.unread_bytes > UNREAD_MAX_BYTES {
+            let Some((_, (_, size))) = self.unread.pop_first() else { break };
+            self.unread_bytes -= size;
+        }
+    }
+
+    fn forget_unread(&mut self, gone: impl Fn(u64) -> bool) {
+        let mut freed = 0;
+        self.unread.retain(|i, (_, size)| {
+            let keep = !gone(*i);
+            if !keep {
+                freed += *size;
+            }
+            keep
+        });
+        self.unread_bytes -= freed;
+    }
+
     fn read_entry(&mut self, index: u64) -> io::Result<Option<Entry<TypeConfig>>> {
         let Some(&(offset, len)) = self.positions.get(&index) else { return Ok(None) };
+        if let Some((entry, size)) = self.unread.remove(&index) {
+            self.unread_bytes -= size;
+            return Ok(Some(entry));
+        }
         let mut buf = vec![0u8; len as usize];
         self.file.read_exact_at(&mut buf, offset + HEADER_LEN)?;
         decode_entry(&mut self.zd, &buf).map(Some)
@@ -326,15 +366,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut inner = self.lock();
         let mut buf = Vec::new();
         let mut placed = Vec::new();
+        let mut unread = Vec::new();
         let mut last = None;
         for entry in entries {
-            let payload = encode_entry(&mut inner.zc, &entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            let (payload, size) = encode_entry(&mut inner.zc, &entry).map_err(|e| StorageIOError::write_logs(&e))?;
             let offset = inner.end + buf.len() as u64;
             buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
             buf.extend_from_slice(&payload);
             placed.push((entry.log_id.index, (offset, payload.len() as u32)));
             last = Some(entry.log_id);
+            unread.push((entry, size));
         }
         let end = inner.end;
         if let Some(pad) = padding_at(end + buf.len() as u64) {
@@ -346,6 +388,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if last.is_some() {
             inner.last_log_id = last;
         }
+        inner.keep_unread(unread);
         let synced = blocking(|| inner.file.sync_data());
         drop(inner);
         callback.log_io_completed(synced);
@@ -359,6 +402,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         inner.file.sync_all().map_err(|e| StorageIOError::write_logs(&e))?;
         inner.end = offset;
         inner.positions.retain(|i, _| *i < log_id.index);
+        inner.forget_unread(|i| i >= log_id.index);
         let prev = inner.positions.keys().next_back().copied();
         inner.last_log_id = match prev {
             Some(i) => inner.read_entry(i).map_err(|e| StorageIOError::read_logs(&e))?.map(|e| e.log_id),
@@ -371,6 +415,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut inner = self.lock();
         inner.meta.last_purged = Some(log_id);
         inner.positions.retain(|i, _| *i > log_id.index);
+        inner.forget_unread(|i| i <= log_id.index);
         if inner.last_log_id.is_none_or(|l| l.index < log_id.index) {
             inner.last_log_id = Some(log_id);
         }
@@ -393,7 +438,7 @@ mod tests {
     fn append_raw(file: &mut Vec<u8>, entries: &[u64]) {
         let mut zc = zstd::block::Compressor::new();
         for i in entries {
-            let payload = encode_entry(&mut zc, &blank(*i)).unwrap();
+            let (payload, _) = encode_entry(&mut zc, &blank(*i)).unwrap();
             file.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             file.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
             file.extend_from_slice(&payload);

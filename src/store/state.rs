@@ -207,12 +207,60 @@ struct Overlay {
     revision: Option<u64>,
 }
 
+/// What one checkpoint writes into sled: a copy of the overlay taken under its lock, so
+/// the writing itself holds no lock readers or applies wait for.
+struct OverlayCopy {
+    pending: Vec<(String, Option<Arc<[u8]>>)>,
+    applied: Option<LogId<NodeId>>,
+    membership: Option<StoredMembership<NodeId, BasicNode>>,
+    revision: Option<u64>,
+}
+
+impl Overlay {
+    fn copy(&self) -> OverlayCopy {
+        OverlayCopy {
+            pending: self.pending.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            applied: self.applied,
+            membership: self.membership.clone(),
+            revision: self.revision,
+        }
+    }
+
+    /// Drops what `written` put into sled, keeping whatever was applied since the copy.
+    fn forget_written(&mut self, written: &OverlayCopy) {
+        for (k, v) in &written.pending {
+            let same = match (self.pending.get(k), v) {
+                (Some(Some(now)), Some(then)) => Arc::ptr_eq(now, then),
+                (Some(None), None) => true,
+                _ => false,
+            };
+            if same {
+                self.pending.remove(k);
+            }
+        }
+        self.bytes = self.pending.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len())).sum();
+        if self.applied == written.applied {
+            self.applied = None;
+        }
+        if self.membership == written.membership {
+            self.membership = None;
+        }
+        if self.revision == written.revision {
+            self.revision = None;
+        }
+    }
+}
+
 /// State shared between the state machine (the writer), the checkpointer and readers.
 pub struct Shared {
     tree: sled::Tree,
     db: sled::Db,
     dir: PathBuf,
     overlay: RwLock<Overlay>,
+    /// Held by whatever writes objects into sled (checkpoints, chunk compaction, installing
+    /// a snapshot), so sled changes under one writer at a time; taken before the overlay's
+    /// lock, never after.
+    sled_writer: std::sync::Mutex<()>,
     pub hub: Arc<WatchHub>,
     chunks: Chunks,
     next_chunk: std::sync::atomic::AtomicU64,
@@ -249,6 +297,9 @@ impl Shared {
             // its keys share long prefixes, and sled rewrites whole leaves of them (measured:
             // a new key costs sled a quarter of the flash with it on).
             .use_compression(true)
+            // sled compresses every fragment with a fresh zstd context; at level 1 making
+            // that context is cheapest, and index entries compress about as well.
+            .compression_factor(1)
             // Durability comes from the Raft log; sled is made durable explicitly before
             // the log is purged. No timer-driven flushes.
             .flush_every_ms(None)
@@ -261,6 +312,7 @@ impl Shared {
             db,
             dir: dir.to_path_buf(),
             overlay: RwLock::default(),
+            sled_writer: std::sync::Mutex::default(),
             hub,
             chunks: Chunks::default(),
             next_chunk: std::sync::atomic::AtomicU64::new(0),
@@ -471,24 +523,43 @@ impl Shared {
     }
 
     /// Moves the overlay into sled as one atomic batch with the `last_applied` it reflects.
+    /// Writes the overlay into sled. Readers and applies go on meanwhile: the overlay is
+    /// locked only to copy it and, once sled holds the copy, to drop what was written.
     pub fn checkpoint(&self) -> sled::Result<()> {
-        let mut overlay = self.write();
-        self.checkpoint_locked(&mut overlay)
+        let _writer = self.lock_sled_writer();
+        self.checkpoint_held()
     }
 
+    fn lock_sled_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.sled_writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`Shared::checkpoint`], for a caller holding the sled writer's lock.
+    fn checkpoint_held(&self) -> sled::Result<()> {
+        let copy = self.read().copy();
+        self.write_to_sled(&copy)?;
+        self.write().forget_written(&copy);
+        Ok(())
+    }
+
+    /// A checkpoint by a caller holding both the sled writer's and the overlay's lock.
     fn checkpoint_locked(&self, overlay: &mut Overlay) -> sled::Result<()> {
-        if overlay.pending.is_empty()
-            && overlay.applied.is_none()
-            && overlay.membership.is_none()
-            && overlay.revision.is_none()
-        {
+        let copy = overlay.copy();
+        self.write_to_sled(&copy)?;
+        overlay.forget_written(&copy);
+        Ok(())
+    }
+
+    /// Writes `copy` into sled as one atomic batch, with the `last_applied` it reflects.
+    fn write_to_sled(&self, copy: &OverlayCopy) -> sled::Result<()> {
+        if copy.pending.is_empty() && copy.applied.is_none() && copy.membership.is_none() && copy.revision.is_none() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
         let mut packer = Packer { next: self.next_chunk.load(Relaxed), ..Packer::default() };
         // Bytes each older chunk loses to the entries replaced or deleted here.
         let mut released: HashMap<u64, u64> = HashMap::new();
-        for (k, v) in &overlay.pending {
+        for (k, v) in &copy.pending {
             let key = [OBJ, k.as_bytes()].concat();
             if let Some(r) = self.tree.get(&key)?.as_deref().and_then(decode_ref) {
                 *released.entry(r.chunk).or_default() += entry_bytes(k, r.len);
@@ -515,17 +586,16 @@ impl Shared {
             }
         }
         let encode_err = |e: bincode::Error| sled::Error::Unsupported(format!("encoding metadata: {e}"));
-        if let Some(a) = &overlay.applied {
+        if let Some(a) = &copy.applied {
             batch.insert(APPLIED, bincode::serialize(a).map_err(encode_err)?);
         }
-        if let Some(m) = &overlay.membership {
+        if let Some(m) = &copy.membership {
             batch.insert(MEMBERSHIP, bincode::serialize(m).map_err(encode_err)?);
         }
-        if let Some(r) = overlay.revision {
+        if let Some(r) = copy.revision {
             batch.insert(REVISION, bincode::serialize(&r).map_err(encode_err)?);
         }
         self.tree.apply_batch(batch)?;
-        *overlay = Overlay::default();
         self.next_chunk.store(packer.next, Relaxed);
         for (id, bytes) in released {
             self.chunks.add_live(id, -(bytes as i64));
@@ -549,8 +619,9 @@ impl Shared {
         if sparse.is_empty() {
             return Ok(());
         }
-        let mut overlay = self.write();
+        let _writer = self.lock_sled_writer();
         let mut unreferenced = Vec::new();
+        let mut moved = Vec::new();
         for id in sparse.into_iter().take(COMPACT_CHUNKS_PER_ROUND) {
             let Some(raw) = self.chunks.raw(id, || self.tree.get(chunks::chunk_key(id)))? else {
                 unreferenced.push(id);
@@ -563,21 +634,25 @@ impl Shared {
                     continue;
                 }
                 referenced = true;
-                // A newer version waiting in the overlay replaces this one anyway.
-                if overlay.pending.contains_key(&key) {
-                    continue;
-                }
                 let (Some((m, c, _)), Some(value)) =
                     (decode_record(&index), raw.get(at.offset as usize..(at.offset + at.len) as usize))
                 else {
                     continue;
                 };
-                let rec: Arc<[u8]> = Arc::from(encode_record(m, c, value));
-                overlay.bytes += rec.len() + key.len();
-                overlay.pending.insert(key, Some(rec));
+                moved.push((key, Arc::<[u8]>::from(encode_record(m, c, value))));
             }
             if !referenced {
                 unreferenced.push(id);
+            }
+        }
+        {
+            let mut overlay = self.write();
+            for (key, rec) in moved {
+                // A newer version waiting in the overlay replaces this one anyway.
+                if !overlay.pending.contains_key(&key) {
+                    overlay.bytes += rec.len() + key.len();
+                    overlay.pending.insert(key, Some(rec));
+                }
             }
         }
         if !unreferenced.is_empty() {
@@ -591,13 +666,14 @@ impl Shared {
                 self.chunks.forget(id);
             }
         }
-        self.checkpoint_locked(&mut overlay)
+        self.checkpoint_held()
     }
 
     /// Checkpoints and makes sled durable on disk: after this, the Raft log up to the
     /// applied index is no longer needed to rebuild the state.
     pub fn make_durable(&self) -> std::io::Result<()> {
-        self.checkpoint().map_err(std::io::Error::other)?;
+        let _writer = self.lock_sled_writer();
+        self.checkpoint_held().map_err(std::io::Error::other)?;
         self.db.flush().map_err(std::io::Error::other)?;
         sync_tree(&self.dir.join("db"))
     }
@@ -747,8 +823,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let shared = self.shared.clone();
         let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StorageError<NodeId>> {
             let (meta, pairs) = {
-                let mut overlay = shared.write();
-                shared.checkpoint_locked(&mut overlay).map_err(sm_err)?;
+                // sled holds still while it is copied: no other writer runs meanwhile.
+                let _writer = shared.lock_sled_writer();
+                shared.checkpoint_held().map_err(sm_err)?;
                 let mut pairs = Vec::new();
                 for kv in shared.tree.iter() {
                     let (k, v) = kv.map_err(|e| StorageIOError::read_state_machine(&e))?;
@@ -793,7 +870,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             out.push(self.apply_entry(&mut overlay, &entry)?);
         }
-        if overlay.bytes > OVERLAY_MAX_BYTES {
+        // Over the bound, checkpoint here, unless a checkpoint is under way (it will
+        // drain the overlay; waiting for it while holding the overlay would deadlock).
+        if overlay.bytes > OVERLAY_MAX_BYTES
+            && let Ok(_writer) = self.shared.sled_writer.try_lock()
+        {
             self.shared.checkpoint_locked(&mut overlay).map_err(sm_err)?;
         }
         Ok(out)
@@ -815,6 +896,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let pairs: Vec<(Vec<u8>, Vec<u8>)> = bincode::deserialize(snapshot.get_ref())
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         {
+            let _writer = self.shared.lock_sled_writer();
             let mut overlay = self.shared.write();
             *overlay = Overlay::default();
             let mut batch = sled::Batch::default();
@@ -895,6 +977,48 @@ mod tests {
         assert_eq!(shared.get("services/a/1").unwrap().map(|r| r.mod_rev), Some(4));
         shared.checkpoint().unwrap();
         assert_eq!(keys("pods/", None, 100).len(), 3);
+        drop(shared);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn changes_applied_while_a_checkpoint_writes_stay_in_the_overlay() {
+        let dir = std::env::temp_dir().join(format!("bramble-sm-during-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let shared = Shared::open(&dir, 1 << 20, 100, 1 << 20).unwrap();
+        {
+            let mut o = shared.write();
+            put(&mut o, "pods/a/1", 1);
+            put(&mut o, "pods/a/2", 2);
+            put(&mut o, "pods/a/3", 3);
+            o.revision = Some(3);
+        }
+        // The checkpoint's copy, then applies that land before it is written.
+        let copy = shared.read().copy();
+        {
+            let mut o = shared.write();
+            put(&mut o, "pods/a/2", 4);
+            o.pending.insert("pods/a/3".into(), None);
+            put(&mut o, "pods/a/4", 5);
+            o.revision = Some(5);
+        }
+        shared.write_to_sled(&copy).unwrap();
+        shared.write().forget_written(&copy);
+        {
+            let o = shared.read();
+            let left: Vec<&str> = o.pending.keys().map(String::as_str).collect();
+            assert_eq!(left, vec!["pods/a/2", "pods/a/3", "pods/a/4"], "only what the copy held as it is now goes");
+            assert_eq!(o.revision, Some(5), "the newer revision is not in sled yet");
+        }
+        let mods = || -> Vec<(String, u64)> {
+            shared.list("pods/", None, 100).unwrap().0.into_iter().map(|r| (r.key, r.mod_rev)).collect()
+        };
+        let want = vec![("pods/a/1".to_string(), 1), ("pods/a/2".to_string(), 4), ("pods/a/4".to_string(), 5)];
+        assert_eq!(mods(), want, "the overlay still shadows sled's older versions");
+        shared.checkpoint().unwrap();
+        assert!(shared.read().pending.is_empty());
+        assert_eq!(mods(), want);
+        assert_eq!(stored_revision(&shared.tree).unwrap(), 5);
         drop(shared);
         std::fs::remove_dir_all(&dir).unwrap();
     }
