@@ -2,7 +2,7 @@
 //! subresources, for the resources in [`resources`].
 //!
 //! Owns request handling only; objects live in the [`Store`]. Called by the HTTPS server in
-//! [`server`] (and, later, by in-process controllers through the same `handle`).
+//! [`server`], and by the in-process control loops through the same `handle`.
 
 mod alloc;
 mod apply;

@@ -1,7 +1,9 @@
 //! The Raft state machine: versioned objects in sled, behind an in-memory overlay.
 //!
 //! Applying an entry writes its changes into the overlay (and the watch history) only. A
-//! checkpoint, about once a second, moves the whole overlay into sled as ONE atomic batch
+//! checkpoint, every few seconds, writes a copy of the overlay into sled as ONE atomic batch
+//! (no lock held while sled is written; only what is unchanged since the copy then leaves
+//! the overlay),
 //! together with the `last_applied` it reflects, so sled never holds changes without the
 //! matching `last_applied` and vice versa. Why: sled 0.34 rewrites a whole B-tree leaf per
 //! update (measured ~18 KB written per 1.3 KB object), and flash wears; a batch rewrites each
