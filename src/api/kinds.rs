@@ -50,25 +50,35 @@ typed_kinds! {
 pub fn decode(kind: &str, input: Value) -> Result<(Value, Vec<String>), String> {
     let out = round_trip(kind, input.clone()).map_err(|e| e.to_string())?;
     let mut unknown = Vec::new();
-    unknown_fields(&input, &out, "", &mut unknown);
+    unknown_fields(&input, &out, &mut String::new(), &mut unknown);
     Ok((out, unknown))
 }
 
-fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
+/// The paths in `input` that `output` (its typed round trip) dropped. `path` is a buffer
+/// grown and cut back as the walk goes, so only the unknown paths cost an allocation.
+fn unknown_fields(input: &Value, output: &Value, path: &mut String, out: &mut Vec<String>) {
+    let depth = path.len();
     match (input, output) {
         (Value::Object(i), Value::Object(o)) => {
             for (k, v) in i {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                if depth > 0 {
+                    path.push('.');
+                }
+                path.push_str(k);
                 match o.get(k) {
-                    None if !v.is_null() => out.push(p),
-                    Some(ov) => unknown_fields(v, ov, &p, out),
+                    None if !v.is_null() => out.push(path.clone()),
+                    Some(ov) => unknown_fields(v, ov, path, out),
                     None => {}
                 }
+                path.truncate(depth);
             }
         }
         (Value::Array(i), Value::Array(o)) => {
             for (n, (iv, ov)) in i.iter().zip(o).enumerate() {
-                unknown_fields(iv, ov, &format!("{path}[{n}]"), out);
+                use std::fmt::Write;
+                let _ = write!(path, "[{n}]");
+                unknown_fields(iv, ov, path, out);
+                path.truncate(depth);
             }
         }
         _ => {}

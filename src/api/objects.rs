@@ -250,11 +250,23 @@ impl Api {
             return Ok(());
         }
         let ns_res = resources::find("", "v1", "namespaces").expect("namespaces are always served");
+        /// The one field asked of the namespace, read without building the whole object.
+        #[derive(serde::Deserialize)]
+        struct Namespace {
+            #[serde(default)]
+            metadata: NamespaceMeta,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct NamespaceMeta {
+            #[serde(default, rename = "deletionTimestamp")]
+            deletion_timestamp: Option<String>,
+        }
         match self.store.get(&ns_res.key("", t.ns()))? {
             None => Err(ApiError::not_found("namespaces", "", t.ns())),
             Some(rec) => {
-                let ns = to_object(&rec)?;
-                if !meta_str(&ns, "deletionTimestamp").is_empty() {
+                let ns: Namespace = serde_json::from_slice(&rec.value)
+                    .map_err(|e| ApiError::internal(format!("stored namespace is unreadable: {e}")))?;
+                if ns.metadata.deletion_timestamp.is_some_and(|t| !t.is_empty()) {
                     Err(ApiError::forbidden(format!(
                         "unable to create new content in namespace {} because it is being terminated",
                         t.ns()

@@ -67,6 +67,54 @@ pub struct Store {
     shared: Arc<Shared>,
     cipher: SecretCipher,
     sealed_prefixes: Vec<String>,
+    /// Dropped with the store, which ends the thread Raft runs on.
+    _raft_thread: tokio::sync::oneshot::Sender<()>,
+}
+
+type Started = Result<(Raft<TypeConfig>, Batcher), StoreError>;
+
+/// Starts Raft (its core, log and state machine tasks) and the group-commit batcher on a
+/// runtime of their own, on their own thread. Every write waits for that path: append,
+/// fsync, apply. Sharing the request workers, each of its steps queued behind requests
+/// being parsed and validated; on its own thread the OS runs it as soon as it wakes, and
+/// batches turn over sooner. Returns the started handles, and the sender whose drop ends
+/// the thread.
+fn start_raft_thread(
+    id: u64,
+    advertise: String,
+    log: log::LogStore,
+    sm: StateMachine,
+) -> Result<(tokio::sync::oneshot::Receiver<Started>, tokio::sync::oneshot::Sender<()>), StoreError> {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Started>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("store-raft-main".into())
+        .spawn(move || {
+            // One worker; the log's fsync moves it aside with `block_in_place`, so applies
+            // go on meanwhile.
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("store-raft")
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = started_tx.send(Err(StoreError::Io("starting the Raft runtime".into(), e)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let started = raft::start(id, &advertise, log, sm).await.map(|raft| {
+                    let batcher = Batcher::start(raft.clone());
+                    (raft, batcher)
+                });
+                let _ = started_tx.send(started);
+                let _ = stop_rx.await;
+            });
+        })
+        .map_err(|e| StoreError::Io("starting the Raft thread".into(), e))?;
+    Ok((started_rx, stop_tx))
 }
 
 impl Store {
@@ -81,9 +129,10 @@ impl Store {
             .map_err(|e| StoreError::Io(format!("opening raft log in {}", opts.dir.display()), e))?;
         let cipher = SecretCipher::load_or_create(&opts.dir.join("encryption.key"))?;
         let sm = StateMachine { shared: shared.clone() };
-        let raft = raft::start(opts.node_id, &opts.advertise, log, sm).await?;
-        let batcher = Batcher::start(raft.clone());
-        Ok(Store { raft, batcher, shared, cipher, sealed_prefixes: opts.sealed_prefixes })
+        let (started, raft_thread) = start_raft_thread(opts.node_id, opts.advertise.clone(), log, sm)?;
+        let (raft, batcher) =
+            started.await.map_err(|_| StoreError::Raft("the Raft thread stopped while starting".into()))??;
+        Ok(Store { raft, batcher, shared, cipher, sealed_prefixes: opts.sealed_prefixes, _raft_thread: raft_thread })
     }
 
     fn sealed(&self, key: &str) -> bool {
