@@ -28,7 +28,11 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 
 /// A JSON response with `code`.
 pub fn json_response(code: u16, v: &Value) -> Response<Body> {
-    let bytes = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    json_bytes_response(code, serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
+/// A response with JSON already serialized.
+pub fn json_bytes_response(code: u16, bytes: Vec<u8>) -> Response<Body> {
     Response::builder()
         .status(StatusCode::from_u16(code).unwrap_or(StatusCode::OK))
         .header("content-type", "application/json")

@@ -243,9 +243,12 @@ impl Api {
             ("watch", None) => watch::watch(self.clone(), &target, &q, as_table),
             ("list", None) => Ok(json_response(200, &self.list(&target, &q, as_table)?)),
             ("create", None) if target.name.is_none() => {
-                let (code, obj, warnings) = self.create(&target, &q, body_value(true)?).await?;
-                let mut r = json_response(code, &obj);
-                warning_header(&mut r, &warnings);
+                let created = self.create(&target, &q, body_value(true)?).await?;
+                let mut r = match created.json {
+                    Some(json) => http::json_bytes_response(201, json),
+                    None => json_response(201, &created.obj),
+                };
+                warning_header(&mut r, &created.warnings);
                 Ok(r)
             }
             ("deletecollection", None) => {

@@ -15,6 +15,7 @@ use super::disruption;
 use super::http::Query;
 use super::kinds;
 use super::patch::{self, PatchType};
+use super::raw_object;
 use super::resources::{self, Resource};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, Cause};
@@ -107,6 +108,15 @@ fn encode(v: &Value) -> Result<Vec<u8>, ApiError> {
         None => serde_json::to_vec(v),
     };
     out.map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// What a create made: the object, and when it was stored, its JSON as the response
+/// sends it (the stored bytes with the resourceVersion put in, so the object is not
+/// serialized a second time).
+pub struct Created {
+    pub obj: Value,
+    pub json: Option<Vec<u8>>,
+    pub warnings: Vec<String>,
 }
 
 fn random_suffix(n: usize) -> String {
@@ -287,7 +297,7 @@ impl Api {
     }
 
     /// POST to a collection.
-    pub async fn create(&self, t: &Target, q: &Query, body: Value) -> Result<(u16, Value, Vec<String>), ApiError> {
+    pub async fn create(&self, t: &Target, q: &Query, body: Value) -> Result<Created, ApiError> {
         self.create_with(t, q, body, None).await
     }
 
@@ -299,7 +309,7 @@ impl Api {
         q: &Query,
         body: Value,
         applied: Option<Value>,
-    ) -> Result<(u16, Value, Vec<String>), ApiError> {
+    ) -> Result<Created, ApiError> {
         let res = t.res;
         let (mut obj, warnings) = self.admit_body(t, body, q, res.kind, &res.api_version())?;
         let meta = obj.as_object_mut().and_then(|m| {
@@ -361,7 +371,10 @@ impl Api {
         self.validate_full(&t, res.kind, &obj)?;
         self.check_namespace_exists(&t)?;
         let mut ops = vec![];
-        if self.store.get(&t.key())?.is_some() {
+        // The commit below refuses an existing key by itself; look first only where the
+        // answer matters before it: a dry run, and kinds that allocate addresses or ports.
+        let allocates = matches!(res.kind, "Service" | "Node");
+        if (q.dry_run() || allocates) && self.store.get(&t.key())?.is_some() {
             return Err(ApiError::already_exists(res.plural, res.group, &name));
         }
         if res.kind == "Service" {
@@ -371,14 +384,17 @@ impl Api {
             ops.extend(alloc::allocate_node(&self.store, &self.opts, &mut obj)?);
         }
         if q.dry_run() {
-            return Ok((201, obj, warnings));
+            return Ok(Created { obj, json: None, warnings });
         }
         let key = t.key();
-        ops.insert(0, Op { key: key.clone(), expect: Expect::Absent, value: Some(encode(&obj)?) });
+        let stored = encode(&obj)?;
+        ops.insert(0, Op { key: key.clone(), expect: Expect::Absent, value: Some(stored.clone()) });
         match self.store.commit(ops).await? {
             TxnResult::Applied { revision } => {
                 obj["metadata"]["resourceVersion"] = json!(revision.to_string());
-                Ok((201, obj, warnings))
+                let mut json = Vec::with_capacity(stored.len() + 32);
+                let json = raw_object::write_with_revision(&mut json, &stored, revision).then_some(json);
+                Ok(Created { obj, json, warnings })
             }
             TxnResult::Failed { key: failed, .. } if failed == key => {
                 Err(ApiError::already_exists(res.plural, res.group, &name))
@@ -671,9 +687,9 @@ impl Api {
                         json!({"apiVersion": res.api_version(), "kind": res.kind, "metadata": {"name": t.name()}});
                     let merged = apply::apply(&base, &patch_body, manager(q), force, &res.api_version())?;
                     let managed = merged.pointer("/metadata/managedFields").cloned();
-                    let (code, o, _) =
+                    let created =
                         self.create_with(&Target { name: None, sub: None, ..t.clone() }, q, merged, managed).await?;
-                    return Ok((code, o));
+                    return Ok((201, created.obj));
                 }
                 None => return Err(t.not_found()),
             };

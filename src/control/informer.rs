@@ -176,16 +176,15 @@ impl Informer {
                 failures = 0;
                 let mut lines = Lines::new(body);
                 let mut expired = false;
-                while let Ok(Some(mut ev)) = lines.next().await {
-                    let kind = ev.get_mut("type").map(Value::take).unwrap_or_default();
-                    let kind = kind.as_str().unwrap_or("");
-                    match kind {
-                        "ADDED" | "MODIFIED" | "DELETED" => {
-                            rev = rev.max(revision(&ev["object"]));
-                            self.apply(kind, ev.get_mut("object").map(Value::take).unwrap_or_default());
+                while let Ok(Some(ev)) = lines.next_as::<Event>().await {
+                    let Cached(object) = ev.object;
+                    match ev.kind.as_str() {
+                        kind @ ("ADDED" | "MODIFIED" | "DELETED") => {
+                            rev = rev.max(revision(&object));
+                            self.apply(kind, object);
                         }
                         "BOOKMARK" => {
-                            rev = rev.max(revision(&ev["object"]));
+                            rev = rev.max(revision(&object));
                             self.seen.send_if_modified(|s| {
                                 let newer = rev > *s;
                                 *s = (*s).max(rev);
@@ -193,7 +192,7 @@ impl Informer {
                             });
                         }
                         _ => {
-                            expired = ev["object"]["code"] == 410;
+                            expired = object["code"] == 410;
                             break;
                         }
                     }
@@ -209,6 +208,9 @@ impl Informer {
 /// List items carry no kind; give them the list's so handlers can build references.
 fn with_kind(item: &Value, list: &Value) -> Value {
     let mut item = item.clone();
+    if let Some(meta) = item.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
     if item.get("kind").is_none()
         && let Some(kind) = list["kind"].as_str().and_then(|k| k.strip_suffix("List"))
     {
@@ -216,4 +218,90 @@ fn with_kind(item: &Value, list: &Value) -> Value {
         item["apiVersion"] = list["apiVersion"].clone();
     }
     item
+}
+
+/// One line of a watch, as the cache reads it.
+#[derive(serde::Deserialize)]
+struct Event {
+    #[serde(rename = "type")]
+    kind: String,
+    object: Cached,
+}
+
+/// An object as the cache keeps it: everything but `metadata.managedFields`, which is
+/// skipped while parsing. No control loop reads field ownership (the API server keeps it
+/// on updates whatever the client sends), and it is often a third of an object: parsing it
+/// into the cache cost CPU on every write and memory for every object. client-go's
+/// informers strip it the same way (`TransformStripManagedFields`).
+struct Cached(Value);
+
+impl<'de> serde::Deserialize<'de> for Cached {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ObjectVisitor { metadata: false }).map(Cached)
+    }
+}
+
+/// Reads an object into a [`Value`], skipping `managedFields` when it is the metadata.
+struct ObjectVisitor {
+    metadata: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if self.metadata && key == "managedFields" {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            } else if !self.metadata && key == "metadata" {
+                let meta = map.next_value_seed(MetadataSeed)?;
+                out.insert(key, meta);
+            } else {
+                out.insert(key, map.next_value()?);
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+struct MetadataSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for MetadataSeed {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(ObjectVisitor { metadata: true })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_objects_leave_out_managed_fields_and_keep_the_rest() {
+        let line = br#"{"type":"ADDED","object":{"kind":"Pod","metadata":{"name":"a","resourceVersion":"7",
+            "managedFields":[{"manager":"kubectl","fieldsV1":{"f:spec":{}}}],"labels":{"app":"x"}},
+            "spec":{"containers":[{"name":"c","image":"i"}]}}}"#;
+        let ev: Event = serde_json::from_slice(line).unwrap();
+        assert_eq!(ev.kind, "ADDED");
+        let want = serde_json::json!({"kind":"Pod","metadata":{"name":"a","resourceVersion":"7","labels":{"app":"x"}},
+            "spec":{"containers":[{"name":"c","image":"i"}]}});
+        assert_eq!(ev.object.0, want);
+        // A Status (an expired watch) and a bookmark read as they are.
+        let ev: Event = serde_json::from_slice(br#"{"type":"ERROR","object":{"kind":"Status","code":410}}"#).unwrap();
+        assert_eq!(ev.object.0["code"], 410);
+        let ev: Event =
+            serde_json::from_slice(br#"{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"9"}}}"#).unwrap();
+        assert_eq!(revision(&ev.object.0), 9);
+    }
 }

@@ -301,6 +301,9 @@ impl Client {
 pub struct Lines<B = Incoming> {
     body: B,
     buf: Vec<u8>,
+    /// Where the unread part of `buf` starts: lines are consumed by moving this, and the
+    /// buffer is compacted once per frame, not once per line.
+    start: usize,
 }
 
 impl<B> Lines<B>
@@ -310,27 +313,30 @@ where
 {
     /// Wraps a watch body.
     pub fn new(body: B) -> Lines<B> {
-        Lines { body, buf: Vec::new() }
+        Lines { body, buf: Vec::new(), start: 0 }
     }
 
     /// The next JSON line, or `None` when the server closed the stream.
     pub async fn next(&mut self) -> anyhow::Result<Option<Value>> {
+        self.next_as().await
+    }
+
+    /// The next JSON line read as a `T`, for readers that keep only part of each event.
+    pub async fn next_as<T: serde::de::DeserializeOwned>(&mut self) -> anyhow::Result<Option<T>> {
         loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let parsed = if self.buf[..i].iter().all(u8::is_ascii_whitespace) {
-                    None
-                } else {
-                    Some(serde_json::from_slice(&self.buf[..i]).context("a watch event is not JSON"))
-                };
-                self.buf.drain(..=i);
-                match parsed {
-                    Some(v) => return v.map(Some),
-                    None => continue,
+            if let Some(n) = self.buf[self.start..].iter().position(|b| *b == b'\n') {
+                let line = &self.buf[self.start..self.start + n];
+                self.start += n + 1;
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
                 }
+                return serde_json::from_slice(line).context("a watch event is not JSON").map(Some);
             }
             match self.body.frame().await {
                 Some(frame) => {
                     if let Some(d) = frame.context("reading the watch")?.data_ref() {
+                        self.buf.drain(..self.start);
+                        self.start = 0;
                         self.buf.extend_from_slice(d);
                     }
                 }
