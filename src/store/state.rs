@@ -260,12 +260,87 @@ impl Overlay {
     }
 }
 
+/// At most this many bytes of values are kept in [`SledReads`].
+const SLED_READS_MAX_BYTES: usize = 1024 * 1024;
+/// Values bigger than this are not kept there.
+const SLED_READ_MAX_VALUE: usize = 64 * 1024;
+
+/// Values lately read from sled (a namespace every create checks, a node its agent
+/// updates). A sled read costs a tree walk and a chunk lookup, and waits while a checkpoint
+/// applies its batch: sled's batches lock out readers for their whole length, which under
+/// load stalled every request that read a key from sled.
+///
+/// The overlay always answers first; a key's entry here goes when a checkpoint writes the
+/// key to sled, and an entry is only added if no checkpoint finished since the read began
+/// (the generation), so an entry never holds a value older than sled's.
+#[derive(Default)]
+struct SledReads {
+    inner: std::sync::Mutex<SledReadsInner>,
+}
+
+#[derive(Default)]
+struct SledReadsInner {
+    generation: u64,
+    values: HashMap<String, Arc<[u8]>>,
+    bytes: usize,
+}
+
+impl SledReads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SledReadsInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The value kept for `key`, or the generation to offer a fresh read with.
+    fn lookup(&self, key: &str) -> Result<Arc<[u8]>, u64> {
+        let inner = self.lock();
+        inner.values.get(key).cloned().ok_or(inner.generation)
+    }
+
+    /// Keeps a value read from sled, unless a checkpoint finished since `generation`.
+    fn offer(&self, key: &str, generation: u64, value: &Arc<[u8]>) {
+        if value.len() > SLED_READ_MAX_VALUE {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.generation != generation {
+            return;
+        }
+        if inner.bytes + value.len() > SLED_READS_MAX_BYTES {
+            inner.values.clear();
+            inner.bytes = 0;
+        }
+        inner.bytes += value.len();
+        if let Some(old) = inner.values.insert(key.to_string(), Arc::clone(value)) {
+            inner.bytes -= old.len();
+        }
+    }
+
+    /// Drops the values of keys whose sled value changed.
+    fn forget<'a>(&self, keys: impl Iterator<Item = &'a String>) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        for k in keys {
+            if let Some(old) = inner.values.remove(k) {
+                inner.bytes -= old.len();
+            }
+        }
+    }
+
+    fn forget_all(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.values.clear();
+        inner.bytes = 0;
+    }
+}
+
 /// State shared between the state machine (the writer), the checkpointer and readers.
 pub struct Shared {
     tree: sled::Tree,
     db: sled::Db,
     dir: PathBuf,
     overlay: RwLock<Overlay>,
+    sled_reads: SledReads,
     /// Held by whatever writes objects into sled (checkpoints, chunk compaction, installing
     /// a snapshot), so sled changes under one writer at a time; taken before the overlay's
     /// lock, never after.
@@ -325,6 +400,7 @@ impl Shared {
             db,
             dir: dir.to_path_buf(),
             overlay: RwLock::default(),
+            sled_reads: SledReads::default(),
             sled_writer: std::sync::Mutex::default(),
             wake_checkpointer,
             woken: std::sync::Mutex::new(Some(woken)),
@@ -396,9 +472,31 @@ impl Shared {
         }
     }
 
+    /// One key. sled is read after the overlay's lock is released: a sled read waits while a
+    /// checkpoint applies its batch (sled's batches lock out readers), and with the overlay
+    /// held meanwhile every apply queued behind this read, stalling all writes for the
+    /// length of the checkpoint. Without the lock the read is still a state the store was
+    /// in: a key missing from the overlay is in sled as of the last checkpoint, or newer.
+    /// Keys read from sled lately are answered from [`SledReads`] without reading sled.
     pub fn get(&self, key: &str) -> sled::Result<Option<Record>> {
-        let overlay = self.read();
-        Ok(self.raw_get(&overlay, key)?.and_then(|raw| record(key.to_string(), &raw)))
+        let generation = {
+            let overlay = self.read();
+            if let Some(v) = overlay.pending.get(key) {
+                return Ok(v.as_deref().and_then(|raw| record(key.to_string(), raw)));
+            }
+            match self.sled_reads.lookup(key) {
+                Ok(raw) => return Ok(record(key.to_string(), &raw)),
+                Err(generation) => generation,
+            }
+        };
+        let raw = match self.tree.get([OBJ, key.as_bytes()].concat())? {
+            Some(raw) => self.resolve(key, &raw)?,
+            None => None,
+        };
+        Ok(raw.and_then(|raw| {
+            self.sled_reads.offer(key, generation, &raw);
+            record(key.to_string(), &raw)
+        }))
     }
 
     /// Up to `limit` records under `prefix` (after `start_after`, when given), and the
@@ -553,15 +651,24 @@ impl Shared {
     fn checkpoint_held(&self) -> sled::Result<()> {
         let copy = self.read().copy();
         self.write_to_sled(&copy)?;
-        self.write().forget_written(&copy);
+        self.forget_written(&mut self.write(), &copy);
         Ok(())
+    }
+
+    /// Drops from the overlay what a checkpoint wrote (see [`Overlay::forget_written`]);
+    /// those keys' sled values changed, so their cached reads go too. Called with the
+    /// overlay's write lock held, so no reader sees the overlay without them and the stale
+    /// cache at once.
+    fn forget_written(&self, overlay: &mut Overlay, copy: &OverlayCopy) {
+        overlay.forget_written(copy);
+        self.sled_reads.forget(copy.pending.iter().map(|(k, _)| k));
     }
 
     /// A checkpoint by a caller holding both the sled writer's and the overlay's lock.
     fn checkpoint_locked(&self, overlay: &mut Overlay) -> sled::Result<()> {
         let copy = overlay.copy();
         self.write_to_sled(&copy)?;
-        overlay.forget_written(&copy);
+        self.forget_written(overlay, &copy);
         Ok(())
     }
 
@@ -938,6 +1045,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let _writer = self.shared.lock_sled_writer();
             let mut overlay = self.shared.write();
             *overlay = Overlay::default();
+            self.shared.sled_reads.forget_all();
             let mut batch = sled::Batch::default();
             for kv in self.shared.tree.iter() {
                 let (k, _) = kv.map_err(|e| StorageIOError::write_state_machine(&e))?;
@@ -1035,6 +1143,31 @@ mod tests {
         assert_eq!(shared.get("services/a/1").unwrap().map(|r| r.mod_rev), Some(4));
         shared.checkpoint().unwrap();
         assert_eq!(keys("pods/", None, 100).len(), 3);
+        drop(shared);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_read_from_sled_is_never_answered_older_than_sled() {
+        let dir = std::env::temp_dir().join(format!("bramble-sm-reads-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let shared = Shared::open(&dir, 1 << 20, 100, 1 << 20).unwrap();
+        let mod_rev = |shared: &Shared| shared.get("namespaces/default").unwrap().map(|r| r.mod_rev);
+        put(&mut shared.write(), "namespaces/default", 1);
+        shared.checkpoint().unwrap();
+        assert_eq!(mod_rev(&shared), Some(1), "read from sled, and kept");
+        assert_eq!(mod_rev(&shared), Some(1), "answered from what was kept");
+        put(&mut shared.write(), "namespaces/default", 2);
+        assert_eq!(mod_rev(&shared), Some(2), "the overlay answers first");
+        shared.checkpoint().unwrap();
+        assert_eq!(mod_rev(&shared), Some(2), "the checkpoint dropped the kept value");
+        // A read that began before a checkpoint finished keeps nothing.
+        let generation = shared.sled_reads.lookup("namespaces/other").unwrap_err();
+        shared.write().pending.insert("namespaces/default".into(), None);
+        shared.checkpoint().unwrap();
+        shared.sled_reads.offer("namespaces/other", generation, &Arc::from(encode_record(9, 9, b"{}")));
+        assert!(shared.sled_reads.lookup("namespaces/other").is_err());
+        assert_eq!(mod_rev(&shared), None, "deleted");
         drop(shared);
         std::fs::remove_dir_all(&dir).unwrap();
     }
