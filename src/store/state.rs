@@ -3,13 +3,18 @@
 //! Applying an entry writes its changes into the overlay (and the watch history) only. A
 //! checkpoint, every few seconds, writes a copy of the overlay into sled as ONE atomic batch
 //! (no lock held while sled is written; only what is unchanged since the copy then leaves
-//! the overlay),
-//! together with the `last_applied` it reflects, so sled never holds changes without the
-//! matching `last_applied` and vice versa. Why: sled 0.34 rewrites a whole B-tree leaf per
-//! update (measured ~18 KB written per 1.3 KB object), and flash wears; a batch rewrites each
-//! leaf once, and a key updated many times between checkpoints (leases, statuses) is written
-//! once. Nothing is lost by waiting: the Raft log is the durable record, and entries after
-//! sled's `last_applied` are applied again at start.
+//! the overlay), together with the `last_applied` it reflects, so sled never holds changes
+//! without the matching `last_applied` and vice versa. Why: sled 0.34 rewrites a whole
+//! B-tree leaf per update (measured ~18 KB written per 1.3 KB object), and flash wears; a
+//! batch rewrites each leaf once, and a key updated many times between checkpoints (leases,
+//! statuses) is written once. Nothing is lost by waiting: the Raft log is the durable
+//! record, and entries after sled's `last_applied` are applied again at start.
+//!
+//! Reads look in the overlay first. A one-key read leaves the overlay's lock before it reads
+//! sled, and recent sled reads are kept (`SledReads`): sled's batches lock out its readers
+//! while they apply, and a reader holding the overlay meanwhile would stall every apply.
+//! Lists still read sled under the overlay's read lock, which keeps a list and its
+//! revision one consistent snapshot.
 //!
 //! Snapshots (which let openraft purge the log) first make sled durable (flush + fsync of
 //! its files), then save a copy of the tree in `snapshot.bin`.
