@@ -471,6 +471,11 @@ impl Shared {
         if let Some(v) = overlay.pending.get(key) {
             return Ok(v.clone());
         }
+        self.sled_get(key)
+    }
+
+    /// A key's stored bytes as sled holds them (its index entry resolved into its chunk).
+    fn sled_get(&self, key: &str) -> sled::Result<Option<Arc<[u8]>>> {
         match self.tree.get([OBJ, key.as_bytes()].concat())? {
             Some(raw) => self.resolve(key, &raw),
             None => Ok(None),
@@ -494,11 +499,7 @@ impl Shared {
                 Err(generation) => generation,
             }
         };
-        let raw = match self.tree.get([OBJ, key.as_bytes()].concat())? {
-            Some(raw) => self.resolve(key, &raw)?,
-            None => None,
-        };
-        Ok(raw.and_then(|raw| {
+        Ok(self.sled_get(key)?.and_then(|raw| {
             self.sled_reads.offer(key, generation, &raw);
             record(key.to_string(), &raw)
         }))
@@ -1087,6 +1088,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
 
+    /// A fresh directory for one test's store, removed when the test ends, failed or not.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("bramble-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            TempDir(dir)
+        }
+    }
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn record_round_trip() {
         let raw = encode_record(7, 3, b"{}");
@@ -1119,8 +1144,7 @@ mod tests {
 
     #[test]
     fn lists_merge_overlay_and_sled_in_key_order() {
-        let dir = std::env::temp_dir().join(format!("bramble-sm-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = TempDir::new("sm");
         let shared = Shared::open(&dir, 1 << 20, 100, 1 << 20).unwrap();
         {
             let mut o = shared.write();
@@ -1149,13 +1173,11 @@ mod tests {
         shared.checkpoint().unwrap();
         assert_eq!(keys("pods/", None, 100).len(), 3);
         drop(shared);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_key_read_from_sled_is_never_answered_older_than_sled() {
-        let dir = std::env::temp_dir().join(format!("bramble-sm-reads-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = TempDir::new("sm-reads");
         let shared = Shared::open(&dir, 1 << 20, 100, 1 << 20).unwrap();
         let mod_rev = |shared: &Shared| shared.get("namespaces/default").unwrap().map(|r| r.mod_rev);
         put(&mut shared.write(), "namespaces/default", 1);
@@ -1174,13 +1196,11 @@ mod tests {
         assert!(shared.sled_reads.lookup("namespaces/other").is_err());
         assert_eq!(mod_rev(&shared), None, "deleted");
         drop(shared);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn changes_applied_while_a_checkpoint_writes_stay_in_the_overlay() {
-        let dir = std::env::temp_dir().join(format!("bramble-sm-during-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = TempDir::new("sm-during");
         let shared = Shared::open(&dir, 1 << 20, 100, 1 << 20).unwrap();
         {
             let mut o = shared.write();
@@ -1216,7 +1236,6 @@ mod tests {
         assert_eq!(mods(), want);
         assert_eq!(stored_revision(&shared.tree).unwrap(), 5);
         drop(shared);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Applies one write (`None` deletes) the way Raft entries are applied, history included.
@@ -1234,8 +1253,7 @@ mod tests {
 
     #[test]
     fn lists_at_an_earlier_revision_roll_back_later_changes() {
-        let dir = std::env::temp_dir().join(format!("bramble-sm-at-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = TempDir::new("sm-at");
         let sm = StateMachine { shared: Arc::new(Shared::open(&dir, 1 << 20, 100, 1 << 20).unwrap()) };
         for i in 0..6 {
             apply(&sm, &format!("pods/a/{i}"), Some("v1"));
@@ -1278,7 +1296,6 @@ mod tests {
         let now: Vec<String> = sm.shared.list("pods/", None, 100).unwrap().0.into_iter().map(|r| r.key).collect();
         assert!(now.contains(&"pods/a/25".to_string()) && !now.contains(&"pods/a/2".to_string()));
         drop(sm);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn chunk_ids(shared: &Shared) -> Vec<u64> {
@@ -1292,8 +1309,7 @@ mod tests {
 
     #[test]
     fn values_live_in_chunks_that_are_compacted_and_survive_reopening() {
-        let dir = std::env::temp_dir().join(format!("bramble-sm-chunks-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = TempDir::new("sm-chunks");
         let value =
             |i: usize, v: u32| format!("\u{0}{{\"name\":\"pod-{i}\",\"v\":{v},\"pad\":\"{}\"}}", "x".repeat(900));
         {
@@ -1341,13 +1357,11 @@ mod tests {
             assert!(u.live > 0 && u.live <= u.total, "chunk {id}: {u:?}");
         }
         drop(shared);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn lists_at_a_revision_older_than_the_history_are_refused() {
-        let dir = std::env::temp_dir().join(format!("bramble-sm-old-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = TempDir::new("sm-old");
         let sm = StateMachine { shared: Arc::new(Shared::open(&dir, 1 << 20, 3, 1 << 20).unwrap()) };
         for i in 0..10 {
             apply(&sm, &format!("pods/a/{i}"), Some("v"));
@@ -1355,6 +1369,5 @@ mod tests {
         assert!(sm.shared.list_at("pods/", None, 100, 2).unwrap().is_none());
         assert_eq!(sm.shared.list_at("pods/", None, 100, 8).unwrap().map(|r| r.len()), Some(8));
         drop(sm);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
