@@ -18,6 +18,7 @@ mod kubectl;
 mod pki;
 mod runtime;
 mod store;
+mod sys;
 
 fn main() -> std::process::ExitCode {
     cli::run()

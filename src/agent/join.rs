@@ -79,6 +79,26 @@ async fn pinned_ca(server: &str, token: &str) -> anyhow::Result<String> {
     Ok(ca)
 }
 
+/// This board's node password: made once (32 random bytes, hex) and kept in
+/// `<data-dir>/agent/node-password` (0600). The server remembers the first password a node
+/// name joins with, so another board holding the join token cannot take this node's name.
+pub fn node_password(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("agent").join("node-password");
+    match std::fs::read_to_string(&path) {
+        Ok(p) if !p.trim().is_empty() => return Ok(p.trim().to_string()),
+        Ok(_) => bail!("{} is empty: remove it and delete this Node to join anew", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow!("the kernel gave no randomness for the node password"))?;
+    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    pki::write_private(&path, format!("{password}\n").as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(password)
+}
+
 /// The kubeconfig this agent uses, joining first when there is none yet.
 pub async fn credentials(data_dir: &Path, server: &str, token: &str, node_name: &str) -> anyhow::Result<PathBuf> {
     let path = data_dir.join("agent").join("kubeconfig.yaml");
@@ -92,19 +112,21 @@ pub async fn credentials(data_dir: &Path, server: &str, token: &str, node_name: 
         roots.add(cert.context("reading the CA certificate")?).context("trusting the CA certificate")?;
     }
     let pinned = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let password = node_password(data_dir)?;
     let (status, body) = request(
         pinned,
         server,
         "POST",
         "/v1-bramble/node-credentials",
         Some(token),
-        Some(json!({"nodeName": node_name})),
+        Some(json!({"nodeName": node_name, "nodePassword": password})),
     )
     .await?;
     let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     match status {
         200 => {}
         401 => bail!("the server refused the token: use the one in <server data-dir>/server/node-token"),
+        403 | 429 => bail!("the server refused to join this node: {}", answer["message"].as_str().unwrap_or("")),
         _ => bail!("joining failed ({status}): {}", answer["message"].as_str().unwrap_or("no reason given")),
     }
     let pair = CertPair {

@@ -1,7 +1,9 @@
 //! Who is asking, and may they: client certificates (CN = user, O = groups, as upstream)
 //! and static bearer tokens; `system:masters` may do everything.
 //!
-//! Finer rules (a node only touching its own Node, Lease and pods) arrive with the agent.
+//! A node (`system:node:<name>` in `system:nodes`) gets exactly what upstream's Node
+//! authorizer and NodeRestriction admission give it, decided per object: [`node_rule`] is
+//! the whole table, and the API checks what it asks of the stored object or the body.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -66,94 +68,291 @@ impl Tokens {
     }
 }
 
-/// Allows `user` to perform `verb` on `resource`, or says why not.
-/// What an agent's identity (`system:node:<name>` in `system:nodes`) may do: run its own
-/// Node and Lease, report pods and events, and read what pods need. A subset of upstream's
-/// node authorizer and NodeRestriction: a node may change only the Node and Lease named
-/// after it (creation is not checked against the body's name yet), and may get a Secret,
-/// ConfigMap or claim one at a time, only one a pod bound to it uses (checked against the
-/// pods by `node_graph.rs`, see [`node_reads_through_pods`]).
-fn node_may(user: &User, verb: &str, group: &str, resource: &str, name: Option<&str>) -> bool {
-    let Some(me) = user.name.strip_prefix("system:node:") else { return false };
-    if !user.groups.iter().any(|g| g == "system:nodes") {
-        return false;
-    }
-    let read = matches!(verb, "get" | "list" | "watch");
-    let own = name.is_none_or(|n| n == me);
-    match (group, resource) {
-        ("", "nodes") | ("coordination.k8s.io", "leases") => read || verb == "create" || own,
-        ("", "pods") => true,
-        ("", "events") => read || matches!(verb, "create" | "update" | "patch"),
-        ("", "configmaps" | "secrets" | "persistentvolumeclaims") => verb == "get" && name.is_some(),
-        ("", "services" | "endpoints" | "namespaces") => read,
-        // Releasing a local volume's finalizer once its directory is gone (not upstream's
-        // rule: upstream cleans local volumes with a helper pod).
-        ("", "persistentvolumes") => read || verb == "patch",
-        _ => false,
+/// What a request asks, in the terms authorization decides on (upstream's
+/// `authorizer.Attributes`): the verb, the resource and subresource, and where.
+#[derive(Debug, Clone, Copy)]
+pub struct Attributes<'a> {
+    pub verb: &'a str,
+    pub group: &'a str,
+    pub resource: &'a str,
+    pub sub: Option<&'a str>,
+    pub namespace: Option<&'a str>,
+    pub name: Option<&'a str>,
+}
+
+/// What a node's allowed request still has to show about the object it touches: nodes are
+/// authorized per object, so these are decided against the stored object or the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeCheck {
+    /// Nothing more: the request is allowed as it is.
+    Nothing,
+    /// The existing object must be bound to the node (a pod's `spec.nodeName`, a local
+    /// volume's node affinity).
+    BoundToNode,
+    /// The object in the body must be the node's own: its Node or Lease by name, or a
+    /// mirror pod bound to it that references nothing (upstream's NodeRestriction).
+    CreatedForNode,
+    /// A pod bound to the node must use the object (upstream's graph authorizer).
+    UsedByNodePods,
+}
+
+/// The node a caller is, when it is one: `system:node:<name>` in `system:nodes`.
+pub fn node_name(user: &User) -> Option<&str> {
+    let name = user.name.strip_prefix("system:node:")?;
+    user.groups.iter().any(|g| g == "system:nodes").then_some(name)
+}
+
+/// What node `me` may do (upstream's Node authorizer and NodeRestriction, as one table): `Err`
+/// with the reason when never, else what remains to check against the object. Collection
+/// verbs touch objects a node may not see, so `deletecollection` is refused outright.
+pub fn node_rule(me: &str, a: &Attributes) -> Result<NodeCheck, &'static str> {
+    use NodeCheck::*;
+    let read = matches!(a.verb, "get" | "list" | "watch");
+    let own = a.name == Some(me);
+    let lease_ns = a.namespace == Some("kube-node-lease");
+    match (a.group, a.resource, a.sub, a.verb) {
+        ("", "nodes", None, _) if read => Ok(Nothing),
+        ("", "nodes", None, "create") if a.name.is_none() => Ok(CreatedForNode),
+        ("", "nodes", None | Some("status"), "get" | "update" | "patch") if own => Ok(Nothing),
+        ("", "nodes", ..) => Err("a node may change only its own Node object"),
+        ("coordination.k8s.io", "leases", None, "get" | "update" | "patch") if own && lease_ns => Ok(Nothing),
+        ("coordination.k8s.io", "leases", None, "create") if lease_ns && a.name.is_none() => Ok(CreatedForNode),
+        ("coordination.k8s.io", "leases", ..) => Err("a node may use only its own Lease in kube-node-lease"),
+        ("", "pods", None, _) if read => Ok(Nothing),
+        ("", "pods", None, "create") if a.name.is_none() => Ok(CreatedForNode),
+        ("", "pods", None, "delete") | ("", "pods", Some("status"), "get" | "update" | "patch") if a.name.is_some() => {
+            Ok(BoundToNode)
+        }
+        ("", "pods", Some("eviction"), "create") if a.name.is_some() => Ok(BoundToNode),
+        ("", "pods", ..) => Err("a node may only report on and remove pods bound to it"),
+        ("", "events", None, "create" | "update" | "patch") => Ok(Nothing),
+        ("events.k8s.io", "events", None, "create" | "update" | "patch") => Ok(Nothing),
+        ("", "configmaps" | "secrets" | "persistentvolumeclaims", None, "get") if a.name.is_some() => {
+            Ok(UsedByNodePods)
+        }
+        ("", "configmaps" | "secrets" | "persistentvolumeclaims", ..) => {
+            Err("a node may get only the objects its own pods use, one at a time")
+        }
+        // Local volumes: the agent finds the released ones to clean up (a PersistentVolume
+        // holds a path and a node, no secret) and may release only its own.
+        ("", "persistentvolumes", None, _) if read => Ok(Nothing),
+        ("", "persistentvolumes", None, "patch") if a.name.is_some() => Ok(BoundToNode),
+        ("", "services" | "endpoints", None, _) if read => Ok(Nothing),
+        ("discovery.k8s.io", "endpointslices", None, _) if read => Ok(Nothing),
+        _ => Err("nodes may not use this resource"),
     }
 }
 
-/// The node whose request for `resource` is allowed only when one of its pods uses the
-/// object: `None` for everyone else.
-pub fn node_reads_through_pods<'a>(user: &'a User, group: &str, resource: &str) -> Option<&'a str> {
-    if user.is_admin() || !group.is_empty() || !matches!(resource, "configmaps" | "secrets" | "persistentvolumeclaims")
-    {
-        return None;
-    }
-    if !user.groups.iter().any(|g| g == "system:nodes") {
-        return None;
-    }
-    user.name.strip_prefix("system:node:")
+/// Whether a node's request that needs the object bound to it may proceed: `bound_to` is
+/// the node the object is bound to (none when unbound).
+pub fn node_owns(me: &str, bound_to: Option<&str>) -> bool {
+    bound_to == Some(me)
 }
 
-pub fn authorize(
-    user: &User,
-    verb: &str,
-    group: &str,
-    resource: &str,
-    namespace: Option<&str>,
-    name: Option<&str>,
-) -> Result<(), ApiError> {
-    if user.is_admin() || node_may(user, verb, group, resource, name) {
-        return Ok(());
+/// Allows `user` the request `a`, or says why not; for a node, also says what to check
+/// against the object (see [`NodeCheck`]).
+pub fn authorize(user: &User, a: &Attributes) -> Result<NodeCheck, ApiError> {
+    if user.is_admin() {
+        return Ok(NodeCheck::Nothing);
     }
-    let scope = match namespace {
+    let why = match node_name(user) {
+        Some(me) => match node_rule(me, a) {
+            Ok(check) => return Ok(check),
+            Err(why) => format!(": {why}"),
+        },
+        None => String::new(),
+    };
+    Err(forbidden(user, a, &why))
+}
+
+/// The upstream 403 message: `<resource> is forbidden: User "<u>" cannot <verb> resource...`.
+pub fn forbidden(user: &User, a: &Attributes, why: &str) -> ApiError {
+    let resource = match a.sub {
+        Some(sub) => format!("{}/{sub}", a.resource),
+        None => a.resource.to_string(),
+    };
+    let object = match a.name {
+        Some(n) => format!("{} \"{n}\"", a.resource),
+        None => a.resource.to_string(),
+    };
+    let scope = match a.namespace {
         Some(ns) => format!(" in the namespace \"{ns}\""),
         None => " at the cluster scope".into(),
     };
-    Err(ApiError::forbidden(format!(
-        "{resource} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{group}\"{scope}",
-        user.name
-    )))
+    ApiError::forbidden(format!(
+        "{object} is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\"{scope}{why}",
+        user.name, a.verb, a.group
+    ))
+}
+
+/// The user a request acts as: the caller, or whom it impersonates with the
+/// `Impersonate-User`, `-Group`, `-Uid` and `-Extra-*` headers. Only `system:masters` may
+/// impersonate; the request is then authorized exactly as the impersonated user's own.
+pub fn impersonated(caller: User, headers: &http::HeaderMap) -> Result<User, ApiError> {
+    let text = |v: &http::HeaderValue| {
+        v.to_str().map(str::to_string).map_err(|_| ApiError::bad_request("impersonation headers must be text"))
+    };
+    let user = headers.get("impersonate-user").map(text).transpose()?;
+    let groups: Vec<String> = headers.get_all("impersonate-group").iter().map(text).collect::<Result<_, _>>()?;
+    let others =
+        headers.keys().any(|k| k.as_str() == "impersonate-uid" || k.as_str().starts_with("impersonate-extra-"));
+    let Some(name) = user else {
+        if !groups.is_empty() || others {
+            return Err(ApiError::bad_request(
+                "impersonating groups, a uid or extra fields needs Impersonate-User too",
+            ));
+        }
+        return Ok(caller);
+    };
+    if !caller.is_admin() {
+        return Err(ApiError::forbidden(format!(
+            "users \"{name}\" is forbidden: User \"{}\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope",
+            caller.name
+        )));
+    }
+    let mut groups = groups;
+    if let Some(rest) = name.strip_prefix("system:serviceaccount:")
+        && let Some((ns, _)) = rest.split_once(':')
+        && groups.is_empty()
+    {
+        groups.push("system:serviceaccounts".into());
+        groups.push(format!("system:serviceaccounts:{ns}"));
+    }
+    if name != "system:anonymous" && !groups.iter().any(|g| g == "system:authenticated") {
+        groups.push("system:authenticated".into());
+    }
+    Ok(User { name, groups })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use NodeCheck::*;
+
+    fn attrs<'a>(
+        verb: &'a str,
+        group: &'a str,
+        resource: &'a str,
+        sub: Option<&'a str>,
+        namespace: Option<&'a str>,
+        name: Option<&'a str>,
+    ) -> Attributes<'a> {
+        Attributes { verb, group, resource, sub, namespace, name }
+    }
+
+    /// Every row of upstream's Node authorizer and NodeRestriction this server applies,
+    /// for node `board-2`: allowed (with what remains to check) or refused.
+    #[test]
+    fn the_node_table() {
+        let lease = "coordination.k8s.io";
+        let nl = Some("kube-node-lease");
+        let d = Some("default");
+        let rows: &[(Attributes, Option<NodeCheck>)] = &[
+            // Nodes: read any, change only its own, create only its own (checked on the body).
+            (attrs("get", "", "nodes", None, None, Some("board-1")), Some(Nothing)),
+            (attrs("list", "", "nodes", None, None, None), Some(Nothing)),
+            (attrs("watch", "", "nodes", None, None, None), Some(Nothing)),
+            (attrs("create", "", "nodes", None, None, None), Some(CreatedForNode)),
+            (attrs("patch", "", "nodes", None, None, Some("board-2")), Some(Nothing)),
+            (attrs("update", "", "nodes", Some("status"), None, Some("board-2")), Some(Nothing)),
+            (attrs("patch", "", "nodes", None, None, Some("board-1")), None),
+            (attrs("update", "", "nodes", Some("status"), None, Some("board-1")), None),
+            (attrs("delete", "", "nodes", None, None, Some("board-1")), None),
+            (attrs("delete", "", "nodes", None, None, Some("board-2")), None),
+            (attrs("deletecollection", "", "nodes", None, None, None), None),
+            // Leases: only its own, only in kube-node-lease.
+            (attrs("get", lease, "leases", None, nl, Some("board-2")), Some(Nothing)),
+            (attrs("patch", lease, "leases", None, nl, Some("board-2")), Some(Nothing)),
+            (attrs("create", lease, "leases", None, nl, None), Some(CreatedForNode)),
+            (attrs("patch", lease, "leases", None, nl, Some("board-1")), None),
+            (attrs("create", lease, "leases", None, Some("kube-system"), None), None),
+            (attrs("delete", lease, "leases", None, nl, Some("board-2")), None),
+            (attrs("list", lease, "leases", None, nl, None), None),
+            (attrs("deletecollection", lease, "leases", None, nl, None), None),
+            // Pods: read any; status, delete and eviction only of pods bound to it; mirror
+            // pods only for itself; no logs, exec, attach or port-forward.
+            (attrs("list", "", "pods", None, None, None), Some(Nothing)),
+            (attrs("get", "", "pods", None, d, Some("p")), Some(Nothing)),
+            (attrs("create", "", "pods", None, d, None), Some(CreatedForNode)),
+            (attrs("patch", "", "pods", Some("status"), d, Some("p")), Some(BoundToNode)),
+            (attrs("update", "", "pods", Some("status"), d, Some("p")), Some(BoundToNode)),
+            (attrs("delete", "", "pods", None, d, Some("p")), Some(BoundToNode)),
+            (attrs("create", "", "pods", Some("eviction"), d, Some("p")), Some(BoundToNode)),
+            (attrs("update", "", "pods", None, d, Some("p")), None),
+            (attrs("patch", "", "pods", None, d, Some("p")), None),
+            (attrs("deletecollection", "", "pods", None, d, None), None),
+            (attrs("get", "", "pods", Some("log"), d, Some("p")), None),
+            (attrs("create", "", "pods", Some("exec"), d, Some("p")), None),
+            (attrs("create", "", "pods", Some("attach"), d, Some("p")), None),
+            (attrs("create", "", "pods", Some("portforward"), d, Some("p")), None),
+            (attrs("create", "", "pods", Some("binding"), d, Some("p")), None),
+            // Secrets, ConfigMaps, claims: one at a time, only what its pods use.
+            (attrs("get", "", "secrets", None, d, Some("s")), Some(UsedByNodePods)),
+            (attrs("get", "", "configmaps", None, d, Some("c")), Some(UsedByNodePods)),
+            (attrs("get", "", "persistentvolumeclaims", None, d, Some("c")), Some(UsedByNodePods)),
+            (attrs("list", "", "secrets", None, d, None), None),
+            (attrs("watch", "", "configmaps", None, None, None), None),
+            (attrs("delete", "", "secrets", None, d, Some("s")), None),
+            (attrs("create", "", "secrets", None, d, None), None),
+            // Local volumes: read; release only its own.
+            (attrs("list", "", "persistentvolumes", None, None, None), Some(Nothing)),
+            (attrs("patch", "", "persistentvolumes", None, None, Some("v")), Some(BoundToNode)),
+            (attrs("delete", "", "persistentvolumes", None, None, Some("v")), None),
+            // Events: write; services and endpoints: read.
+            (attrs("create", "", "events", None, d, None), Some(Nothing)),
+            (attrs("patch", "events.k8s.io", "events", None, d, Some("e")), Some(Nothing)),
+            (attrs("delete", "", "events", None, d, Some("e")), None),
+            (attrs("watch", "", "services", None, None, None), Some(Nothing)),
+            (attrs("list", "", "endpoints", None, None, None), Some(Nothing)),
+            (attrs("list", "discovery.k8s.io", "endpointslices", None, None, None), Some(Nothing)),
+            (attrs("create", "", "services", None, d, None), None),
+            // Everything else.
+            (attrs("list", "apps", "deployments", None, d, None), None),
+            (attrs("get", "", "namespaces", None, None, Some("default")), None),
+            (attrs("create", "", "serviceaccounts", None, d, None), None),
+        ];
+        for (a, want) in rows {
+            assert_eq!(node_rule("board-2", a).ok(), *want, "{a:?}");
+        }
+        assert!(node_owns("board-2", Some("board-2")));
+        assert!(!node_owns("board-2", Some("board-1")) && !node_owns("board-2", None));
+    }
 
     #[test]
-    fn nodes_change_only_their_own_node_and_lease() {
+    fn only_nodes_in_the_nodes_group_are_nodes_and_others_get_nothing() {
         let node = User { name: "system:node:board-2".into(), groups: vec!["system:nodes".into()] };
-        assert!(authorize(&node, "patch", "", "nodes", None, Some("board-2")).is_ok());
-        assert!(authorize(&node, "patch", "", "nodes", None, Some("board-1")).is_err());
-        assert!(authorize(&node, "get", "", "nodes", None, Some("board-1")).is_ok());
-        assert!(
-            authorize(&node, "patch", "coordination.k8s.io", "leases", Some("kube-node-lease"), Some("board-2"))
-                .is_ok()
-        );
-        assert!(
-            authorize(&node, "delete", "coordination.k8s.io", "leases", Some("kube-node-lease"), Some("x")).is_err()
-        );
-        assert!(authorize(&node, "list", "apps", "deployments", Some("default"), None).is_err());
-        assert!(authorize(&node, "get", "", "secrets", Some("default"), Some("s")).is_ok());
-        assert!(authorize(&node, "delete", "", "secrets", Some("default"), Some("s")).is_err());
-        assert!(authorize(&node, "list", "", "secrets", Some("default"), None).is_err());
-        assert!(authorize(&node, "watch", "", "configmaps", None, None).is_err());
-        assert_eq!(node_reads_through_pods(&node, "", "secrets"), Some("board-2"));
-        assert_eq!(node_reads_through_pods(&node, "", "services"), None);
-        let admin = User { name: "admin".into(), groups: vec!["system:masters".into()] };
-        assert_eq!(node_reads_through_pods(&admin, "", "secrets"), None);
+        let get_node = attrs("get", "", "nodes", None, None, Some("board-2"));
+        assert_eq!(authorize(&node, &get_node).ok(), Some(Nothing));
         let impostor = User { name: "system:node:board-2".into(), groups: vec![] };
-        assert!(authorize(&impostor, "get", "", "nodes", None, Some("board-2")).is_err());
+        assert!(authorize(&impostor, &get_node).is_err());
+        let someone = User { name: "alice".into(), groups: vec!["system:authenticated".into()] };
+        let e = authorize(&someone, &attrs("list", "", "secrets", None, Some("default"), None)).unwrap_err();
+        assert_eq!(e.code, 403);
+        assert!(e.message.contains("User \"alice\" cannot list resource \"secrets\""), "{}", e.message);
+        let admin = User { name: "admin".into(), groups: vec!["system:masters".into()] };
+        assert_eq!(authorize(&admin, &attrs("delete", "", "nodes", None, None, Some("x"))).ok(), Some(Nothing));
+    }
+
+    #[test]
+    fn only_masters_impersonate_and_then_as_the_impersonated_user() {
+        let mut h = http::HeaderMap::new();
+        h.insert("impersonate-user", "system:node:x".parse().unwrap());
+        h.append("impersonate-group", "system:nodes".parse().unwrap());
+        let admin = User { name: "admin".into(), groups: vec!["system:masters".into()] };
+        let as_node = impersonated(admin.clone(), &h).unwrap();
+        assert_eq!(as_node.name, "system:node:x");
+        assert_eq!(as_node.groups, vec!["system:nodes".to_string(), "system:authenticated".to_string()]);
+        assert!(!as_node.is_admin());
+        assert!(authorize(&as_node, &attrs("list", "", "secrets", None, Some("default"), None)).is_err());
+        let node = User { name: "system:node:y".into(), groups: vec!["system:nodes".into()] };
+        assert_eq!(impersonated(node.clone(), &h).unwrap_err().code, 403);
+        assert_eq!(impersonated(node.clone(), &http::HeaderMap::new()).unwrap(), node);
+        let mut groups_only = http::HeaderMap::new();
+        groups_only.insert("impersonate-group", "system:masters".parse().unwrap());
+        assert_eq!(impersonated(admin.clone(), &groups_only).unwrap_err().code, 400);
+        let mut sa = http::HeaderMap::new();
+        sa.insert("impersonate-user", "system:serviceaccount:web:api".parse().unwrap());
+        let u = impersonated(admin, &sa).unwrap();
+        assert!(u.groups.contains(&"system:serviceaccounts:web".to_string()));
     }
 }

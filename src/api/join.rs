@@ -4,11 +4,19 @@
 //! then asks `/v1-bramble/node-credentials` for a client certificate of its own
 //! (`system:node:<name>` in `system:nodes`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use base64::Engine;
+use hyper::Request;
 use serde_json::{Value, json};
 
+use super::http::{Query, RequestBody};
+use super::objects::Target;
 use super::status::ApiError;
+use super::{Api, resources};
 use crate::pki::Pki;
 
 /// What the server needs to admit agents.
@@ -17,6 +25,77 @@ pub struct Join {
     pub secret: String,
     /// The cluster CA, which signs node certificates.
     pub pki: Arc<Pki>,
+    /// Recent failed joins per source address.
+    pub failures: FailedJoins,
+}
+
+impl Join {
+    pub fn new(secret: String, pki: Arc<Pki>) -> Join {
+        Join { secret, pki, failures: FailedJoins::default() }
+    }
+}
+
+/// The address a connection came from, put in each request's extensions by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub IpAddr);
+
+/// Failed joins per source address in the current window: a guesser gets
+/// [`MAX_FAILED_JOINS`] tries a minute, then 429 until the window ends.
+#[derive(Default)]
+pub struct FailedJoins(Mutex<HashMap<IpAddr, (Instant, u32)>>);
+
+/// Failed joins one address may make per [`FAILED_JOIN_WINDOW`].
+pub const MAX_FAILED_JOINS: u32 = 10;
+/// How long failed joins are remembered.
+pub const FAILED_JOIN_WINDOW: Duration = Duration::from_secs(60);
+
+impl FailedJoins {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (Instant, u32)>> {
+        // A panic while holding this lock leaves only counters behind: keep using them.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Refuses `ip` with 429 while it is over its failures in the current window.
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), ApiError> {
+        let mut t = self.table();
+        t.retain(|_, (start, _)| now.duration_since(*start) < FAILED_JOIN_WINDOW);
+        match t.get(&ip) {
+            Some((start, n)) if *n >= MAX_FAILED_JOINS => {
+                let wait = FAILED_JOIN_WINDOW.saturating_sub(now.duration_since(*start)).as_secs().max(1);
+                Err(ApiError::too_many_requests(
+                    format!("too many failed joins from {ip}: check the token and try again in {wait} s"),
+                    wait,
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts one failed join from `ip`.
+    pub fn failed(&self, ip: IpAddr, now: Instant) {
+        let mut t = self.table();
+        let entry = t.entry(ip).or_insert((now, 0));
+        entry.1 += 1;
+    }
+}
+
+/// Largest join request body: a node name and a password.
+const MAX_JOIN_BODY: usize = 4096;
+
+/// Where a node's password hash is kept: a Secret in `kube-system`, as k3s keeps
+/// `<node>.node-password.k3s`.
+pub fn password_secret_name(node: &str) -> String {
+    format!("{node}.node-password.bramble")
+}
+
+/// A salted SHA-256 of a node password (the password is 32 random bytes the agent made, so
+/// a slow hash buys nothing).
+fn password_hash(salt: &str, password: &str) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(salt.as_bytes());
+    ctx.update(b":");
+    ctx.update(password.as_bytes());
+    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The hex SHA-256 of a CA certificate in PEM, as the token carries it.
@@ -50,27 +129,131 @@ fn valid_node_name(name: &str) -> bool {
 }
 
 impl Join {
-    /// Answers a credentials request: `authorization` must carry the token (or its secret),
-    /// `body` names the node.
-    pub fn credentials(&self, authorization: Option<&str>, body: &Value) -> Result<Value, ApiError> {
-        let presented = authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim).unwrap_or("");
+    /// Whether `authorization` carries the token (or its secret), and, when the token
+    /// names a CA, this server's CA.
+    fn token_ok(&self, authorization: Option<&str>) -> bool {
+        let Some(presented) = authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
+            return false;
+        };
         let (hash, secret) = parse_token(presented);
         let hash_ok = hash.is_none_or(|h| same(h.as_bytes(), ca_hash(&self.pki.ca.cert_pem).as_bytes()));
-        if !hash_ok || !same(secret.as_bytes(), self.secret.as_bytes()) {
+        hash_ok && !secret.is_empty() && same(secret.as_bytes(), self.secret.as_bytes())
+    }
+}
+
+impl Api {
+    /// `POST /v1-bramble/node-credentials`: the token is checked before a byte of the body is
+    /// read, failures are rate-limited per address, and a node name already joined with
+    /// another password is refused (k3s's node password), so the token alone never hands
+    /// out an existing node's identity.
+    pub(super) async fn join_node(&self, join: &Join, req: Request<RequestBody>) -> Result<Value, ApiError> {
+        let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+        if let Some(ip) = peer {
+            join.failures.check(ip, Instant::now())?;
+        }
+        let authorization = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        if !join.token_ok(authorization) {
+            if let Some(ip) = peer {
+                join.failures.failed(ip, Instant::now());
+            }
             return Err(ApiError::unauthorized());
         }
+        let (_, body) = super::http::read_body_limited(req, MAX_JOIN_BODY).await?;
+        let body: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the join request is not JSON: {e}")))?;
         let name = body["nodeName"].as_str().unwrap_or("");
         if !valid_node_name(name) {
             return Err(ApiError::bad_request(format!(
                 "nodeName {name:?} must be a lowercase DNS-1123 subdomain, as node names are"
             )));
         }
-        let pair = self
-            .pki
-            .issue(&format!("system:node:{name}"), &["system:nodes"], &[], false)
-            .map_err(|e| ApiError::internal(format!("issuing the node certificate: {e}")))?;
-        Ok(json!({"certificate": pair.cert_pem, "key": pair.key_pem, "ca": self.pki.ca.cert_pem}))
+        let password = body["nodePassword"].as_str().unwrap_or("");
+        if !(16..=256).contains(&password.len()) {
+            return Err(ApiError::bad_request(
+                "nodePassword must be 16 to 256 characters: agents keep theirs in <data-dir>/agent/node-password",
+            ));
+        }
+        self.check_node_password(name, password).await?;
+        let pair =
+            join.pki.issue_node(name).map_err(|e| ApiError::internal(format!("issuing the node certificate: {e}")))?;
+        Ok(json!({"certificate": pair.cert_pem, "key": pair.key_pem, "ca": join.pki.ca.cert_pem}))
     }
+
+    /// Keeps the first password a node name joins with, and refuses any other after it.
+    async fn check_node_password(&self, node: &str, password: &str) -> Result<(), ApiError> {
+        let secrets =
+            resources::find("", "v1", "secrets").ok_or_else(|| ApiError::internal("secrets are not served"))?;
+        let target = Target {
+            res: secrets,
+            namespace: Some("kube-system".into()),
+            name: Some(password_secret_name(node)),
+            sub: None,
+        };
+        loop {
+            match self.get_object(&target) {
+                Ok(stored) => {
+                    let field = |k: &str| stored.pointer(&format!("/data/{k}")).and_then(Value::as_str).unwrap_or("");
+                    let decode = |k: &str| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(field(k))
+                            .ok()
+                            .and_then(|b| String::from_utf8(b).ok())
+                            .unwrap_or_default()
+                    };
+                    let (salt, hash) = (decode("salt"), decode("hash"));
+                    if same(password_hash(&salt, password).as_bytes(), hash.as_bytes()) {
+                        return Ok(());
+                    }
+                    return Err(ApiError::forbidden(format!(
+                        "node {node:?} already joined with another node password: this board is not that node. If it \
+                         replaces it, remove the old one first (`kubectl delete node {node}`, which also forgets its \
+                         password), or join this board under another name (--node-name)"
+                    )));
+                }
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+            let salt: String = (0..16).map(|_| format!("{:02x}", rand_byte())).collect();
+            let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+            let secret = json!({"metadata": {"name": password_secret_name(node), "namespace": "kube-system",
+                                   "labels": {"bramble.io/node-password": node}},
+                "type": "bramble.io/node-password",
+                "data": {"salt": b64(&salt), "hash": b64(&password_hash(&salt, password))}});
+            let create = Target { name: None, ..target.clone() };
+            match self.create(&create, &Query::default(), secret).await {
+                Ok(_) => return Ok(()),
+                // Another join of the same name won the race: compare with its password.
+                Err(e) if e.code == 409 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Forgets a deleted node's password, so a new board may join under its name.
+    pub(super) async fn forget_node_password(&self, node: &str) {
+        let Some(secrets) = resources::find("", "v1", "secrets") else { return };
+        let target = Target {
+            res: secrets,
+            namespace: Some("kube-system".into()),
+            name: Some(password_secret_name(node)),
+            sub: None,
+        };
+        match self.delete(&target, &Query::default(), json!({})).await {
+            Ok(_) => {}
+            Err(e) if e.code == 404 => {}
+            Err(e) => tracing::warn!(node, error = %e.message, "forgetting the deleted node's password"),
+        }
+    }
+}
+
+fn rand_byte() -> u8 {
+    let mut b = [0u8; 1];
+    // ring's system RNG fails only when the kernel has no randomness at all; a zero salt
+    // byte then still leaves the password's own entropy.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        tracing::warn!("no system randomness for a node password salt");
+    }
+    b[0]
 }
 
 #[cfg(test)]
@@ -84,5 +267,35 @@ mod tests {
         assert!(token("CA", "x").starts_with("K10") && token("CA", "x").ends_with("::server:x"));
         assert!(valid_node_name("board-1") && !valid_node_name("Board_1") && !valid_node_name(""));
         assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"ab", b"abc"));
+    }
+
+    #[test]
+    fn failed_joins_are_limited_per_address_and_forgotten_after_the_window() {
+        let f = FailedJoins::default();
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let t0 = Instant::now();
+        for _ in 0..MAX_FAILED_JOINS {
+            assert!(f.check(a, t0).is_ok());
+            f.failed(a, t0);
+        }
+        let e = f.check(a, t0).unwrap_err();
+        assert_eq!(e.code, 429);
+        assert!(f.check(b, t0).is_ok(), "another address is not held back");
+        assert!(f.check(a, t0 + FAILED_JOIN_WINDOW).is_ok());
+    }
+
+    #[test]
+    fn tokens_need_the_secret_and_the_right_ca() {
+        let dir = std::env::temp_dir().join(format!("bramble-join-test-{}", std::process::id()));
+        let pki = Pki::load_or_create(&dir, &["127.0.0.1".into()]);
+        std::fs::remove_dir_all(&dir).ok();
+        let pki = Arc::new(pki.unwrap());
+        let j = Join::new("s3cret".into(), pki.clone());
+        assert!(j.token_ok(Some("Bearer s3cret")));
+        assert!(j.token_ok(Some(&format!("Bearer {}", token(&pki.ca.cert_pem, "s3cret")))));
+        assert!(!j.token_ok(Some(&format!("Bearer {}", token("another CA", "s3cret")))));
+        assert!(!j.token_ok(Some("Bearer wrong")) && !j.token_ok(Some("Bearer ")) && !j.token_ok(None));
+        assert!(!j.token_ok(Some("s3cret")), "not a bearer token");
+        assert_ne!(password_hash("a", "pw"), password_hash("b", "pw"));
     }
 }

@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::fields;
 use super::status::Cause;
 
 macro_rules! typed_kinds {
@@ -351,9 +352,18 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
 
-/// A DNS-1123 subdomain: dot-separated labels, <= 253.
+/// A DNS-1123 subdomain: dot-separated labels, <= 253 in all (upstream holds no single part
+/// to 63 here).
 pub fn is_dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253 && !s.is_empty() && s.split('.').all(is_dns1123_label)
+    s.len() <= 253
+        && !s.is_empty()
+        && s.split('.').all(|part| {
+            let b = part.as_bytes();
+            !b.is_empty()
+                && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+        })
 }
 
 /// A DNS-1035 label: a DNS-1123 label that starts with a letter.
@@ -398,6 +408,12 @@ pub fn validate_name(kind: &str, name: &str, causes: &mut Vec<Cause>) {
 }
 
 fn validate_metadata(o: &Value, causes: &mut Vec<Cause>) {
+    if let Some(m) = o.pointer("/metadata/annotations").and_then(Value::as_object) {
+        let size: usize = m.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum();
+        if size > fields::MAX_ANNOTATION_BYTES {
+            causes.push(Cause::too_long("metadata.annotations", fields::MAX_ANNOTATION_BYTES));
+        }
+    }
     for (field, check_values) in [("labels", true), ("annotations", false)] {
         if let Some(m) = o.pointer(&format!("/metadata/{field}")).and_then(Value::as_object) {
             for (k, v) in m {
@@ -447,6 +463,7 @@ fn validate_containers(spec: &Value, base: &str, causes: &mut Vec<Cause>) {
                     ));
                 }
             }
+            validate_container_fields(c, &p, causes);
             let pol = str_at(c, "/imagePullPolicy");
             if !pol.is_empty() && !["Always", "IfNotPresent", "Never"].contains(&pol) {
                 causes.push(Cause::unsupported(
@@ -470,6 +487,7 @@ fn validate_containers(spec: &Value, base: &str, causes: &mut Vec<Cause>) {
             causes.push(Cause::duplicate(format!("{base}.volumes[{i}].name"), name));
         }
         vols.push(name);
+        validate_volume_source(v, &format!("{base}.volumes[{i}]"), causes);
     }
     for key in ["initContainers", "containers"] {
         for (i, c) in spec.get(key).and_then(Value::as_array).into_iter().flatten().enumerate() {
@@ -486,6 +504,108 @@ fn validate_containers(spec: &Value, base: &str, causes: &mut Vec<Cause>) {
         }
     }
 }
+
+/// A container's env names, port names, resource quantities and `subPath`s.
+fn validate_container_fields(c: &Value, p: &str, causes: &mut Vec<Cause>) {
+    for (j, e) in c.get("env").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let name = str_at(e, "/name");
+        if !fields::is_env_name(name) {
+            causes.push(Cause::invalid(
+                format!("{p}.env[{j}].name"),
+                name,
+                "a valid environment variable name must consist only of printable ASCII characters other than '='",
+            ));
+        }
+    }
+    for (j, port) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        if let Some(name) = port.get("name").and_then(Value::as_str)
+            && !fields::is_port_name(name)
+        {
+            causes.push(Cause::invalid(format!("{p}.ports[{j}].name"), name, "must be no more than 15 characters, contain only lowercase alphanumeric characters or '-', contain at least one letter, and neither start nor end with '-' nor have '--'"));
+        }
+    }
+    for kind in ["limits", "requests"] {
+        for (resource, q) in c.pointer(&format!("/resources/{kind}")).and_then(Value::as_object).into_iter().flatten() {
+            let text = match q {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                other => other.to_string(),
+            };
+            match fields::parse_quantity(&text) {
+                Err(why) => causes.push(Cause::invalid(format!("{p}.resources.{kind}[{resource}]"), &text, why)),
+                Ok(q) if q.milli < 0 => causes.push(Cause::invalid(
+                    format!("{p}.resources.{kind}[{resource}]"),
+                    &text,
+                    "must be greater than or equal to 0",
+                )),
+                Ok(_) => {}
+            }
+        }
+    }
+    for (j, m) in c.get("volumeMounts").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for key in ["subPath", "subPathExpr"] {
+            if let Some(sub) = m.get(key).and_then(Value::as_str)
+                && !sub.is_empty()
+                && !fields::is_descending_path(sub)
+            {
+                causes.push(Cause::invalid(
+                    format!("{p}.volumeMounts[{j}].{key}"),
+                    sub,
+                    "must be a relative path that does not contain '..'",
+                ));
+            }
+        }
+    }
+}
+
+/// A volume's `items[].path` and `items[].key` (configMap, secret, downwardAPI and their
+/// projections) and a hostPath's `path`.
+fn validate_volume_source(v: &Value, base: &str, causes: &mut Vec<Cause>) {
+    let mut item_lists: Vec<(String, &Value)> = Vec::new();
+    for source in ["configMap", "secret", "downwardAPI"] {
+        if let Some(items) = v.pointer(&format!("/{source}/items")) {
+            item_lists.push((format!("{base}.{source}.items"), items));
+        }
+    }
+    for (k, s) in v.pointer("/projected/sources").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for source in ["configMap", "secret", "downwardAPI"] {
+            if let Some(items) = s.pointer(&format!("/{source}/items")) {
+                item_lists.push((format!("{base}.projected.sources[{k}].{source}.items"), items));
+            }
+        }
+    }
+    for (field, items) in item_lists {
+        for (i, item) in items.as_array().into_iter().flatten().enumerate() {
+            let path = str_at(item, "/path");
+            if path.is_empty() {
+                causes.push(Cause::required(format!("{field}[{i}].path")));
+            } else if !fields::is_descending_path(path) {
+                causes.push(Cause::invalid(
+                    format!("{field}[{i}].path"),
+                    path,
+                    "must be a relative path that does not contain '..'",
+                ));
+            }
+            if let Some(key) = item.get("key").and_then(Value::as_str)
+                && !fields::is_config_key(key)
+            {
+                causes.push(Cause::invalid(format!("{field}[{i}].key"), key, CONFIG_KEY_MSG));
+            }
+        }
+    }
+    if let Some(host) = v.get("hostPath") {
+        let path = str_at(host, "/path");
+        if !fields::is_clean_absolute_path(path) {
+            causes.push(Cause::invalid(
+                format!("{base}.hostPath.path"),
+                path,
+                "must be an absolute path that does not contain '..'",
+            ));
+        }
+    }
+}
+
+const CONFIG_KEY_MSG: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
 
 /// Workloads: a selector that selects the template's labels.
 fn validate_selector_template(o: &Value, kind: &str, causes: &mut Vec<Cause>) {
@@ -614,15 +734,19 @@ pub fn validate(kind: &str, o: &Value) -> Vec<Cause> {
             }
         }
         "ConfigMap" | "Secret" => {
-            for field in ["data", "binaryData"] {
-                for k in o.get(field).and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k) {
-                    if k.is_empty()
-                        || k.len() > 253
-                        || !k.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-                    {
-                        c.push(Cause::invalid(format!("{field}[{k}]"), k, "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+            let mut size = 0usize;
+            for field in ["data", "binaryData", "stringData"] {
+                for (k, v) in o.get(field).and_then(Value::as_object).into_iter().flatten() {
+                    if !fields::is_config_key(k) {
+                        c.push(Cause::invalid(format!("{field}[{k}]"), k, CONFIG_KEY_MSG));
                     }
+                    size += k.len() + v.as_str().map_or(0, str::len);
                 }
+            }
+            // Secrets hold base64 here: count the decoded bytes as upstream does.
+            let size = if kind == "Secret" { size / 4 * 3 } else { size };
+            if size > fields::MAX_CONFIG_BYTES {
+                c.push(Cause::too_long("data", fields::MAX_CONFIG_BYTES));
             }
         }
         "Namespace" => {}
@@ -771,5 +895,59 @@ mod tests {
         let new_name = json!({"spec": {"containers": [{"name": "b", "image": "x:1"}]}});
         assert!(validate_update("Pod", &old, &new_image).is_empty());
         assert_eq!(validate_update("Pod", &old, &new_name).len(), 1);
+    }
+
+    #[test]
+    fn hostile_paths_names_and_quantities_are_invalid_with_their_field() {
+        let pod = json!({"spec": {
+            "volumes": [
+                {"name": "cm", "configMap": {"name": "c", "items": [{"key": "k", "path": "../../etc/cron.d/x"}]}},
+                {"name": "sec", "secret": {"secretName": "s", "items": [{"key": "..data", "path": "/abs/x"}]}},
+                {"name": "dw", "downwardAPI": {"items": [{"path": "a/../../b", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+                {"name": "pr", "projected": {"sources": [{"configMap": {"name": "c", "items": [{"key": "k", "path": ".."}]}}]}},
+                {"name": "hp", "hostPath": {"path": "/var/../etc"}},
+            ],
+            "containers": [{"name": "c", "image": "x:1",
+                "env": [{"name": "A=B", "value": "1"}],
+                "ports": [{"containerPort": 80, "name": "this-name-is-too-long"}],
+                "resources": {"limits": {"memory": "banana", "cpu": "-1"}},
+                "volumeMounts": [{"name": "cm", "mountPath": "/m", "subPath": "../../"},
+                                 {"name": "hp", "mountPath": "/n", "subPathExpr": "/$(POD)"}]}],
+        }});
+        let mut fields: Vec<String> = validate("Pod", &pod).into_iter().map(|c| c.field).collect();
+        fields.sort();
+        let want = [
+            "spec.containers[0].env[0].name",
+            "spec.containers[0].ports[0].name",
+            "spec.containers[0].resources.limits[cpu]",
+            "spec.containers[0].resources.limits[memory]",
+            "spec.containers[0].volumeMounts[0].subPath",
+            "spec.containers[0].volumeMounts[1].subPathExpr",
+            "spec.volumes[0].configMap.items[0].path",
+            "spec.volumes[1].secret.items[0].key",
+            "spec.volumes[1].secret.items[0].path",
+            "spec.volumes[2].downwardAPI.items[0].path",
+            "spec.volumes[3].projected.sources[0].configMap.items[0].path",
+            "spec.volumes[4].hostPath.path",
+        ];
+        assert_eq!(fields, want);
+        let fine = json!({"spec": {"volumes": [{"name": "cm", "configMap": {"name": "c", "items": [{"key": "k", "path": "conf/app.yaml"}]}}],
+            "containers": [{"name": "c", "image": "x:1", "env": [{"name": "my.var", "value": "1"}],
+                "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}, "requests": {"memory": "1e6"}},
+                "volumeMounts": [{"name": "cm", "mountPath": "/m", "subPath": "conf"}]}]}});
+        assert!(validate("Pod", &fine).is_empty(), "{:?}", validate("Pod", &fine));
+    }
+
+    #[test]
+    fn config_size_annotation_size_and_long_subdomains() {
+        let big = json!({"data": {"a": "x".repeat(fields::MAX_CONFIG_BYTES)}});
+        assert_eq!(validate("ConfigMap", &big)[0].field, "data");
+        let keys = json!({"data": {"..data": "x", ".": "y"}});
+        assert_eq!(validate("ConfigMap", &keys).len(), 2);
+        let ann = json!({"metadata": {"annotations": {"a": "x".repeat(fields::MAX_ANNOTATION_BYTES)}}});
+        assert_eq!(validate("ConfigMap", &ann)[0].field, "metadata.annotations");
+        let long_part = format!("{}.example.com", "a".repeat(100));
+        assert!(is_dns1123_subdomain(&long_part), "upstream holds only the whole name to 253");
+        assert!(!is_dns1123_subdomain(&"a".repeat(254)));
     }
 }

@@ -9,6 +9,7 @@ mod apply;
 pub mod auth;
 mod discovery;
 pub mod disruption;
+pub mod fields;
 pub mod http;
 pub mod join;
 mod kinds;
@@ -63,6 +64,8 @@ pub struct Api {
     tokens: Tokens,
     /// Serializes evictions (see `evict`).
     evictions: tokio::sync::Mutex<()>,
+    /// Signs `continue` tokens (made at start: tokens do not outlive the process).
+    continue_key: ring::hmac::Key,
 }
 
 /// Parses `a.b.c.d/n`.
@@ -85,7 +88,17 @@ fn warning_header(resp: &mut Response<Body>, warnings: &[String]) {
 
 impl Api {
     pub fn new(store: Store, opts: ApiOptions, tokens: Tokens) -> Arc<Api> {
-        Arc::new(Api { store, opts, tokens, evictions: tokio::sync::Mutex::new(()) })
+        let continue_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .unwrap_or_else(|_| {
+                // Without kernel randomness, a key from the clock still keeps tokens from
+                // being forged by anyone who cannot guess the start time to the nanosecond.
+                let seed = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed.to_le_bytes())
+            });
+        Arc::new(Api { store, opts, tokens, evictions: tokio::sync::Mutex::new(()), continue_key })
     }
 
     /// Creates what every cluster has: the system namespaces and the `kubernetes` Service.
@@ -143,12 +156,7 @@ impl Api {
             }
             "/v1-bramble/node-credentials" if req.method() == hyper::Method::POST => {
                 if let Some(j) = &self.opts.join {
-                    let authorization =
-                        req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(String::from);
-                    let (parts, body) = http::read_body(req).await?;
-                    let ct = parts.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    let body = http::decode_body(ct, &body)?;
-                    return Ok(json_response(200, &j.credentials(authorization.as_deref(), &body)?));
+                    return Ok(json_response(200, &self.join_node(j, req).await?));
                 }
             }
             _ => {}
@@ -156,6 +164,7 @@ impl Api {
         let user = cert_user
             .or_else(|| self.tokens.user(req.headers().get("authorization").and_then(|v| v.to_str().ok())))
             .ok_or_else(ApiError::unauthorized)?;
+        let user = auth::impersonated(user, req.headers())?;
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         if let ["api", "v1", "namespaces", ns, "pods", name, sub @ ("exec" | "attach" | "portforward")] =
             segs.as_slice()
@@ -203,6 +212,7 @@ impl Api {
         };
         let target = parse_target(group, version, rest).ok_or_else(|| ApiError::not_found_path(&path))?;
         let mut q = Query::parse(req.uri().query());
+        http::check_query(&q)?;
         if q.get("fieldManager").is_none_or(str::is_empty) {
             let agent = req.headers().get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("unknown");
             let name = agent.split('/').next().unwrap_or("unknown").trim();
@@ -221,12 +231,16 @@ impl Api {
             ("DELETE", true) => "delete",
             _ => return Err(ApiError::method_not_allowed(format!("{method} is not supported on {path}"))),
         };
-        auth::authorize(&user, verb, group, target.res.plural, target.namespace.as_deref(), target.name.as_deref())?;
-        if let (Some(node), Some(ns), Some(name)) =
-            (auth::node_reads_through_pods(&user, group, target.res.plural), &target.namespace, &target.name)
-        {
-            self.check_node_reference(node, target.res.plural, ns, name)?;
-        }
+        let attrs = auth::Attributes {
+            verb,
+            group,
+            resource: target.res.plural,
+            sub: target.sub.as_deref(),
+            namespace: target.namespace.as_deref(),
+            name: target.name.as_deref(),
+        };
+        let node_check = auth::authorize(&user, &attrs)?;
+        self.check_node_object(&user, &attrs, &target, node_check)?;
         let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let as_table = table::wants_table(&accept);
         let (parts, body) = http::read_body(req).await?;
@@ -237,6 +251,9 @@ impl Api {
             }
             http::decode_body(&ct, &body)
         };
+        if node_check == auth::NodeCheck::CreatedForNode {
+            self.check_node_creation(&user, &attrs, &body_value(true)?)?;
+        }
         let sub = target.sub.as_deref();
         let res = target.res;
         match (verb, sub) {
@@ -286,6 +303,9 @@ impl Api {
             }
             ("delete", None) => {
                 let (code, obj) = self.delete(&target, &q, body_value(false)?).await?;
+                if res.kind == "Node" && !q.dry_run() && code == 200 {
+                    self.forget_node_password(target.name.as_deref().unwrap_or_default()).await;
+                }
                 Ok(json_response(code, &obj))
             }
             ("get", Some("scale")) if res.scale => Ok(json_response(200, &self.scale(&target, &q, "GET", None).await?)),
@@ -327,7 +347,15 @@ impl Api {
         sub: &str,
         req: Request<RequestBody>,
     ) -> Result<Response<Body>, ApiError> {
-        auth::authorize(user, "create", "", "pods", Some(ns), Some(name))?;
+        let attrs = auth::Attributes {
+            verb: "create",
+            group: "",
+            resource: "pods",
+            sub: Some(sub),
+            namespace: Some(ns),
+            name: Some(name),
+        };
+        auth::authorize(user, &attrs)?;
         if !req.headers().contains_key("upgrade") {
             return Err(ApiError::bad_request(format!(
                 "Upgrade request required: {sub} streams need an Upgrade to SPDY/3.1 or WebSocket"

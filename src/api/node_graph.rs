@@ -48,7 +48,98 @@ pub fn references(pod: &Value) -> Vec<(&'static str, String)> {
     out
 }
 
+/// The node an object is bound to, for the objects a node may change only when bound to
+/// it: a pod's `spec.nodeName`, a local volume's `kubernetes.io/hostname` node affinity.
+pub fn bound_node(obj: &Value) -> Option<&str> {
+    if let Some(node) = obj.pointer("/spec/nodeName").and_then(Value::as_str) {
+        return Some(node);
+    }
+    let terms = obj.pointer("/spec/nodeAffinity/required/nodeSelectorTerms")?.as_array()?;
+    let [term] = terms.as_slice() else { return None };
+    term["matchExpressions"].as_array()?.iter().find_map(|e| match (e["key"].as_str(), e["values"].as_array()) {
+        (Some("kubernetes.io/hostname"), Some(values)) if e["operator"] == "In" && values.len() == 1 => {
+            values[0].as_str()
+        }
+        _ => None,
+    })
+}
+
+/// Why a node may not create `obj` (upstream's NodeRestriction): only its own Node and Lease,
+/// and only mirror pods bound to itself that use no Secret, ConfigMap, claim or
+/// ServiceAccount. `None` when it may.
+pub fn node_creation_refusal(me: &str, resource: &str, obj: &Value) -> Option<String> {
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    match resource {
+        "nodes" | "leases" if name != me => Some(format!("a node may create only its own {resource} object, {me:?}")),
+        "nodes" | "leases" => None,
+        "pods" => {
+            if obj.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_none() {
+                return Some("a node may create only mirror pods (annotation kubernetes.io/config.mirror)".into());
+            }
+            if bound_node(obj) != Some(me) {
+                return Some(format!("a node may create mirror pods only bound to itself ({me:?})"));
+            }
+            if !references(obj).is_empty() {
+                return Some("a mirror pod may not use Secrets, ConfigMaps or PersistentVolumeClaims".into());
+            }
+            let service_account = obj.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("");
+            let projected_token = obj["spec"]["volumes"].as_array().into_iter().flatten().any(|v| {
+                v.pointer("/projected/sources")
+                    .and_then(Value::as_array)
+                    .is_some_and(|s| s.iter().any(|s| s.get("serviceAccountToken").is_some()))
+            });
+            if !service_account.is_empty() || projected_token {
+                return Some("a mirror pod may not use a ServiceAccount".into());
+            }
+            None
+        }
+        _ => Some(format!("a node may not create {resource}")),
+    }
+}
+
 impl Api {
+    /// Applies what a node's request still needs checked against the stored object
+    /// (see [`super::auth::NodeCheck`]); creations are checked on the body later.
+    pub(super) fn check_node_object(
+        &self,
+        user: &super::auth::User,
+        attrs: &super::auth::Attributes,
+        target: &super::objects::Target,
+        check: super::auth::NodeCheck,
+    ) -> Result<(), ApiError> {
+        use super::auth::NodeCheck;
+        let Some(me) = super::auth::node_name(user) else { return Ok(()) };
+        match (check, target.namespace.as_deref(), target.name.as_deref()) {
+            (NodeCheck::Nothing | NodeCheck::CreatedForNode, ..) => Ok(()),
+            (NodeCheck::UsedByNodePods, Some(ns), Some(name)) => {
+                self.check_node_reference(me, target.res.plural, ns, name)
+            }
+            (NodeCheck::BoundToNode, ..) => {
+                let whole = super::objects::Target { sub: None, ..target.clone() };
+                let obj = self.get_object(&whole)?;
+                if super::auth::node_owns(me, bound_node(&obj)) {
+                    return Ok(());
+                }
+                Err(super::auth::forbidden(user, attrs, ": the object is not bound to this node"))
+            }
+            (NodeCheck::UsedByNodePods, ..) => Err(super::auth::forbidden(user, attrs, ": name the object")),
+        }
+    }
+
+    /// Refuses a node's creation of anything but its own Node, Lease or mirror pods.
+    pub(super) fn check_node_creation(
+        &self,
+        user: &super::auth::User,
+        attrs: &super::auth::Attributes,
+        body: &Value,
+    ) -> Result<(), ApiError> {
+        let Some(me) = super::auth::node_name(user) else { return Ok(()) };
+        match node_creation_refusal(me, attrs.resource, body) {
+            Some(why) => Err(super::auth::forbidden(user, attrs, &format!(": {why}"))),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses `node` the object `kind/name` in `namespace` unless a pod bound to it uses it.
     pub(super) fn check_node_reference(
         &self,
@@ -119,5 +210,36 @@ mod tests {
         ];
         assert_eq!(got, want);
         assert!(references(&json!({})).is_empty());
+    }
+
+    #[test]
+    fn nodes_create_only_their_own_node_lease_and_plain_mirror_pods() {
+        let node = json!({"metadata": {"name": "board-2"}});
+        assert_eq!(node_creation_refusal("board-2", "nodes", &node), None);
+        assert!(node_creation_refusal("board-1", "nodes", &node).is_some());
+        assert!(node_creation_refusal("board-1", "leases", &node).is_some());
+        let mirror = json!({"metadata": {"name": "m", "annotations": {"kubernetes.io/config.mirror": "x"}},
+            "spec": {"nodeName": "board-2", "containers": [{"name": "c", "image": "i"}]}});
+        assert_eq!(node_creation_refusal("board-2", "pods", &mirror), None);
+        assert!(node_creation_refusal("board-1", "pods", &mirror).is_some(), "bound to another node");
+        let mut plain = mirror.clone();
+        plain["metadata"]["annotations"] = json!({});
+        assert!(node_creation_refusal("board-2", "pods", &plain).is_some(), "not a mirror pod");
+        let mut with_secret = mirror.clone();
+        with_secret["spec"]["volumes"] = json!([{"name": "s", "secret": {"secretName": "ca"}}]);
+        assert!(node_creation_refusal("board-2", "pods", &with_secret).is_some());
+        let mut with_sa = mirror.clone();
+        with_sa["spec"]["serviceAccountName"] = json!("admin");
+        assert!(node_creation_refusal("board-2", "pods", &with_sa).is_some());
+        assert!(node_creation_refusal("board-2", "secrets", &node).is_some());
+    }
+
+    #[test]
+    fn pods_and_local_volumes_are_bound_to_their_node() {
+        assert_eq!(bound_node(&json!({"spec": {"nodeName": "a"}})), Some("a"));
+        let pv = json!({"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": ["b"]}]}]}}}});
+        assert_eq!(bound_node(&pv), Some("b"));
+        assert_eq!(bound_node(&json!({"spec": {}})), None);
     }
 }

@@ -325,7 +325,7 @@ impl Api {
             if gen_name.is_empty() {
                 return Err(ApiError::invalid(res.kind, res.group, "", vec![Cause::required("metadata.name")]));
             }
-            name = format!("{gen_name}{}", random_suffix(5));
+            name = format!("{}{}", super::fields::generated_prefix(gen_name), random_suffix(5));
             meta.insert("name".into(), json!(name));
         }
         if res.namespaced {
@@ -425,7 +425,7 @@ impl Api {
         // (upstream's "inconsistent continue") reads the latest state.
         let (mut start, mut at) = match q.get("continue").filter(|c| !c.is_empty()) {
             Some(token) => {
-                let (key, rv) = decode_continue(token)?;
+                let (key, rv) = decode_continue(&self.continue_key, token, &prefix)?;
                 (Some(key), u64::try_from(rv).ok().filter(|r| *r > 0))
             }
             None => (None, None),
@@ -461,7 +461,7 @@ impl Api {
             let records = match at {
                 Some(rev) => self.store.list_at(&prefix, start.as_deref(), chunk, rev)?.ok_or_else(|| {
                     match start.as_deref() {
-                        Some(key) => ApiError::continue_expired(encode_continue(key, -1)),
+                        Some(key) => ApiError::continue_expired(encode_continue(&self.continue_key, key, -1)),
                         None => ApiError::gone(format!("too old resource version: {rev}")),
                     }
                 })?,
@@ -503,7 +503,7 @@ impl Api {
     ) -> Value {
         let mut meta = json!({"resourceVersion": rev.to_string()});
         if let Some(k) = next {
-            meta["continue"] = json!(encode_continue(&k, i64::try_from(rev).unwrap_or(-1)));
+            meta["continue"] = json!(encode_continue(&self.continue_key, &k, i64::try_from(rev).unwrap_or(-1)));
             meta["remainingItemCount"] = Value::Null;
             if let Some(m) = meta.as_object_mut() {
                 m.remove("remainingItemCount");
@@ -1025,17 +1025,29 @@ fn scale_of(obj: &Value, rev: u64) -> Value {
 }
 
 /// A `continue` token: the last key returned and the revision the list was read at (-1:
-/// read the latest state), as upstream's etcd tokens carry them.
-fn encode_continue(key: &str, rev: i64) -> String {
+/// read the latest state), as upstream's etcd tokens carry them, signed with the server's
+/// key so a client cannot forge one that reads from another key.
+fn encode_continue(mac_key: &ring::hmac::Key, key: &str, rev: i64) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"v": 1, "start": key, "rv": rev}).to_string())
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let body = b64.encode(json!({"v": 1, "start": key, "rv": rev}).to_string());
+    let tag = ring::hmac::sign(mac_key, body.as_bytes());
+    format!("{body}.{}", b64.encode(tag.as_ref()))
 }
 
-fn decode_continue(token: &str) -> Result<(String, i64), ApiError> {
+/// The key and revision of a token [`encode_continue`] made for a list under `prefix`.
+fn decode_continue(mac_key: &ring::hmac::Key, token: &str, prefix: &str) -> Result<(String, i64), ApiError> {
     use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let bad = || ApiError::bad_request("continue key is not valid: list again without `continue`");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let (body, tag) = token.split_once('.').ok_or_else(bad)?;
+    let tag = b64.decode(tag).map_err(|_| bad())?;
+    ring::hmac::verify(mac_key, body.as_bytes(), &tag).map_err(|_| bad())?;
+    let raw = b64.decode(body).map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     let key = v.get("start").and_then(Value::as_str).map(String::from).ok_or_else(bad)?;
+    if !key.starts_with(prefix) {
+        return Err(bad());
+    }
     Ok((key, v.get("rv").and_then(Value::as_i64).unwrap_or(-1)))
 }

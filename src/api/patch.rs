@@ -70,14 +70,7 @@ fn is_primitive_set(field: &str) -> bool {
 /// Service's (merged by `port`) rather than a container's.
 pub fn apply(kind: PatchType, target: &Value, patch: &Value, service_ports: bool) -> Result<Value, ApiError> {
     match kind {
-        PatchType::Json => {
-            let p: json_patch::Patch = serde_json::from_value(patch.clone())
-                .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-            let mut doc = target.clone();
-            json_patch::patch(&mut doc, &p)
-                .map_err(|e| ApiError::unprocessable(format!("the JSON patch could not be applied: {e}")))?;
-            Ok(doc)
-        }
+        PatchType::Json => apply_json_patch(target, patch),
         PatchType::Merge => {
             if !patch.is_object() {
                 return Err(ApiError::bad_request("a merge patch must be a JSON object"));
@@ -95,6 +88,42 @@ pub fn apply(kind: PatchType, target: &Value, patch: &Value, service_ports: bool
             Ok(doc)
         }
     }
+}
+
+/// Most operations one JSON patch may have (upstream's `maxJSONPatchOperations`).
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// Applies a JSON patch (RFC 6902) one operation at a time, so that `copy` cannot grow the
+/// document past the request size limit (upstream bounds the accumulated copy size the same
+/// way): eighteen copies of a copy would otherwise double the object eighteen times.
+fn apply_json_patch(target: &Value, patch: &Value) -> Result<Value, ApiError> {
+    let ops = patch.as_array().ok_or_else(|| ApiError::bad_request("a JSON patch must be a list of operations"))?;
+    if ops.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(ApiError::too_large_message(format!(
+            "the JSON patch has {} operations: the most allowed is {MAX_JSON_PATCH_OPERATIONS}",
+            ops.len()
+        )));
+    }
+    let mut doc = target.clone();
+    let mut copied = 0usize;
+    for op in ops {
+        if op["op"] == "copy"
+            && let Some(from) = op["from"].as_str().and_then(|f| doc.pointer(f))
+        {
+            copied += serde_json::to_vec(from).map(|v| v.len()).unwrap_or(0);
+            if copied > super::http::MAX_BODY_BYTES {
+                return Err(ApiError::too_large_message(format!(
+                    "the JSON patch copies more than {} bytes: send the values themselves",
+                    super::http::MAX_BODY_BYTES
+                )));
+            }
+        }
+        let one: json_patch::Patch = serde_json::from_value(Value::Array(vec![op.clone()]))
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+        json_patch::patch(&mut doc, &one)
+            .map_err(|e| ApiError::unprocessable(format!("the JSON patch could not be applied: {e}")))?;
+    }
+    Ok(doc)
 }
 
 fn strategic_map(target: &mut Value, patch: &Map<String, Value>, service_ports: bool) -> Result<(), ApiError> {
@@ -268,6 +297,19 @@ mod tests {
         let p = json!({"spec": {"template": {"spec": {"containers": [{"name": "x", "image": "y"}]}}}});
         let out = apply(PatchType::Merge, &deployment(), &p, false).unwrap();
         assert_eq!(out["spec"]["template"]["spec"]["containers"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn json_patch_copies_are_bounded() {
+        let big = json!({"a": "x".repeat(300_000)});
+        let copy = |n: usize| json!({"op": "copy", "from": "/a", "path": format!("/b{n}")});
+        let ten: Vec<Value> = (0..12).map(copy).collect();
+        assert_eq!(apply(PatchType::Json, &big, &json!(ten), false).unwrap_err().code, 413);
+        let two: Vec<Value> = (0..2).map(copy).collect();
+        assert!(apply(PatchType::Json, &big, &json!(two), false).is_ok());
+        let many: Vec<Value> =
+            (0..=MAX_JSON_PATCH_OPERATIONS).map(|_| json!({"op": "test", "path": "/a", "value": 1})).collect();
+        assert_eq!(apply(PatchType::Json, &big, &json!(many), false).unwrap_err().code, 413);
     }
 
     #[test]

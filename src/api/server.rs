@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
@@ -16,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::Api;
 use super::auth::user_from_cert;
+use super::join::PeerAddr;
 
 /// Builds the TLS configuration from PEM strings.
 pub fn tls_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<rustls::ServerConfig, String> {
@@ -44,14 +44,81 @@ pub fn tls_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<rustls:
     Ok(cfg)
 }
 
+/// Limits on what a connection may hold: nothing unauthenticated may cost the server more
+/// than a bounded slot for a bounded time.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, or to start the next request
+    /// on an idle keep-alive connection (upstream closes unfinished headers at 32 s).
+    pub header_timeout: Duration,
+    /// Streams one HTTP/2 connection may have open.
+    pub max_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_connections: 1024, header_timeout: Duration::from_secs(30), max_streams: 250 }
+    }
+}
+
+/// The HTTP/2 connection preface every client sends first.
+const H2_PREFACE_LEN: u64 = 24;
+
+/// Counts the bytes read through it, so a connection that never finishes its HTTP/2 preface
+/// can be dropped.
+struct Counting<IO> {
+    io: IO,
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Accepts connections until `shutdown` fires.
 pub async fn serve(
     api: Arc<Api>,
     listener: TcpListener,
     tls: rustls::ServerConfig,
+    limits: Limits,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -64,27 +131,64 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        let _ = tcp.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = limits.max_connections, "too many connections: closing a new one");
+            continue;
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let api = api.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let _slot = slot;
+            let tls =
+                match tokio::time::timeout(limits.header_timeout.min(Duration::from_secs(10)), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let cert_user = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| user_from_cert(c));
-            let service = service_fn(move |req| {
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let api = api.clone();
                 let user = cert_user.clone();
+                req.extensions_mut().insert(PeerAddr(peer.ip()));
                 async move { Ok::<_, std::convert::Infallible>(api.handle(user, req.map(BodyExt::boxed)).await) }
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http2().max_concurrent_streams(250);
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+            let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let io = TokioIo::new(Counting { io: tls, read: read.clone() });
+            let result = if h2 {
+                let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                b.timer(TokioTimer::new())
+                    .max_concurrent_streams(limits.max_streams)
+                    .max_header_list_size(64 * 1024)
+                    .keep_alive_interval(Some(Duration::from_secs(30)))
+                    .keep_alive_timeout(Duration::from_secs(20));
+                let conn = b.serve_connection(io, service);
+                tokio::pin!(conn);
+                // hyper waits for the preface without a deadline: give it the header timeout.
+                tokio::select! {
+                    r = &mut conn => r,
+                    _ = tokio::time::sleep(limits.header_timeout) => {
+                        if read.load(std::sync::atomic::Ordering::Relaxed) < H2_PREFACE_LEN {
+                            tracing::debug!(%peer, "no HTTP/2 preface in time: closing");
+                            return;
+                        }
+                        conn.await
+                    }
+                }
+            } else {
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).max_buf_size(256 * 1024);
+                b.serve_connection(io, service).with_upgrades().await
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });

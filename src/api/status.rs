@@ -51,6 +51,14 @@ impl Cause {
     pub fn duplicate(field: impl Into<String>, value: &str) -> Cause {
         Cause { field: field.into(), reason: "FieldValueDuplicate", message: format!("Duplicate value: \"{value}\"") }
     }
+    /// `Too long: must have at most N bytes`.
+    pub fn too_long(field: impl Into<String>, max: usize) -> Cause {
+        Cause {
+            field: field.into(),
+            reason: "FieldValueTooLong",
+            message: format!("Too long: must have at most {max} bytes"),
+        }
+    }
     pub fn forbidden(field: impl Into<String>, why: impl Into<String>) -> Cause {
         Cause { field: field.into(), reason: "FieldValueForbidden", message: format!("Forbidden: {}", why.into()) }
     }
@@ -161,6 +169,23 @@ impl ApiError {
             json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": message}], "retryAfterSeconds": 1}),
         );
         e
+    }
+
+    /// 413 with a message that says what to send instead.
+    pub fn too_large_message(message: impl Into<String>) -> ApiError {
+        ApiError::new(413, "RequestEntityTooLarge", message)
+    }
+
+    /// 429 with the seconds to wait, which the response also sends as `Retry-After`.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_seconds: u64) -> ApiError {
+        let mut e = ApiError::new(429, "TooManyRequests", message);
+        e.details = Some(json!({"retryAfterSeconds": retry_after_seconds}));
+        e
+    }
+
+    /// The seconds a client should wait before retrying, when the error says.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.details.as_ref()?.get("retryAfterSeconds")?.as_u64()
     }
 
     pub fn gone(message: impl Into<String>) -> ApiError {

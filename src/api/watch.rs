@@ -98,11 +98,12 @@ pub fn watch(api: Arc<Api>, t: &Target, q: &Query, as_table: bool) -> Result<Res
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version \"{r}\": must be a number")))?,
         ),
     };
+    // Checked by `http::check_query`: a number of seconds, capped at the server's maximum.
     let timeout = q
         .get("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(1800));
+        .map(|s| Duration::from_secs(s.min(super::http::MAX_WATCH_SECONDS)))
+        .unwrap_or(Duration::from_secs(super::http::MAX_WATCH_SECONDS));
     let bookmarks = q.flag("allowWatchBookmarks") && q.get("allowWatchBookmarks").is_some();
     let mut enc = Encoder {
         plural: t.res.plural,

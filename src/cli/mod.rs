@@ -95,6 +95,15 @@ pub struct ServerArgs {
     /// Where local PersistentVolumes keep their data on each node.
     #[arg(long, default_value = "/var/lib/bramble/storage")]
     pub default_local_storage_path: String,
+    /// Seconds a client may take to send a request's headers (or the HTTP/2 preface), and
+    /// an idle keep-alive connection may wait for its next request.
+    #[arg(long, default_value_t = 30)]
+    pub request_header_timeout: u64,
+
+    /// Open client connections at once; more are closed as they arrive.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+
     /// Bearer tokens in the upstream `--token-auth-file` format.
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,

@@ -99,9 +99,18 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     // The file holds the full k3s-style token (CA hash + secret) that agents join with.
     let token_path = server_dir.join("node-token");
     let secret = match (&args.token, std::fs::read_to_string(&token_path)) {
+        (Some(t), _) if api::join::parse_token(t.trim()).1.trim().is_empty() => {
+            anyhow::bail!(
+                "--token is empty: give the secret agents join with, or leave --token out and the server makes a \
+                 random one in {}",
+                token_path.display()
+            )
+        }
         (Some(t), _) => api::join::parse_token(t.trim()).1.to_string(),
-        (None, Ok(t)) => api::join::parse_token(t.trim()).1.to_string(),
-        (None, Err(_)) => random_token()?,
+        (None, Ok(t)) if !api::join::parse_token(t.trim()).1.trim().is_empty() => {
+            api::join::parse_token(t.trim()).1.to_string()
+        }
+        (None, _) => random_token()?,
     };
     let token = api::join::token(&pki.ca.cert_pem, &secret);
     pki::write_private(&token_path, format!("{token}\n").as_bytes(), 0o600)?;
@@ -143,7 +152,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             cluster_cidr,
             node_port_range: node_ports,
             advertise: advertise.clone(),
-            join: Some(api::join::Join { secret, pki: Arc::clone(&pki) }),
+            join: Some(api::join::Join::new(secret, Arc::clone(&pki))),
         },
         tokens,
     );
@@ -156,7 +165,12 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             format!("listening on {}:{} (is another server running?)", args.bind_address, args.https_listen_port)
         })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(api::server::serve(Arc::clone(&api), listener, tls, stop_rx.clone()));
+    let limits = api::server::Limits {
+        max_connections: args.max_connections.max(1),
+        header_timeout: std::time::Duration::from_secs(args.request_header_timeout.max(1)),
+        ..api::server::Limits::default()
+    };
+    let serving = tokio::spawn(api::server::serve(Arc::clone(&api), listener, tls, limits, stop_rx.clone()));
     let controllers = {
         let opts = crate::control::ControlOptions {
             node_monitor_grace: args.node_monitor_grace_period,

@@ -26,6 +26,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::sys::fs::Root;
 use layer::{Hashing, hex};
 use reference::Reference;
 
@@ -62,6 +63,42 @@ fn gz_or_plain(path: &Path) -> anyhow::Result<Box<dyn Read>> {
     use std::io::Seek;
     f.seek(std::io::SeekFrom::Start(0))?;
     Ok(if n == 2 && magic == [0x1f, 0x8b] { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) })
+}
+
+/// A regular file of an unpacked archive, opened under the archive's directory (a name or a
+/// symlink in the archive can never make the store read a host file), reached through
+/// `/proc/self/fd/N` while it is open.
+struct StagedFile {
+    _file: File,
+    path: PathBuf,
+}
+
+impl StagedFile {
+    fn open(root: &Root, rel: &str) -> anyhow::Result<StagedFile> {
+        let file = root.open_file(rel)?;
+        if !file.metadata().with_context(|| format!("reading {rel} of the archive"))?.is_file() {
+            bail!("{rel} in the archive is not a regular file");
+        }
+        let fd: std::os::fd::OwnedFd = file.try_clone().with_context(|| format!("opening {rel}"))?.into();
+        let path = crate::sys::fs::proc_fd_path(&fd);
+        Ok(StagedFile { _file: File::from(fd), path })
+    }
+}
+
+/// `blobs/<algorithm>/<hex>` of an OCI digest, refusing anything but `sha256:` and
+/// `sha512:` with hex of the right length.
+fn blob_path(digest: &str) -> anyhow::Result<String> {
+    let ok = match digest.split_once(':') {
+        Some(("sha256", hex)) => hex.len() == 64,
+        Some(("sha512", hex)) => hex.len() == 128,
+        _ => false,
+    } && digest
+        .split_once(':')
+        .is_some_and(|(_, h)| h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    if !ok {
+        bail!("{digest:?} is not a digest (sha256:<64 hex digits>)");
+    }
+    Ok(format!("blobs/{}", digest.replace(':', "/")))
 }
 
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
@@ -208,19 +245,21 @@ impl ImageStore {
     }
 
     fn import_docker(&self, staged: &Path, scratch: &Path) -> anyhow::Result<Vec<(String, Image)>> {
-        let manifest: Value = serde_json::from_slice(&std::fs::read(staged.join("manifest.json"))?)
-            .context("manifest.json is not JSON")?;
+        let root = Root::open(staged)?;
+        let manifest: Value =
+            serde_json::from_slice(&root.read("manifest.json")?).context("manifest.json is not JSON")?;
         let mut out = Vec::new();
         for m in manifest.as_array().into_iter().flatten() {
-            let config = staged.join(m["Config"].as_str().context("manifest.json entry without Config")?);
-            let layers: Vec<PathBuf> = m["Layers"]
+            let config = StagedFile::open(&root, m["Config"].as_str().context("manifest.json entry without Config")?)?;
+            let layers: Vec<StagedFile> = m["Layers"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|l| l.as_str())
-                .map(|l| staged.join(l))
-                .collect();
-            let image = self.add_image(&config, &layers, scratch)?;
+                .map(|l| StagedFile::open(&root, l))
+                .collect::<anyhow::Result<_>>()?;
+            let layer_paths: Vec<PathBuf> = layers.iter().map(|l| l.path.clone()).collect();
+            let image = self.add_image(&config.path, &layer_paths, scratch)?;
             for tag in m["RepoTags"].as_array().into_iter().flatten().filter_map(|t| t.as_str()) {
                 out.push((Reference::parse(tag)?.to_string(), image.clone()));
             }
@@ -229,12 +268,13 @@ impl ImageStore {
     }
 
     fn import_oci(&self, staged: &Path, scratch: &Path, stem: &str) -> anyhow::Result<Vec<(String, Image)>> {
-        let blob = |digest: &str| staged.join("blobs").join(digest.replace(':', "/"));
+        let root = Root::open(staged)?;
+        let blob = |digest: &str| -> anyhow::Result<StagedFile> { StagedFile::open(&root, &blob_path(digest)?) };
         let read_json = |digest: &str| -> anyhow::Result<Value> {
-            serde_json::from_slice(&std::fs::read(blob(digest)).with_context(|| format!("blob {digest} is missing"))?)
+            serde_json::from_slice(&root.read(blob_path(digest)?).with_context(|| format!("blob {digest} is missing"))?)
                 .with_context(|| format!("blob {digest} is not JSON"))
         };
-        let index: Value = serde_json::from_slice(&std::fs::read(staged.join("index.json"))?)?;
+        let index: Value = serde_json::from_slice(&root.read("index.json")?).context("index.json is not JSON")?;
         let mut out = Vec::new();
         for desc in index["manifests"].as_array().into_iter().flatten() {
             let mut manifest = read_json(desc["digest"].as_str().context("index entry without digest")?)?;
@@ -249,15 +289,16 @@ impl ImageStore {
                     .with_context(|| format!("the image has no linux/{arch} variant"))?;
                 manifest = read_json(chosen["digest"].as_str().unwrap_or(""))?;
             }
-            let config = blob(manifest["config"]["digest"].as_str().context("manifest without config")?);
-            let layers: Vec<PathBuf> = manifest["layers"]
+            let config = blob(manifest["config"]["digest"].as_str().context("manifest without config")?)?;
+            let layers: Vec<StagedFile> = manifest["layers"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|l| l["digest"].as_str())
                 .map(blob)
-                .collect();
-            let image = self.add_image(&config, &layers, scratch)?;
+                .collect::<anyhow::Result<_>>()?;
+            let layer_paths: Vec<PathBuf> = layers.iter().map(|l| l.path.clone()).collect();
+            let image = self.add_image(&config.path, &layer_paths, scratch)?;
             let ann = &desc["annotations"];
             let name =
                 match (ann["io.containerd.image.name"].as_str(), ann["org.opencontainers.image.ref.name"].as_str()) {

@@ -78,6 +78,13 @@ fn name(cn: &str, orgs: &[&str]) -> DistinguishedName {
     dn
 }
 
+/// How long a node's client certificate lasts: a stolen board's identity expires within a
+/// year (renewal is the agent's job before then).
+pub const NODE_CERT_DAYS: i64 = 365;
+
+/// How long the CA, the serving and the admin certificates last.
+const LONG_LIVED_DAYS: i64 = 3650;
+
 fn validity(params: &mut CertificateParams, days: i64) {
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
@@ -97,7 +104,7 @@ impl Pki {
                 params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
                 params.key_usages =
                     vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-                validity(&mut params, 3650);
+                validity(&mut params, LONG_LIVED_DAYS);
                 let cert = params.self_signed(&key)?;
                 let pair = CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
                 write_private(&dir.join("ca.key"), pair.key_pem.as_bytes(), 0o600)?;
@@ -133,6 +140,23 @@ impl Pki {
     /// Issues a certificate signed by the CA: a server certificate for `sans`, or a client
     /// certificate whose CN is the user and whose O entries are the groups.
     pub fn issue(&self, cn: &str, orgs: &[&str], sans: &[String], server: bool) -> Result<CertPair, PkiError> {
+        self.issue_for_days(cn, orgs, sans, server, LONG_LIVED_DAYS)
+    }
+
+    /// A node's client certificate (`system:node:<name>` in `system:nodes`), valid for
+    /// [`NODE_CERT_DAYS`].
+    pub fn issue_node(&self, node: &str) -> Result<CertPair, PkiError> {
+        self.issue_for_days(&format!("system:node:{node}"), &["system:nodes"], &[], false, NODE_CERT_DAYS)
+    }
+
+    fn issue_for_days(
+        &self,
+        cn: &str,
+        orgs: &[&str],
+        sans: &[String],
+        server: bool,
+        days: i64,
+    ) -> Result<CertPair, PkiError> {
         let ca_key = KeyPair::from_pem(&self.ca.key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&self.ca.cert_pem, ca_key)?;
         let key = KeyPair::generate()?;
@@ -148,7 +172,7 @@ impl Pki {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages =
             vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
-        validity(&mut params, 3650);
+        validity(&mut params, days);
         let cert = params.signed_by(&key, &issuer)?;
         Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }

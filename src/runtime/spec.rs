@@ -313,33 +313,16 @@ fn capabilities(inputs: &Inputs, privileged: bool) -> Vec<String> {
     set
 }
 
-/// Parses a Kubernetes quantity (`100m`, `1`, `64Mi`, `1G`, `1e3`) into a number of units
-/// (milli-units when `milli`).
+/// A Kubernetes quantity (`100m`, `1`, `64Mi`, `1G`, `1e3`) as a number of units (milli-units
+/// when `milli`), rounded up; `None` when absent or not a quantity (the API refuses those).
 pub fn quantity(q: &Value, milli: bool) -> Option<i128> {
-    let s = match q {
-        Value::String(s) => s.trim().to_string(),
+    let text = match q {
+        Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         _ => return None,
     };
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+')).unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let value: f64 = num.parse().ok()?;
-    let mult: f64 = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    let units = value * mult * if milli { 1000.0 } else { 1.0 };
-    Some(units.ceil() as i128)
+    let q = crate::api::fields::parse_quantity(&text).ok()?;
+    Some(if milli { q.milli } else { q.units() })
 }
 
 /// The cgroup limits from `resources`: memory limit, CPU quota from the limit and shares

@@ -155,11 +155,12 @@ def test_bad_archives_are_refused(node_dir):
     p = image(node_dir, "import", junk, check=False)
     assert p.returncode != 0 and "neither a docker-archive" in p.stderr
     escape = os.path.join(node_dir, "escape.tar")
-    docker_archive(escape, ["evil:1"], [tar_bytes([("../../outside", b"x")])])
-    p = image(node_dir, "import", escape, check=False)
-    assert p.returncode != 0
+    climbing = tar_bytes([("../../outside", b"x")])
+    docker_archive(escape, ["evil:1"], [climbing])
+    image(node_dir, "import", escape)
+    # As containerd does, a name that climbs is resolved inside the layer, never above it.
     assert not os.path.exists(os.path.join(node_dir, "agent", "outside"))
-    assert "evil" not in image(node_dir, "ls").stdout
+    assert os.path.isfile(os.path.join(node_dir, "agent", "content", "layers", sha(climbing), "outside"))
 
 
 def test_airgap_directory_is_imported_when_the_agent_starts():

@@ -6,15 +6,17 @@
 //! updates reach running pods.
 
 use std::ffi::CString;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use serde_json::Value;
 
 use super::env::{field_ref, resource_ref};
+use crate::api::fields;
 use crate::kubectl::client::Client;
 use crate::runtime::spec::{BindMount, quantity};
+use crate::sys::fs::{FsError, Root};
 
 /// Why a volume cannot be set up, as the pod's events say it.
 #[derive(Debug)]
@@ -49,14 +51,19 @@ fn tmpfs(dir: &Path, size: Option<i128>) -> Result<(), VolumeError> {
     Ok(())
 }
 
-/// Unmounts every tmpfs under the pod's volume directory (before it is removed).
+/// Where a pod's `subPath` mounts go (see [`mounts_for`]).
+pub fn subpaths_dir(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("volume-subpaths")
+}
+
+/// Unmounts every tmpfs and subPath mount under the pod's directory (before it is removed).
 pub fn unmount_all(pod_dir: &Path) {
-    let prefix = pod_dir.join("volumes").display().to_string();
+    let prefixes = [pod_dir.join("volumes").display().to_string(), subpaths_dir(pod_dir).display().to_string()];
     let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .map(|m| {
             m.lines()
                 .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-                .filter(|p| p.starts_with(&prefix))
+                .filter(|p| prefixes.iter().any(|prefix| p.starts_with(prefix.as_str())))
                 .collect()
         })
         .unwrap_or_default();
@@ -68,17 +75,22 @@ pub fn unmount_all(pod_dir: &Path) {
     }
 }
 
-/// Writes `files` (relative path, bytes, mode) into `dir` atomically.
+/// Writes `files` (relative path, bytes, mode) into `dir` atomically. Every name is resolved
+/// under `dir` (see [`Root`]): an item path from the pod spec can never reach outside it.
 fn write_atomic(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), VolumeError> {
-    let io = |what: &str, e: std::io::Error| VolumeError(format!("{what} in {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(|e| io("creating the volume", e))?;
+    let fs_err = |e: FsError| VolumeError(format!("writing the volume: {e}"));
+    if let Some((bad, _, _)) = files.iter().find(|(p, _, _)| !fields::is_descending_path(p) || p.starts_with("..")) {
+        return Err(VolumeError(format!("volume item path {bad:?} must be a relative path without '..'")));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| VolumeError(format!("creating the volume {}: {e}", dir.display())))?;
+    let root = Root::open(dir).map_err(fs_err)?;
     let current = std::fs::read_link(dir.join("..data")).ok();
     // Nothing changed: leave the files (and their inotify watchers) alone.
     if let Some(cur) = &current {
         let same = files.iter().all(|(p, b, m)| {
-            let f = dir.join(cur).join(p);
-            std::fs::read(&f).is_ok_and(|old| &old == b)
-                && std::fs::metadata(&f).is_ok_and(|md| md.permissions().mode() & 0o7777 == *m)
+            let f = cur.join(p);
+            root.read(&f).is_ok_and(|old| &old == b)
+                && std::fs::metadata(dir.join(&f)).is_ok_and(|md| md.permissions().mode() & 0o7777 == *m)
         });
         let count = walk_count(&dir.join(cur));
         if same && count == files.len() {
@@ -86,39 +98,36 @@ fn write_atomic(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), Volu
         }
     }
     let stamp = format!("..{}", jiff::Timestamp::now().strftime("%Y_%m_%d_%H_%M_%S.%9f"));
-    let fresh = dir.join(&stamp);
     for (p, bytes, mode) in files {
-        let f = fresh.join(p);
-        if let Some(parent) = f.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io("creating a directory", e))?;
-        }
-        std::fs::write(&f, bytes).map_err(|e| io("writing a file", e))?;
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(*mode)).map_err(|e| io("setting a mode", e))?;
+        root.write_file_atomic(Path::new(&stamp).join(p), bytes, *mode).map_err(fs_err)?;
     }
-    let tmp_link = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp_link);
-    symlink(&stamp, &tmp_link).map_err(|e| io("linking ..data", e))?;
-    std::fs::rename(&tmp_link, dir.join("..data")).map_err(|e| io("swapping ..data", e))?;
+    root.remove_all("..data_tmp").map_err(fs_err)?;
+    root.symlink(&stamp, "..data_tmp").map_err(fs_err)?;
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))
+        .map_err(|e| VolumeError(format!("swapping ..data in {}: {e}", dir.display())))?;
     for (p, _, _) in files {
-        let top = p.split('/').next().unwrap_or(p);
-        let link = dir.join(top);
-        if std::fs::symlink_metadata(&link).is_err() {
-            let _ = symlink(Path::new("..data").join(top), &link);
+        let top = top_name(p);
+        if root.kind_nofollow(top).map_err(fs_err)?.is_none() {
+            root.symlink(Path::new("..data").join(top), top).map_err(fs_err)?;
         }
     }
     // Names that left the set, and the previous generation.
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("..") && !files.iter().any(|(p, _, _)| p.split('/').next() == Some(name.as_str())) {
-                let _ = std::fs::remove_file(e.path());
-            }
+    let entries = std::fs::read_dir(dir).map_err(|e| VolumeError(format!("listing {}: {e}", dir.display())))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("..") && !files.iter().any(|(p, _, _)| top_name(p) == name) {
+            root.remove_all(&name).map_err(fs_err)?;
         }
     }
     if let Some(old) = current {
-        let _ = std::fs::remove_dir_all(dir.join(old));
+        root.remove_all(old).map_err(fs_err)?;
     }
     Ok(())
+}
+
+/// The first name of a relative item path (`a` of `./a/b`), which gets a link to `..data`.
+fn top_name(p: &str) -> &str {
+    p.split('/').find(|c| !c.is_empty() && *c != ".").unwrap_or(p)
 }
 
 fn walk_count(dir: &Path) -> usize {
@@ -369,23 +378,30 @@ fn check_host_path(path: &Path, kind: &str) -> Result<(), VolumeError> {
     }
 }
 
-/// The container's bind mounts for its `volumeMounts` (with `subPath`).
-pub fn mounts_for(container: &Value, volumes: &[(String, PathBuf)]) -> Result<Vec<BindMount>, VolumeError> {
+/// The container's bind mounts for its `volumeMounts`. A `subPath` is opened under its
+/// volume's directory with [`Root`] (a symlink the container made in the volume resolves
+/// inside the volume, never on the host: CVE-2017-1002101's class), and the opened object is
+/// bind-mounted through `/proc/self/fd/N` onto `<subpaths>/<container>/<index>`, as the kubelet
+/// does, so the runtime mounts that fixed path and never resolves the hostile one.
+pub fn mounts_for(
+    container: &Value,
+    volumes: &[(String, PathBuf)],
+    subpaths: &Path,
+) -> Result<Vec<BindMount>, VolumeError> {
     let mut out = Vec::new();
-    for m in container["volumeMounts"].as_array().into_iter().flatten() {
+    let container_name = container["name"].as_str().unwrap_or("");
+    for (index, m) in container["volumeMounts"].as_array().into_iter().flatten().enumerate() {
         let name = m["name"].as_str().unwrap_or("");
         let (_, base) = volumes
             .iter()
             .find(|(n, _)| n == name)
             .ok_or_else(|| VolumeError(format!("volume {name:?} is mounted but not defined in the pod")))?;
         let sub = m["subPath"].as_str().unwrap_or("");
-        if sub.split('/').any(|p| p == "..") || sub.starts_with('/') {
-            return Err(VolumeError(format!("subPath {sub:?} must be a relative path without '..'")));
-        }
-        let source = if sub.is_empty() { base.clone() } else { base.join(sub) };
-        if !sub.is_empty() && !source.exists() {
-            std::fs::create_dir_all(&source).map_err(|e| VolumeError(format!("creating subPath {sub}: {e}")))?;
-        }
+        let source = if sub.is_empty() {
+            base.clone()
+        } else {
+            mount_subpath(base, sub, &subpaths.join(container_name).join(index.to_string()))?
+        };
         out.push(BindMount {
             source,
             destination: m["mountPath"].as_str().unwrap_or("").to_string(),
@@ -393,6 +409,44 @@ pub fn mounts_for(container: &Value, volumes: &[(String, PathBuf)]) -> Result<Ve
         });
     }
     Ok(out)
+}
+
+/// Bind-mounts `sub` of the volume at `base` (made as a directory when missing) onto
+/// `target`, resolving `sub` only under `base`; returns `target`.
+fn mount_subpath(base: &Path, sub: &str, target: &Path) -> Result<PathBuf, VolumeError> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    if !fields::is_descending_path(sub) {
+        return Err(VolumeError(format!("subPath {sub:?} must be a relative path without '..'")));
+    }
+    let err = |e: FsError| VolumeError(format!("subPath {sub:?}: {e}"));
+    let root = Root::open(base).map_err(err)?;
+    if root.kind_nofollow(sub).map_err(err)?.is_none() {
+        root.open_dir(sub, true, 0o755).map_err(err)?;
+    }
+    let opened = root.open_path(sub).map_err(err)?;
+    let is_dir = nix::sys::stat::fstat(&opened)
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        .map_err(|e| VolumeError(format!("subPath {sub:?}: {e}")))?;
+    let io = |what: &str, e: std::io::Error| VolumeError(format!("subPath {sub:?}: {what} {}: {e}", target.display()));
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| io("creating", e))?;
+    }
+    // A mount left from the container's previous run goes first: the subPath may have changed.
+    match umount2(target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(io("unmounting", e.into())),
+    }
+    if std::fs::symlink_metadata(target).is_err() {
+        if is_dir {
+            std::fs::create_dir(target).map_err(|e| io("creating", e))?;
+        } else {
+            std::fs::File::create(target).map_err(|e| io("creating", e))?;
+        }
+    }
+    let source = crate::sys::fs::proc_fd_path(&opened);
+    mount(Some(source.as_path()), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(|e| io("bind-mounting onto", e.into()))?;
+    Ok(target.to_path_buf())
 }
 
 #[cfg(test)]

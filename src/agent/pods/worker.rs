@@ -500,12 +500,12 @@ impl Worker {
         let env = env::resolve(&self.ctx.client, &pod_for_env, c, &image_env, &self.ctx.allocatable)
             .await
             .map_err(|env::ConfigError(m)| ("CreateContainerConfigError".to_string(), m))?;
-        let mut mounts = volumes::mounts_for(c, &self.volumes)
+        let pod_dir = self.ctx.layout.pod_dir(&self.uid);
+        let mut mounts = volumes::mounts_for(c, &self.volumes, &volumes::subpaths_dir(&pod_dir))
             .map_err(|volumes::VolumeError(m)| ("CreateContainerConfigError".to_string(), m))?;
         let attempt = self.containers.get(&name).and_then(Container::latest).map_or(0, |r| r.info.attempt + 1);
         let id = crate::runtime::new_container_id();
         let dir = self.ctx.layout.container_dir(&self.uid, &id);
-        let pod_dir = self.ctx.layout.pod_dir(&self.uid);
         let fail = |reason: &str, e: anyhow::Error| (reason.to_string(), format!("{e:#}"));
         std::fs::create_dir_all(&dir).map_err(|e| fail("CreateContainerError", e.into()))?;
         let term_log = dir.join("termination-log");

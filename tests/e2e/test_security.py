@@ -1,0 +1,303 @@
+"""Attacks on the API as a stolen board, an anonymous peer or a careless client would make
+them: each one was answered with success before the node authorizer, the join checks and
+the request limits, and each must now be refused without changing anything.
+
+The node identities here come from the real join endpoint with the server's token, exactly
+as an agent gets its own (the server runs no agent: nothing here needs a container)."""
+import base64
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from conftest import Server, kubectl_dir
+
+
+@pytest.fixture(scope="module")
+def srv():
+    s = Server(extra_args=["--request-header-timeout", "2"]).start()
+    yield s
+    s.cleanup()
+
+
+def token_of(server):
+    with open(os.path.join(server.data_dir, "server", "node-token")) as f:
+        return f.read().strip()
+
+
+def tls_context(cert=None):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if cert:
+        ctx.load_cert_chain(*cert)
+    return ctx
+
+
+def call(server, method, path, body=None, cert=None, headers=None, content_type="application/json"):
+    """One HTTPS request; returns (status, parsed body or text, response headers)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=tls_context(cert), timeout=30)
+    h = dict(headers or {})
+    data = None
+    if body is not None:
+        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        h["Content-Type"] = content_type
+    conn.request(method, path, body=data, headers=h)
+    r = conn.getresponse()
+    raw = r.read()
+    conn.close()
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = raw.decode(errors="replace")
+    return r.status, parsed, r.headers
+
+
+def join(server, name, password=None, token=None):
+    body = {"nodeName": name, "nodePassword": password or uuid.uuid4().hex}
+    return call(server, "POST", "/v1-bramble/node-credentials", body,
+                headers={"Authorization": f"Bearer {token or token_of(server)}"})
+
+
+def node_cert(server, name):
+    status, answer, _ = join(server, name)
+    assert status == 200, answer
+    d = tempfile.mkdtemp(prefix=f"node-{name}-", dir=server.dir)
+    crt, key = os.path.join(d, "node.crt"), os.path.join(d, "node.key")
+    with open(crt, "w") as f:
+        f.write(answer["certificate"])
+    with open(key, "w") as f:
+        f.write(answer["key"])
+    return crt, key
+
+
+@pytest.fixture(scope="module")
+def admin(srv):
+    d = tempfile.mkdtemp(prefix="admin-", dir=srv.dir)
+    out = subprocess.run([os.path.join(kubectl_dir(), "kubectl.1.33"), "--kubeconfig", srv.kubeconfig, "config",
+                          "view", "--raw", "-o", "json"], capture_output=True, text=True, check=True)
+    user = json.loads(out.stdout)["users"][0]["user"]
+    crt, key = os.path.join(d, "admin.crt"), os.path.join(d, "admin.key")
+    with open(crt, "wb") as f:
+        f.write(base64.b64decode(user["client-certificate-data"]))
+    with open(key, "wb") as f:
+        f.write(base64.b64decode(user["client-key-data"]))
+    return crt, key
+
+
+def pod(name, node, **spec):
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}], **spec}}
+
+
+@pytest.fixture(scope="module")
+def boards(srv, admin):
+    """Two joined boards, each with a pod bound to it, and a secret only board-b's pod uses."""
+    a, b = node_cert(srv, "board-a"), node_cert(srv, "board-b")
+    for n in ("board-a", "board-b"):
+        status, body, _ = call(srv, "POST", "/api/v1/nodes", {"metadata": {"name": n}}, cert=admin)
+        assert status in (201, 409), body
+    status, body, _ = call(srv, "POST", "/api/v1/namespaces/default/secrets",
+                           {"metadata": {"name": "b-only"}, "stringData": {"k": "v"}}, cert=admin)
+    assert status == 201, body
+    assert call(srv, "POST", "/api/v1/namespaces/default/pods", pod("on-a", "board-a"), cert=admin)[0] == 201
+    on_b = pod("on-b", "board-b", volumes=[{"name": "s", "secret": {"secretName": "b-only"}}])
+    on_b["spec"]["containers"][0]["volumeMounts"] = [{"name": "s", "mountPath": "/s"}]
+    assert call(srv, "POST", "/api/v1/namespaces/default/pods", on_b, cert=admin)[0] == 201
+    return a, b
+
+
+def test_a_node_cannot_run_or_reach_pods_on_other_nodes(srv, admin, boards):
+    a, _ = boards
+    host_root = pod("steal", "board-b", volumes=[{"name": "root", "hostPath": {"path": "/"}}])
+    status, body, _ = call(srv, "POST", "/api/v1/namespaces/default/pods", host_root, cert=a)
+    assert status == 403, body
+    # Not even bound to itself: only mirror pods, and they may reference nothing.
+    status, body, _ = call(srv, "POST", "/api/v1/namespaces/default/pods", pod("mine", "board-a"), cert=a)
+    assert status == 403 and "mirror" in body["message"], body
+    sneaky = pod("mirror", "board-a", volumes=[{"name": "s", "secret": {"secretName": "b-only"}}])
+    sneaky["metadata"]["annotations"] = {"kubernetes.io/config.mirror": "x"}
+    status, body, _ = call(srv, "POST", "/api/v1/namespaces/default/pods", sneaky, cert=a)
+    assert status == 403, body
+    for sub in ("log", "exec?command=cat&command=/etc/shadow&stdout=true", "attach?stdout=true",
+                "portforward?ports=80"):
+        method = "GET" if sub == "log" else "POST"
+        status, body, _ = call(srv, method, f"/api/v1/namespaces/default/pods/on-b/{sub}", cert=a)
+        assert status == 403, (sub, body)
+    # Nothing was created.
+    names = [p["metadata"]["name"] for p in call(srv, "GET", "/api/v1/namespaces/default/pods", cert=admin)[1]["items"]]
+    assert sorted(names) == ["on-a", "on-b"]
+
+
+def test_a_node_changes_only_its_own_pods_node_and_lease(srv, admin, boards):
+    a, _ = boards
+    merge = "application/merge-patch+json"
+    status, body, _ = call(srv, "PATCH", "/api/v1/namespaces/default/pods/on-b/status",
+                           {"status": {"phase": "Failed"}}, cert=a, content_type=merge)
+    assert status == 403, body
+    status, body, _ = call(srv, "PATCH", "/api/v1/namespaces/default/pods/on-a/status",
+                           {"status": {"message": "mine"}}, cert=a, content_type=merge)
+    assert status == 200, body
+    for q in ("", "?dryRun=All"):
+        status, body, _ = call(srv, "DELETE", f"/api/v1/namespaces/default/pods/on-b{q}", cert=a)
+        assert status == 403, body
+    status, body, _ = call(srv, "DELETE", "/api/v1/namespaces/default/pods?dryRun=All", cert=a)
+    assert status == 403, body
+    status, body, _ = call(srv, "POST", "/api/v1/nodes", {"metadata": {"name": "board-z"}}, cert=a)
+    assert status == 403, body
+    status, body, _ = call(srv, "PATCH", "/api/v1/nodes/board-b", {"metadata": {"labels": {"x": "y"}}}, cert=a,
+                           content_type=merge)
+    assert status == 403, body
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "board-a"}}
+    status, body, _ = call(srv, "POST", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases", lease, cert=a)
+    assert status == 403, body
+    other = dict(lease, metadata={"name": "board-b"})
+    status, body, _ = call(srv, "POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", other,
+                           cert=a)
+    assert status == 403, body
+    status, body, _ = call(srv, "POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", lease,
+                           cert=a)
+    assert status == 201, body
+    for path in ("/api/v1/nodes?dryRun=All", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases?dryRun=All"):
+        status, body, _ = call(srv, "DELETE", path, cert=a)
+        assert status == 403, (path, body)
+    assert call(srv, "GET", "/api/v1/namespaces/default/pods/on-b", cert=admin)[0] == 200
+    assert call(srv, "GET", "/api/v1/nodes/board-b", cert=admin)[1]["metadata"].get("labels", {}).get("x") is None
+
+
+def test_a_node_reads_only_the_secrets_its_pods_use(srv, boards):
+    a, b = boards
+    assert call(srv, "GET", "/api/v1/namespaces/default/secrets/b-only", cert=b)[0] == 200
+    assert call(srv, "GET", "/api/v1/namespaces/default/secrets/b-only", cert=a)[0] == 403
+    assert call(srv, "GET", "/api/v1/namespaces/default/secrets", cert=b)[0] == 403
+
+
+def test_impersonation_is_for_masters_and_gets_exactly_the_impersonated_rights(srv, admin, boards):
+    a, _ = boards
+    kubectl = os.path.join(kubectl_dir(), "kubectl.1.33")
+    as_node = subprocess.run([kubectl, "--kubeconfig", srv.kubeconfig, "get", "secrets", "--as=system:node:board-b",
+                              "--as-group=system:nodes"], capture_output=True, text=True)
+    assert as_node.returncode != 0 and "forbidden" in as_node.stderr.lower(), as_node.stderr
+    one = subprocess.run([kubectl, "--kubeconfig", srv.kubeconfig, "get", "secret", "b-only",
+                          "--as=system:node:board-b", "--as-group=system:nodes", "-o", "name"],
+                         capture_output=True, text=True)
+    assert one.returncode == 0 and one.stdout.strip() == "secret/b-only", one.stderr
+    status, body, _ = call(srv, "GET", "/api/v1/namespaces/default/secrets", cert=a,
+                           headers={"Impersonate-User": "admin", "Impersonate-Group": "system:masters"})
+    assert status == 403 and "impersonate" in body["message"], body
+
+
+def test_a_token_never_hands_out_an_existing_nodes_identity(srv, boards):
+    status, body, _ = join(srv, "board-a")
+    assert status == 403 and "kubectl delete node board-a" in body["message"], body
+    password = uuid.uuid4().hex
+    assert join(srv, "board-new", password)[0] == 200
+    assert join(srv, "board-new", password)[0] == 200, "the same board may join again"
+    status, body, _ = call(srv, "POST", "/v1-bramble/node-credentials", {"nodeName": "x", "nodePassword": "p" * 20})
+    assert status == 401, body
+
+
+def test_failed_joins_are_rate_limited_and_bodies_are_not_read_before_the_token(srv):
+    # A deep YAML body from anyone without the token costs nothing: 401 at once.
+    bomb = ("a:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 3000))).encode()
+    started = time.monotonic()
+    try:
+        status, body, _ = call(srv, "POST", "/v1-bramble/node-credentials", bomb, content_type="application/yaml",
+                               headers={"Authorization": "Bearer wrong"})
+        assert status in (401, 429), body
+    except (ssl.SSLError, ConnectionError):
+        pass  # refused and closed before the 4 MiB body was even sent: the body was never read
+    assert time.monotonic() - started < 5
+    assert call(srv, "GET", "/livez")[0] == 200
+    statuses = [join(srv, "guess", token="wrong-secret")[0] for _ in range(12)]
+    assert statuses[-1] == 429, statuses
+    status, _, headers = join(srv, "guess", token="wrong-secret")
+    assert status == 429 and int(headers["Retry-After"]) >= 1
+
+
+def test_query_parameters_that_upstream_refuses_change_nothing(srv, admin):
+    cm = {"metadata": {"name": "not-written"}, "data": {"a": "b"}}
+    for q in ("dryRun=all", "dryRun=true", "fieldValidation=strict"):
+        status, body, _ = call(srv, "POST", f"/api/v1/namespaces/default/configmaps?{q}", cm, cert=admin)
+        assert status == 400, (q, body)
+    assert call(srv, "GET", "/api/v1/namespaces/default/configmaps/not-written", cert=admin)[0] == 404
+    for q in ("watch=yes", "timeoutSeconds=-1", "timeoutSeconds=soon", "resourceVersionMatch=exact"):
+        assert call(srv, "GET", f"/api/v1/namespaces/default/configmaps?{q}", cert=admin)[0] == 400, q
+
+
+def test_continue_tokens_cannot_be_forged(srv, admin):
+    for i in range(3):
+        call(srv, "POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": f"page-{i}"}}, cert=admin)
+    status, page, _ = call(srv, "GET", "/api/v1/namespaces/default/configmaps?limit=1", cert=admin)
+    token = page["metadata"]["continue"]
+    assert call(srv, "GET", f"/api/v1/namespaces/default/configmaps?limit=1&continue={token}", cert=admin)[0] == 200
+    forged = base64.urlsafe_b64encode(json.dumps({"v": 1, "start": "/registry/secrets/", "rv": -1}).encode())
+    forged = forged.decode().rstrip("=")
+    for t in (forged, forged + "." + token.split(".")[1]):
+        status, body, _ = call(srv, "GET", f"/api/v1/namespaces/default/configmaps?continue={t}", cert=admin)
+        assert status == 400, body
+
+
+def test_bodies_nested_too_deep_are_refused(srv, admin):
+    deep = '{"metadata": {"name": "deep"}, "data": {}, "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    status, body, _ = call(srv, "POST", "/api/v1/namespaces/default/configmaps", deep, cert=admin)
+    assert status == 400 and "nests" in body["message"], body
+    yaml_deep = "metadata:\n  name: deep\nx: " + "[" * 5000 + "]" * 5000 + "\n"
+    status, body, _ = call(srv, "POST", "/api/v1/namespaces/default/configmaps", yaml_deep, cert=admin,
+                           content_type="application/yaml")
+    assert status == 400, body
+    copies = [{"op": "add", "path": "/data", "value": {"a": "x" * 400_000}}] + \
+             [{"op": "copy", "from": "/data/a", "path": f"/data/b{i}"} for i in range(18)]
+    call(srv, "POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "grow"}}, cert=admin)
+    status, body, _ = call(srv, "PATCH", "/api/v1/namespaces/default/configmaps/grow", json.dumps(copies),
+                           cert=admin, content_type="application/json-patch+json")
+    assert status == 413, body
+
+
+def test_half_sent_requests_are_closed_after_the_header_timeout(srv):
+    """The server was started with --request-header-timeout 2."""
+    raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    ctx = tls_context()
+    ctx.set_alpn_protocols(["http/1.1"])
+    tls = ctx.wrap_socket(raw)
+    tls.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    tls.settimeout(10)
+    try:
+        data = tls.recv(1024)
+    except (ConnectionResetError, ssl.SSLError):
+        data = b""
+    assert data == b"" or b"408" in data, data
+    assert time.monotonic() - started < 8
+    tls.close()
+    # HTTP/2: a connection that never finishes its preface is closed too.
+    raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    ctx = tls_context()
+    ctx.set_alpn_protocols(["h2"])
+    tls = ctx.wrap_socket(raw)
+    tls.sendall(b"PRI * HTTP/2.0\r\n")
+    started = time.monotonic()
+    tls.settimeout(10)
+    try:
+        data = tls.recv(1024)
+        while data:
+            data = tls.recv(1024)
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    assert time.monotonic() - started < 8
+    tls.close()
+
+
+def test_an_empty_token_is_refused_at_start():
+    s = Server(extra_args=["--token", "  "])
+    with pytest.raises(RuntimeError) as e:
+        s.start()
+    assert "--token is empty" in str(e.value)
+    s.cleanup()
