@@ -265,10 +265,20 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
     let network = pod_network(&client, &opts).await;
     // `bramble killall` finds the node's volatile directories by this name.
     let _ = std::fs::write(opts.data_dir.join("agent").join("node-name"), &opts.node_name);
+    let layout = crate::runtime::Layout::new(&opts.data_dir, &opts.node_name, &opts.runtime.pod_log_dir);
+    // The node's credentials and password, and pods' data (Secret files, volumes): not for
+    // other users of the board.
+    for (dir, mode) in [(opts.data_dir.join("agent"), 0o700), (layout.pods_dir.clone(), 0o750)] {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
+    crate::runtime::ensure_private_tmpfs(&layout.bundles_dir())
+        .with_context(|| format!("mounting a tmpfs for container configs at {}", layout.bundles_dir().display()))?;
     let ctx = Arc::new(pods::Ctx {
         client: Client::from_kubeconfig(Some(&opts.kubeconfig), None).context("the agent's API credentials")?,
         node: opts.node_name.clone(),
-        layout: crate::runtime::Layout::new(&opts.data_dir, &opts.node_name, &opts.runtime.pod_log_dir),
+        layout,
         images_root: crate::images::ImageStore::open(&opts.data_dir)?.root,
         insecure_registries: registries::insecure(&opts.runtime.private_registry)?,
         pids_limit: (opts.runtime.pod_max_pids > 0).then_some(opts.runtime.pod_max_pids),

@@ -9,6 +9,7 @@ mod apply;
 pub mod auth;
 mod discovery;
 pub mod disruption;
+mod encryption;
 pub mod fields;
 pub mod http;
 pub mod join;
@@ -165,6 +166,9 @@ impl Api {
             .or_else(|| self.tokens.user(req.headers().get("authorization").and_then(|v| v.to_str().ok())))
             .ok_or_else(ApiError::unauthorized)?;
         let user = auth::impersonated(user, req.headers())?;
+        if let Some(verb) = path.strip_prefix("/v1-bramble/secrets-encrypt/") {
+            return Ok(json_response(200, &self.secrets_encrypt(&user, verb, req.method().as_str()).await?));
+        }
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         if let ["api", "v1", "namespaces", ns, "pods", name, sub @ ("exec" | "attach" | "portforward")] =
             segs.as_slice()

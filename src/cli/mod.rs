@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use serde_json::Value;
 
 #[derive(Parser)]
 #[command(name = "bramble", version, about = "Kubernetes for fleets of small ARM boards, in one binary")]
@@ -28,6 +29,8 @@ enum Command {
     /// The built-in kubectl (also what runs when the binary is invoked as `kubectl`).
     #[command(disable_help_subcommand = true)]
     Kubectl(crate::kubectl::KubectlArgs),
+    /// Manage the keys Secrets are encrypted with at rest (k3s's verbs), through the API.
+    SecretsEncrypt(SecretsEncryptArgs),
     /// Stop every container of this node and remove its pods' mounts, namespaces and cgroups.
     Killall {
         /// The node's data directory.
@@ -43,6 +46,49 @@ enum Command {
     /// Runs a command in a container (started by the agent for exec and probes).
     #[command(hide = true)]
     ExecIn(crate::runtime::exec::ExecArgs),
+}
+
+/// `bramble secrets-encrypt` arguments.
+#[derive(clap::Args, Debug)]
+pub struct SecretsEncryptArgs {
+    #[command(subcommand)]
+    verb: SecretsEncryptVerb,
+    /// The admin kubeconfig (default: `$KUBECONFIG`, then `/etc/bramble/bramble.yaml`).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum SecretsEncryptVerb {
+    /// The key new Secrets are sealed with, and the older keys kept for reading.
+    Status,
+    /// Make a new key for every Secret written from now on; the old one is kept to read.
+    Rotate,
+    /// Rewrite every Secret sealed with an old key under the current one.
+    Reencrypt,
+}
+
+async fn run_secrets_encrypt(args: SecretsEncryptArgs) -> anyhow::Result<()> {
+    let kubeconfig = args.kubeconfig.or_else(|| {
+        std::env::var_os("KUBECONFIG").map(PathBuf::from).or_else(|| Some(PathBuf::from("/etc/bramble/bramble.yaml")))
+    });
+    let client = crate::kubectl::client::Client::from_kubeconfig(kubeconfig.as_deref(), None)?;
+    let (method, verb) = match args.verb {
+        SecretsEncryptVerb::Status => ("GET", "status"),
+        SecretsEncryptVerb::Rotate => ("POST", "rotate"),
+        SecretsEncryptVerb::Reencrypt => ("POST", "reencrypt"),
+    };
+    let v = client
+        .call(method, &format!("/v1-bramble/secrets-encrypt/{verb}"), None, "application/json", None)
+        .await
+        .with_context(|| format!("secrets-encrypt {verb}"))?;
+    println!("current key: {}", v["currentKey"].as_str().unwrap_or("?"));
+    let old: Vec<&str> = v["oldKeys"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    println!("old keys (kept for reading): {}", if old.is_empty() { "none".to_string() } else { old.join(", ") });
+    if let Some(n) = v["reencrypted"].as_u64() {
+        println!("re-encrypted {n} secrets");
+    }
+    Ok(())
 }
 
 /// `bramble server` flags.
@@ -308,6 +354,7 @@ pub fn run() -> ExitCode {
     let rt = match &cli.command {
         Command::Kubectl(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         Command::Server(_)
+        | Command::SecretsEncrypt(_)
         | Command::Agent(_)
         | Command::Image(_)
         | Command::Shim(_)
@@ -325,6 +372,7 @@ pub fn run() -> ExitCode {
         Command::Server(args) => rt.block_on(server::run(*args)),
         Command::Agent(args) => rt.block_on(run_agent(args)),
         Command::Image(args) => rt.block_on(run_image(args)),
+        Command::SecretsEncrypt(args) => rt.block_on(run_secrets_encrypt(args)),
         Command::Kubectl(args) => return ExitCode::from(crate::kubectl::run(&rt, args)),
         Command::Shim(_) | Command::ExecIn(_) | Command::Killall { .. } => return ExitCode::FAILURE,
     };

@@ -59,6 +59,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     }
     let server_dir = args.data_dir.join("server");
     std::fs::create_dir_all(&server_dir).with_context(|| format!("creating {}", server_dir.display()))?;
+    // The CA key, the join token and the store live here: root's alone.
+    std::fs::set_permissions(&server_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("restricting {}", server_dir.display()))?;
     let service_cidr = api::parse_cidr(&args.service_cidr)
         .with_context(|| format!("--service-cidr {:?} is not an IPv4 CIDR such as 10.43.0.0/16", args.service_cidr))?;
     let cluster_cidr = match api::parse_cidr(&args.cluster_cidr) {

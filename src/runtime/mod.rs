@@ -53,6 +53,19 @@ impl Layout {
         self.run_dir.join("pods").join(uid).join("ns")
     }
 
+    /// Where the `config.json` of container `id` lives: on a private tmpfs (see
+    /// [`ensure_private_tmpfs`]), because it holds the container's environment, Secret values
+    /// included, and no secret value may reach a node's persistent storage. The container's
+    /// own directory links to it.
+    pub fn bundle_config_dir(&self, id: &str) -> PathBuf {
+        self.bundles_dir().join(id)
+    }
+
+    /// The tmpfs holding every container's `config.json`.
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.run_dir.join("bundles")
+    }
+
     /// The durable directory of pod `uid`.
     pub fn pod_dir(&self, uid: &str) -> PathBuf {
         self.pods_dir.join(uid)
@@ -77,4 +90,38 @@ pub fn new_container_id() -> String {
 /// The current time in RFC 3339 with nanoseconds, as CRI logs and container states use.
 pub fn now_nanos() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%9fZ").to_string()
+}
+
+/// Mounts a tmpfs readable only by root at `dir`, unless `dir` already is on a tmpfs (as
+/// `/run` is under systemd).
+pub fn ensure_private_tmpfs(dir: &Path) -> std::io::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sys::statfs::{TMPFS_MAGIC, statfs};
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    if statfs(dir).map_err(std::io::Error::from)?.filesystem_type() == TMPFS_MAGIC {
+        return Ok(());
+    }
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0700,size=16m"),
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Unmounts the tmpfs [`ensure_private_tmpfs`] made at `dir` (if any) and removes `dir`.
+pub fn remove_private_tmpfs(dir: &Path) {
+    use nix::mount::{MntFlags, umount2};
+    match umount2(dir, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "unmounting the bundles tmpfs"),
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "removing the bundles directory"),
+    }
 }

@@ -10,13 +10,13 @@
 mod batch;
 mod chunks;
 mod codec;
-mod crypt;
+pub mod crypt;
 mod log;
 mod raft;
 mod state;
 pub mod watch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::Raft;
@@ -117,22 +117,100 @@ fn start_raft_thread(
     Ok((started_rx, stop_tx))
 }
 
+/// Makes the store's directories 0700 and its files 0600 (etcd's modes): the Raft log and
+/// sled hold every object of the cluster.
+fn restrict_modes(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| StoreError::Io(format!("restricting the mode of {}", p.display()), e))
+    };
+    set(dir, 0o700)?;
+    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::Io(format!("listing {}", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::Io(format!("listing {}", dir.display()), e))?;
+        let kind = entry.file_type().map_err(|e| StoreError::Io(format!("reading {}", entry.path().display()), e))?;
+        if kind.is_dir() {
+            restrict_modes(&entry.path())?;
+        } else if kind.is_file() {
+            set(&entry.path(), 0o600)?;
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens the store, replays what the state machine had not yet persisted, and waits
     /// until this server leads its Raft group.
     pub async fn open(opts: StoreOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| StoreError::Io(format!("creating {}", opts.dir.display()), e))?;
+        restrict_modes(&opts.dir)?;
+        let fresh = !opts.dir.join("raft").exists();
         let shared = Arc::new(Shared::open(&opts.dir, opts.cache_bytes, opts.watch_events, opts.watch_bytes)?);
         state::spawn_checkpointer(&shared);
         let log = log::LogStore::open(&opts.dir.join("raft"))
             .map_err(|e| StoreError::Io(format!("opening raft log in {}", opts.dir.display()), e))?;
-        let cipher = SecretCipher::load_or_create(&opts.dir.join("encryption.key"))?;
+        let key_path = opts.dir.join("encryption.key");
+        let cipher = match SecretCipher::load(&key_path, fresh) {
+            Ok(c) => c,
+            // An existing store without its key: refuse if anything in it is sealed (what
+            // Raft has not yet applied is checked as it is read: it cannot be opened either).
+            Err(missing) if !key_path.exists() => {
+                for prefix in &opts.sealed_prefixes {
+                    let (records, _) = shared
+                        .list(prefix, None, 1)
+                        .map_err(|e| StoreError::Corrupt(format!("reading {prefix}: {e}")))?;
+                    if records.iter().any(|r| crypt::is_sealed(&r.value)) {
+                        return Err(missing);
+                    }
+                }
+                SecretCipher::load(&key_path, true)?
+            }
+            Err(e) => return Err(e),
+        };
         let sm = StateMachine { shared: shared.clone() };
         let (started, raft_thread) = start_raft_thread(opts.node_id, opts.advertise.clone(), log, sm)?;
         let (raft, batcher) =
             started.await.map_err(|_| StoreError::Raft("the Raft thread stopped while starting".into()))??;
         Ok(Store { raft, batcher, shared, cipher, sealed_prefixes: opts.sealed_prefixes, _raft_thread: raft_thread })
+    }
+
+    /// The encryption keys in use (`bramble secrets-encrypt status`).
+    pub fn encryption_status(&self) -> crypt::KeyStatus {
+        self.cipher.status()
+    }
+
+    /// A new key for Secrets written from now on; older keys stay for reading.
+    pub fn rotate_encryption_key(&self) -> Result<crypt::KeyStatus, StoreError> {
+        self.cipher.rotate()
+    }
+
+    /// Rewrites every value sealed with an old key under the current one (compare-and-swap:
+    /// a value written meanwhile is already sealed with the current key). Returns how many.
+    pub async fn reencrypt(&self) -> Result<usize, StoreError> {
+        let mut rewritten = 0;
+        for prefix in self.sealed_prefixes.clone() {
+            let mut after: Option<String> = None;
+            loop {
+                let (records, _) = self.shared.list(&prefix, after.as_deref(), 500)?;
+                for r in &records {
+                    if !self.cipher.sealed_with_old_key(&r.value) {
+                        continue;
+                    }
+                    let plain = self.open_value(&r.key, &r.value)?;
+                    let op = Op { key: r.key.clone(), expect: Expect::ModRev(r.mod_rev), value: Some(plain) };
+                    if let TxnResult::Applied { .. } = self.commit(vec![op]).await? {
+                        rewritten += 1;
+                    }
+                }
+                match records.last() {
+                    Some(last) if records.len() == 500 => after = Some(last.key.clone()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(rewritten)
     }
 
     fn sealed(&self, key: &str) -> bool {

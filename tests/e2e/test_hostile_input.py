@@ -245,3 +245,48 @@ def test_a_subpath_symlink_to_a_host_directory_never_reaches_it(node, sentinel):
         assert "escape" in message, message
     finally:
         remove_pod(core, "subpath-escape")
+
+
+def test_secret_values_never_reach_the_nodes_disk(node):
+    server, core = node
+    value = f"s3cret-{os.getpid()}-value"
+    core.create_namespaced_secret("default", client.V1Secret(metadata=client.V1ObjectMeta(name="env-secret"),
+                                                             string_data={"token": value}))
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "secret-env"},
+            "spec": {"nodeName": "hostile-1", "terminationGracePeriodSeconds": 1,
+                     "volumes": [{"name": "s", "secret": {"secretName": "env-secret"}}],
+                     "containers": [{"name": "main", "image": IMAGE, "imagePullPolicy": "Never",
+                                     "command": ["sh", "-c", "test \"$TOKEN\" = \"$(cat /s/token)\" && echo same; "
+                                                 "sleep 3600"],
+                                     "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "env-secret",
+                                                                                            "key": "token"}}}],
+                                     "volumeMounts": [{"name": "s", "mountPath": "/s"}]}]}}
+    core.create_namespaced_pod("default", body)
+    try:
+        def logs():
+            try:
+                return "same" in core.read_namespaced_pod_log("secret-env", "default")
+            except client.ApiException as e:
+                if e.status != 400:  # 400: not started yet
+                    raise
+                return False
+        wait_for(logs, timeout=60)
+        found = []
+        for dirpath, dirnames, filenames in os.walk(server.dir):
+            # Mounts (the container's root, the tmpfs of the secret volume) are not the disk.
+            dirnames[:] = [d for d in dirnames if not os.path.ismount(os.path.join(dirpath, d))]
+            for n in filenames:
+                p = os.path.join(dirpath, n)
+                if os.path.islink(p) or not os.path.isfile(p):
+                    continue
+                with open(p, "rb") as f:
+                    if value.encode() in f.read():
+                        found.append(p)
+        assert found == [], f"the secret value is on disk in {found}"
+        store = os.path.join(server.data_dir, "server", "store")
+        assert os.stat(store).st_mode & 0o777 == 0o700
+        assert os.stat(os.path.join(server.data_dir, "server")).st_mode & 0o777 == 0o700
+        assert os.stat(os.path.join(server.data_dir, "agent")).st_mode & 0o077 == 0
+        assert os.stat(os.path.join(server.data_dir, "agent", "pods")).st_mode & 0o007 == 0
+    finally:
+        remove_pod(core, "secret-env")

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import Server, kubectl_dir
+from conftest import BIN, Server, kubectl_dir
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +80,7 @@ def node_cert(server, name):
 
 @pytest.fixture(scope="module")
 def admin(srv):
-    d = tempfile.mkdtemp(prefix="admin-", dir=srv.dir)
-    out = subprocess.run([os.path.join(kubectl_dir(), "kubectl.1.33"), "--kubeconfig", srv.kubeconfig, "config",
-                          "view", "--raw", "-o", "json"], capture_output=True, text=True, check=True)
-    user = json.loads(out.stdout)["users"][0]["user"]
-    crt, key = os.path.join(d, "admin.crt"), os.path.join(d, "admin.key")
-    with open(crt, "wb") as f:
-        f.write(base64.b64decode(user["client-certificate-data"]))
-    with open(key, "wb") as f:
-        f.write(base64.b64decode(user["client-key-data"]))
-    return crt, key
+    return admin_of(srv)
 
 
 def pod(name, node, **spec):
@@ -301,3 +292,68 @@ def test_an_empty_token_is_refused_at_start():
         s.start()
     assert "--token is empty" in str(e.value)
     s.cleanup()
+
+
+def admin_of(server):
+    """The admin client certificate of `server`, from the kubeconfig it wrote."""
+    d = tempfile.mkdtemp(prefix="admin-", dir=server.dir)
+    out = subprocess.run([os.path.join(kubectl_dir(), "kubectl.1.33"), "--kubeconfig", server.kubeconfig, "config",
+                          "view", "--raw", "-o", "json"], capture_output=True, text=True, check=True)
+    user = json.loads(out.stdout)["users"][0]["user"]
+    crt, key = os.path.join(d, "admin.crt"), os.path.join(d, "admin.key")
+    with open(crt, "wb") as f:
+        f.write(base64.b64decode(user["client-certificate-data"]))
+    with open(key, "wb") as f:
+        f.write(base64.b64decode(user["client-key-data"]))
+    return crt, key
+
+
+def test_the_encryption_key_is_never_replaced_silently_and_rotates():
+    s = Server().start()
+    try:
+        kube = ["--kubeconfig", s.kubeconfig]
+        def secret(name, value):
+            status, body, _ = call(s, "POST", "/api/v1/namespaces/default/secrets",
+                                   {"metadata": {"name": name}, "stringData": {"v": value}}, cert=admin_of(s))
+            assert status == 201, body
+        def read(name):
+            status, body, _ = call(s, "GET", f"/api/v1/namespaces/default/secrets/{name}", cert=admin_of(s))
+            assert status == 200, body
+            return base64.b64decode(body["data"]["v"]).decode()
+        secret("before", "plain-before-rotation")
+        key = os.path.join(s.data_dir, "server", "store", "encryption.key")
+        with open(key, "rb") as f:
+            saved = f.read()
+        s.stop()
+        os.remove(key)
+        with pytest.raises(RuntimeError) as e:
+            s.start()
+        assert "encryption.key is missing" in str(e.value)
+        assert not os.path.exists(key), "no new key was made over the sealed Secrets"
+        with open(key, "wb") as f:
+            f.write(saved)
+        os.chmod(key, 0o600)
+        s.start()
+        assert read("before") == "plain-before-rotation"
+
+        status = subprocess.run([BIN, "secrets-encrypt", "status", *kube], capture_output=True, text=True)
+        first = status.stdout.split("current key: ")[1].split()[0]
+        rotated = subprocess.run([BIN, "secrets-encrypt", "rotate", *kube], capture_output=True, text=True)
+        assert rotated.returncode == 0 and f"old keys (kept for reading): {first}" in rotated.stdout, rotated
+        assert read("before") == "plain-before-rotation"
+        secret("after", "plain-after-rotation")
+        again = subprocess.run([BIN, "secrets-encrypt", "reencrypt", *kube], capture_output=True, text=True)
+        assert again.returncode == 0 and "re-encrypted 1 secrets" in again.stdout, again
+        s.stop()
+        # Every Secret is sealed with the new key now: the old one is no longer needed.
+        os.remove(key + ".old")
+        s.start()
+        assert read("before") == "plain-before-rotation" and read("after") == "plain-after-rotation"
+        s.stop()
+        for dirpath, _, files in os.walk(os.path.join(s.data_dir, "server", "store")):
+            for n in files:
+                with open(os.path.join(dirpath, n), "rb") as f:
+                    data = f.read()
+                assert b"plain-before-rotation" not in data and b"plain-after-rotation" not in data, n
+    finally:
+        s.cleanup()

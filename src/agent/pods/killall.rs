@@ -85,6 +85,7 @@ pub fn killall(data_dir: &Path, log_dir: &Path) -> usize {
             cgroup::remove_pod(node.trim(), &orphan.file_name().to_string_lossy());
             let _ = std::fs::remove_dir(orphan.path());
         }
+        crate::runtime::remove_private_tmpfs(&run_dir.join("bundles"));
         for d in [run_dir.join("pods"), run_dir.join("runtime"), run_dir.clone()] {
             let _ = std::fs::remove_dir(d);
         }

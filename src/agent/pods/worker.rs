@@ -554,9 +554,9 @@ impl Worker {
                 return Err(("CreateContainerConfigError".into(), m));
             }
         };
-        if let Err(e) = std::fs::write(dir.join("config.json"), serde_json::to_vec(&oci).unwrap_or_default()) {
+        if let Err(e) = write_config(&self.ctx.layout.bundle_config_dir(&id), &dir, &oci) {
             let _ = rootfs.unmount();
-            return Err(fail("CreateContainerError", e.into()));
+            return Err(fail("CreateContainerError", e));
         }
         let log_path = self
             .ctx
@@ -920,7 +920,35 @@ pub fn qos_class(pod: &Value) -> &'static str {
 }
 
 /// Unmounts a run's root file system and removes its directory.
+/// Writes the container's OCI `config.json` into `config_dir` (on tmpfs, 0600) and links it
+/// from the container directory `dir`, where libcontainer and the shim read it.
+fn write_config(config_dir: &std::path::Path, dir: &std::path::Path, oci: &Value) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(config_dir)?;
+    let target = config_dir.join("config.json");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&target)?;
+    f.write_all(&serde_json::to_vec(oci)?)?;
+    let link = dir.join("config.json");
+    match std::fs::remove_file(&link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    std::os::unix::fs::symlink(&target, &link)?;
+    Ok(())
+}
+
 pub fn remove_run_dir(dir: &std::path::Path) {
+    // The config on tmpfs goes with its container (a plain file from an older agent stays).
+    if let Ok(config) = std::fs::read_link(dir.join("config.json"))
+        && let Some(config_dir) = config.parent()
+        && config_dir.starts_with("/run/bramble")
+        && let Err(e) = std::fs::remove_dir_all(config_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %config_dir.display(), error = %e, "removing a container's config");
+    }
     if let Err(e) = crate::images::rootfs::Rootfs::at(dir).unmount() {
         tracing::warn!(dir = %dir.display(), error = %format!("{e:#}"), "removing a container directory");
         let _ = std::fs::remove_dir_all(dir);
