@@ -4,6 +4,7 @@
 //! Owns request handling only; objects live in the [`Store`]. Called by the HTTPS server in
 //! [`server`], and by the in-process control loops through the same `handle`.
 
+mod admission;
 mod alloc;
 mod apply;
 pub mod auth;
@@ -20,6 +21,7 @@ mod objects;
 mod openapi;
 mod openapi_pb;
 mod patch;
+pub mod pod_security;
 mod protobuf;
 mod raw_object;
 pub mod resources;
@@ -56,6 +58,9 @@ pub struct ApiOptions {
     pub advertise: String,
     /// Agent admission (`/cacerts`, `/v1-bramble/node-credentials`).
     pub join: Option<join::Join>,
+    /// The PodSecurity level of namespaces without `pod-security.kubernetes.io/*` labels
+    /// (`--pod-security-default`).
+    pub pod_security_default: pod_security::Level,
 }
 
 /// The API handler state.
@@ -81,7 +86,9 @@ pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
 
 fn warning_header(resp: &mut Response<Body>, warnings: &[String]) {
     for w in warnings {
-        if let Ok(v) = format!("299 - \"{}\"", w.replace('"', "'")).parse() {
+        // RFC 7234's quoted-string, as upstream writes it: kubectl unquotes it again.
+        let quoted = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = format!("299 - \"{quoted}\"").parse() {
             resp.headers_mut().append("warning", v);
         }
     }

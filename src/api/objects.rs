@@ -311,7 +311,7 @@ impl Api {
         applied: Option<Value>,
     ) -> Result<Created, ApiError> {
         let res = t.res;
-        let (mut obj, warnings) = self.admit_body(t, body, q, res.kind, &res.api_version())?;
+        let (mut obj, mut warnings) = self.admit_body(t, body, q, res.kind, &res.api_version())?;
         let meta = obj.as_object_mut().and_then(|m| {
             m.entry("metadata").or_insert(json!({}));
             m.get_mut("metadata")
@@ -370,6 +370,7 @@ impl Api {
         }
         self.validate_full(&t, res.kind, &obj)?;
         self.check_namespace_exists(&t)?;
+        warnings.extend(self.admit_pod_security(&t, res.kind, &obj)?);
         let mut ops = vec![];
         // The commit below refuses an existing key by itself; look first only where the
         // answer matters before it: a dry run, and kinds that allocate addresses or ports.
@@ -581,6 +582,9 @@ impl Api {
             apply::record_update(Some(&old), &mut new, manager(q), &res.api_version(), sub);
         }
         self.validate_full(t, res.kind, &new)?;
+        if res.kind == "Pod" && old.get("spec") != new.get("spec") {
+            self.admit_pod_security(t, res.kind, &new)?;
+        }
         let causes = kinds::validate_update(res.kind, &old, &new);
         if !causes.is_empty() {
             return Err(ApiError::invalid(res.kind, res.group, t.name(), causes));

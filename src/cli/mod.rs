@@ -48,6 +48,11 @@ enum Command {
     ExecIn(crate::runtime::exec::ExecArgs),
 }
 
+fn parse_pod_security_level(s: &str) -> Result<crate::api::pod_security::Level, String> {
+    crate::api::pod_security::Level::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a PodSecurity level: use privileged, baseline or restricted"))
+}
+
 /// `bramble secrets-encrypt` arguments.
 #[derive(clap::Args, Debug)]
 pub struct SecretsEncryptArgs {
@@ -145,6 +150,11 @@ pub struct ServerArgs {
     /// an idle keep-alive connection may wait for its next request.
     #[arg(long, default_value_t = 30)]
     pub request_header_timeout: u64,
+
+    /// The PodSecurity level (`privileged`, `baseline` or `restricted`) of namespaces
+    /// without `pod-security.kubernetes.io/*` labels.
+    #[arg(long, default_value = "privileged", value_parser = parse_pod_security_level)]
+    pub pod_security_default: crate::api::pod_security::Level,
 
     /// Open client connections at once; more are closed as they arrive.
     #[arg(long, default_value_t = 1024)]

@@ -156,6 +156,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             node_port_range: node_ports,
             advertise: advertise.clone(),
             join: Some(api::join::Join::new(secret, Arc::clone(&pki))),
+            pod_security_default: args.pod_security_default,
         },
         tokens,
     );

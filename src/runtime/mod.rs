@@ -17,6 +17,7 @@ pub mod crilog;
 pub mod exec;
 pub mod network;
 pub mod podns;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 

@@ -69,68 +69,6 @@ const ALL_CAPS: &[&str] = &[
     "CAP_CHECKPOINT_RESTORE",
 ];
 
-/// System calls the default seccomp profile refuses with `EPERM`: kernel modules, kexec,
-/// reboot, clock setting, swap, keyrings, BPF, perf, mounting, namespaces of the host.
-/// Everything else is allowed, so ordinary programs never notice the profile. Names a
-/// kernel or architecture lacks are skipped by libcontainer.
-const SECCOMP_DENIED: &[&str] = &[
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "get_mempolicy",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mbind",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "move_pages",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "personality",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "quotactl",
-    "quotactl_fd",
-    "reboot",
-    "request_key",
-    "set_mempolicy",
-    "setns",
-    "settimeofday",
-    "stime",
-    "swapoff",
-    "swapon",
-    "syslog",
-    "umount",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vm86",
-    "vm86old",
-];
-
 /// Paths of `/proc` and `/sys` hidden from unprivileged containers (as runc's default).
 const MASKED: &[&str] = &[
     "/proc/acpi",
@@ -436,10 +374,8 @@ pub fn build(inputs: &Inputs) -> Result<Value, String> {
         linux["readonlyPaths"] = json!(READONLY);
     }
     if wants_seccomp(inputs, privileged) {
-        linux["seccomp"] = json!({
-            "defaultAction": "SCMP_ACT_ALLOW",
-            "syscalls": [{"names": SECCOMP_DENIED, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM}],
-        });
+        linux["seccomp"] =
+            super::seccomp::known_to_libseccomp(super::seccomp::runtime_default(std::env::consts::ARCH, &caps));
     }
     let read_only_root = inputs.container["securityContext"]["readOnlyRootFilesystem"].as_bool() == Some(true);
     let mut spec = json!({

@@ -357,3 +357,70 @@ def test_the_encryption_key_is_never_replaced_silently_and_rotates():
                 assert b"plain-before-rotation" not in data and b"plain-after-rotation" not in data, n
     finally:
         s.cleanup()
+
+
+PRIVILEGED_POD = """apiVersion: v1
+kind: Pod
+metadata: {name: root-grab}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    securityContext: {privileged: true}
+    volumeMounts: [{name: root, mountPath: /host}]
+  volumes: [{name: root, hostPath: {path: /}}]
+"""
+
+RESTRICTED_POD = """apiVersion: v1
+kind: Pod
+metadata: {name: well-behaved}
+spec:
+  securityContext: {runAsNonRoot: true, runAsUser: 1000, seccompProfile: {type: RuntimeDefault}}
+  containers:
+  - name: c
+    image: busybox
+    securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+"""
+
+
+def kubectl(server, version, *args, input=None):
+    return subprocess.run([os.path.join(kubectl_dir(), f"kubectl.{version}"), "--kubeconfig", server.kubeconfig,
+                           *args], input=input, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("version", ["1.27", "1.33"])
+def test_pod_security_levels_enforce_and_warn_from_namespace_labels(srv, version):
+    ns = f"psa-{version.replace('.', '')}"
+    assert kubectl(srv, version, "create", "ns", ns).returncode == 0
+    assert kubectl(srv, version, "label", "ns", ns, "pod-security.kubernetes.io/enforce=restricted",
+                   "pod-security.kubernetes.io/warn=restricted").returncode == 0
+    refused = kubectl(srv, version, "-n", ns, "apply", "-f", "-", input=PRIVILEGED_POD)
+    assert refused.returncode != 0, refused.stdout
+    assert 'violates PodSecurity "restricted:latest"' in refused.stderr and "privileged" in refused.stderr, \
+        refused.stderr
+    allowed = kubectl(srv, version, "-n", ns, "apply", "-f", "-", input=RESTRICTED_POD)
+    assert allowed.returncode == 0, allowed.stderr
+    deployment = kubectl(srv, version, "-n", ns, "create", "deployment", "web", "--image=busybox")
+    assert deployment.returncode == 0 and 'would violate PodSecurity "restricted:latest"' in deployment.stderr, \
+        deployment.stderr
+
+    warned = f"{ns}-warn"
+    kubectl(srv, version, "create", "ns", warned)
+    kubectl(srv, version, "label", "ns", warned, "pod-security.kubernetes.io/warn=baseline")
+    created = kubectl(srv, version, "-n", warned, "apply", "-f", "-", input=PRIVILEGED_POD)
+    assert created.returncode == 0, created.stderr
+    assert 'Warning: would violate PodSecurity "baseline:latest"' in created.stderr, created.stderr
+
+
+def test_the_pod_security_default_applies_to_unlabelled_namespaces():
+    s = Server(extra_args=["--pod-security-default", "baseline"]).start()
+    try:
+        refused = kubectl(s, "1.33", "apply", "-f", "-", input=PRIVILEGED_POD)
+        assert refused.returncode != 0 and 'violates PodSecurity "baseline:latest"' in refused.stderr, refused.stderr
+        kubectl(s, "1.33", "label", "ns", "default", "pod-security.kubernetes.io/enforce=privileged")
+        assert kubectl(s, "1.33", "apply", "-f", "-", input=PRIVILEGED_POD).returncode == 0
+    finally:
+        s.cleanup()
+    bad = subprocess.run([BIN, "server", "--pod-security-default", "lenient", "--data-dir", "/nonexistent"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "not a PodSecurity level" in bad.stderr
