@@ -8,18 +8,6 @@
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod agent;
-mod api;
-mod cli;
-mod control;
-mod cron;
-mod images;
-mod kubectl;
-mod pki;
-mod runtime;
-mod store;
-mod sys;
-
 fn main() -> std::process::ExitCode {
-    cli::run()
+    bramble::cli::run()
 }

@@ -154,10 +154,24 @@ impl StreamWriter {
     }
 }
 
+/// Largest decompressed header block accepted: a few hundred bytes in practice, and a
+/// compressed frame could otherwise inflate a thousandfold.
+const MAX_HEADER_BLOCK: usize = 64 * 1024;
+
+/// The headers of one SYN_STREAM's compressed block, with a fresh decompressor (what the
+/// first frame of a session is decoded with). For the fuzz target.
+pub fn header_block(compressed: &[u8]) -> anyhow::Result<HashMap<String, String>> {
+    let mut z = Decompress::new(true);
+    parse_headers(&inflate(&mut z, &dictionary(), compressed)?)
+}
+
 fn inflate(z: &mut Decompress, dict: &[u8], input: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out: Vec<u8> = Vec::with_capacity(input.len() * 4 + 256);
+    let mut out: Vec<u8> = Vec::with_capacity((input.len() * 4 + 256).min(MAX_HEADER_BLOCK));
     let mut consumed = 0usize;
     loop {
+        if out.len() >= MAX_HEADER_BLOCK {
+            bail!("a SPDY header block inflates past {MAX_HEADER_BLOCK} bytes");
+        }
         out.reserve(4096);
         let (before_in, before_out) = (z.total_in(), z.total_out());
         let result = z.decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync);

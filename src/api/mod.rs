@@ -12,6 +12,8 @@ mod discovery;
 pub mod disruption;
 mod encryption;
 pub mod fields;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod join;
 mod kinds;
@@ -33,6 +35,7 @@ mod watch;
 
 pub use table::human_duration;
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -61,6 +64,8 @@ pub struct ApiOptions {
     /// The PodSecurity level of namespaces without `pod-security.kubernetes.io/*` labels
     /// (`--pod-security-default`).
     pub pod_security_default: pod_security::Level,
+    /// Requests one identity may have in flight (`--max-requests-inflight`).
+    pub max_inflight_per_user: usize,
 }
 
 /// The API handler state.
@@ -72,6 +77,26 @@ pub struct Api {
     evictions: tokio::sync::Mutex<()>,
     /// Signs `continue` tokens (made at start: tokens do not outlive the process).
     continue_key: ring::hmac::Key,
+    /// Requests each identity has in flight (watches and streams not counted).
+    inflight: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// One request counted against its identity's in-flight limit until dropped.
+struct InflightSlot<'a> {
+    api: &'a Api,
+    user: String,
+}
+
+impl Drop for InflightSlot<'_> {
+    fn drop(&mut self) {
+        let mut m = self.api.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// Parses `a.b.c.d/n`.
@@ -106,7 +131,14 @@ impl Api {
                     .unwrap_or_default();
                 ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed.to_le_bytes())
             });
-        Arc::new(Api { store, opts, tokens, evictions: tokio::sync::Mutex::new(()), continue_key })
+        Arc::new(Api {
+            store,
+            opts,
+            tokens,
+            evictions: tokio::sync::Mutex::new(()),
+            continue_key,
+            inflight: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     /// Creates what every cluster has: the system namespaces and the `kubernetes` Service.
@@ -132,6 +164,22 @@ impl Api {
             Err(e) if e.code == 409 => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Counts a request of `user` in flight, or refuses it with 429 past
+    /// `--max-requests-inflight`: one identity (a board gone wrong, a runaway script) cannot
+    /// take every worker of the server.
+    fn inflight_slot(&self, user: &str) -> Result<InflightSlot<'_>, ApiError> {
+        let mut m = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(user.to_string()).or_insert(0);
+        if *n >= self.opts.max_inflight_per_user {
+            return Err(ApiError::too_many_requests(
+                format!("too many requests in flight for user \"{user}\": retry shortly"),
+                1,
+            ));
+        }
+        *n += 1;
+        Ok(InflightSlot { api: self, user: user.to_string() })
     }
 
     /// Answers one request from `user` (None: no credentials presented).
@@ -242,6 +290,7 @@ impl Api {
             ("DELETE", true) => "delete",
             _ => return Err(ApiError::method_not_allowed(format!("{method} is not supported on {path}"))),
         };
+        let _slot = if verb == "watch" { None } else { Some(self.inflight_slot(&user.name)?) };
         let attrs = auth::Attributes {
             verb,
             group,

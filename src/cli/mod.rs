@@ -156,6 +156,10 @@ pub struct ServerArgs {
     #[arg(long, default_value = "privileged", value_parser = parse_pod_security_level)]
     pub pod_security_default: crate::api::pod_security::Level,
 
+    /// Requests one identity may have in flight (watches not counted); more get 429.
+    #[arg(long, default_value_t = 200)]
+    pub max_requests_inflight: usize,
+
     /// Open client connections at once; more are closed as they arrive.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,

@@ -157,6 +157,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             advertise: advertise.clone(),
             join: Some(api::join::Join::new(secret, Arc::clone(&pki))),
             pod_security_default: args.pod_security_default,
+            max_inflight_per_user: args.max_requests_inflight.max(1),
         },
         tokens,
     );

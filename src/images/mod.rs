@@ -101,6 +101,32 @@ fn blob_path(digest: &str) -> anyhow::Result<String> {
     Ok(format!("blobs/{}", digest.replace(':', "/")))
 }
 
+/// For the fuzz target: an archive's `index.json` or manifest as the importer reads it
+/// (digests to blob paths, image names to references).
+#[doc(hidden)]
+pub fn fuzz_manifest(data: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<Value>(data) else { return };
+    let digests = v["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(v["layers"].as_array().into_iter().flatten())
+        .chain(std::iter::once(&v["config"]))
+        .filter_map(|d| d["digest"].as_str());
+    for d in digests {
+        // Errors are the expected answer to most inputs.
+        let _ = blob_path(d);
+    }
+    for m in v["manifests"].as_array().into_iter().flatten() {
+        for key in ["io.containerd.image.name", "org.opencontainers.image.ref.name"] {
+            if let Some(name) = m["annotations"][key].as_str() {
+                // Errors are the expected answer to most inputs.
+                let _ = Reference::parse(name);
+            }
+        }
+    }
+}
+
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     Ok(Hashing::new(f).finish()?)

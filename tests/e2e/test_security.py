@@ -424,3 +424,24 @@ def test_the_pod_security_default_applies_to_unlabelled_namespaces():
     bad = subprocess.run([BIN, "server", "--pod-security-default", "lenient", "--data-dir", "/nonexistent"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode != 0 and "not a PodSecurity level" in bad.stderr
+
+
+def test_one_identity_cannot_hold_every_worker():
+    s = Server(extra_args=["--max-requests-inflight", "1"]).start()
+    try:
+        cert = admin_of(s)
+        slow = http.client.HTTPSConnection("127.0.0.1", s.port, context=tls_context(cert), timeout=30)
+        slow.putrequest("POST", "/api/v1/namespaces/default/configmaps")
+        slow.putheader("Content-Type", "application/json")
+        slow.putheader("Content-Length", "1000")
+        slow.endheaders()  # the body never comes: the request stays in flight
+        time.sleep(0.5)
+        status, body, headers = call(s, "GET", "/api/v1/namespaces/default/configmaps", cert=cert)
+        assert status == 429 and headers["Retry-After"] == "1", body
+        slow.close()
+        deadline = time.time() + 10
+        while call(s, "GET", "/api/v1/namespaces/default/configmaps", cert=cert)[0] != 200:
+            assert time.time() < deadline, "the slot was never given back"
+            time.sleep(0.1)
+    finally:
+        s.cleanup()
