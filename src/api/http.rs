@@ -306,7 +306,7 @@ pub fn decode_body(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
     }
     match ct {
         "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml" => {
-            serde_yaml::from_slice::<Value>(body)
+            super::bounded::yaml_value(body, MAX_BODY_NODES)
                 .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}")))
         }
         "application/vnd.kubernetes.protobuf" => super::protobuf::decode_body(body),

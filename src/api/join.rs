@@ -59,7 +59,7 @@ impl FailedJoins {
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), ApiError> {
         let mut t = self.table();
         t.retain(|_, (start, _)| now.duration_since(*start) < FAILED_JOIN_WINDOW);
-        match t.get(&ip) {
+        match t.get(&source(ip)) {
             Some((start, n)) if *n >= MAX_FAILED_JOINS => {
                 let wait = FAILED_JOIN_WINDOW.saturating_sub(now.duration_since(*start)).as_secs().max(1);
                 Err(ApiError::too_many_requests(
@@ -71,11 +71,29 @@ impl FailedJoins {
         }
     }
 
-    /// Counts one failed join from `ip`.
+    /// Counts one failed join from `ip`. The table holds at most [`MAX_TRACKED_SOURCES`]
+    /// sources (the oldest go first), so a flood of addresses cannot grow it.
     pub fn failed(&self, ip: IpAddr, now: Instant) {
         let mut t = self.table();
-        let entry = t.entry(ip).or_insert((now, 0));
+        if t.len() >= MAX_TRACKED_SOURCES && !t.contains_key(&source(ip)) {
+            let oldest = t.iter().min_by_key(|(_, (start, _))| *start).map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                t.remove(&k);
+            }
+        }
+        let entry = t.entry(source(ip)).or_insert((now, 0));
         entry.1 += 1;
+    }
+}
+
+/// Most sources [`FailedJoins`] remembers at once.
+pub const MAX_TRACKED_SOURCES: usize = 4096;
+
+/// What one guesser is: an IPv4 address, or an IPv6 /64 (one host usually has a whole /64).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
     }
 }
 
@@ -213,6 +231,21 @@ impl Api {
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }
+            // A Node without a password record joined some other way (the server's own
+            // node, or before node passwords): its name is not free for the token to take.
+            let nodes = resources::find("", "v1", "nodes").ok_or_else(|| ApiError::internal("nodes are not served"))?;
+            let node_target = Target { res: nodes, namespace: None, name: Some(node.to_string()), sub: None };
+            match self.get_object(&node_target) {
+                Ok(_) => {
+                    return Err(ApiError::forbidden(format!(
+                        "node {node:?} already exists and has no node password on record: if this board replaces \
+                         it, remove the old one first (`kubectl delete node {node}`), or join this board under \
+                         another name (--node-name)"
+                    )));
+                }
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
             let salt: String = (0..16).map(|_| format!("{:02x}", rand_byte())).collect();
             let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
             let secret = json!({"metadata": {"name": password_secret_name(node), "namespace": "kube-system",
@@ -282,6 +315,16 @@ mod tests {
         assert_eq!(e.code, 429);
         assert!(f.check(b, t0).is_ok(), "another address is not held back");
         assert!(f.check(a, t0 + FAILED_JOIN_WINDOW).is_ok());
+        // One IPv6 host is its /64; the table stays bounded whatever the flood.
+        let v6 = |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, last));
+        for i in 0..MAX_FAILED_JOINS as u16 {
+            f.failed(v6(i), t0);
+        }
+        assert_eq!(f.check(v6(999), t0).unwrap_err().code, 429);
+        for i in 0..(MAX_TRACKED_SOURCES as u32 + 10) {
+            f.failed(IpAddr::V4(i.into()), t0);
+        }
+        assert!(f.table().len() <= MAX_TRACKED_SOURCES);
     }
 
     #[test]

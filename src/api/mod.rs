@@ -8,6 +8,7 @@ mod admission;
 mod alloc;
 mod apply;
 pub mod auth;
+mod bounded;
 mod discovery;
 pub mod disruption;
 mod encryption;
@@ -272,6 +273,11 @@ impl Api {
         let target = parse_target(group, version, rest).ok_or_else(|| ApiError::not_found_path(&path))?;
         let mut q = Query::parse(req.uri().query());
         http::check_query(&q)?;
+        // Keys starting with `_` carry the server's own facts down to the handlers.
+        q.0.retain(|k, _| !k.starts_with('_'));
+        if let Some(me) = auth::node_name(&user) {
+            q.0.insert(objects::NODE_QUERY_KEY.into(), me.to_string());
+        }
         if q.get("fieldManager").is_none_or(str::is_empty) {
             let agent = req.headers().get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("unknown");
             let name = agent.split('/').next().unwrap_or("unknown").trim();

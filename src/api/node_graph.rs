@@ -71,6 +71,9 @@ pub fn node_creation_refusal(me: &str, resource: &str, obj: &Value) -> Option<St
     let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     match resource {
         "nodes" | "leases" if name != me => Some(format!("a node may create only its own {resource} object, {me:?}")),
+        "nodes" if !restricted_labels(obj).is_empty() => {
+            Some(format!("a node may not set labels under {}", NODE_RESTRICTED_LABEL_PREFIXES.join(" or ")))
+        }
         "nodes" | "leases" => None,
         "pods" => {
             if obj.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_none() {
@@ -94,6 +97,57 @@ pub fn node_creation_refusal(me: &str, resource: &str, obj: &Value) -> Option<St
             None
         }
         _ => Some(format!("a node may not create {resource}")),
+    }
+}
+
+/// Label prefixes a node may not set on its own Node (upstream's NodeRestriction): they are
+/// how workloads are steered to trusted nodes, so a node setting them could attract them.
+const NODE_RESTRICTED_LABEL_PREFIXES: &[&str] = &["node-restriction.kubernetes.io/", "node-role.kubernetes.io/"];
+
+fn restricted_labels(obj: &Value) -> Vec<(&String, &Value)> {
+    obj.pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| NODE_RESTRICTED_LABEL_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .collect()
+}
+
+/// Why node `me` may not write `new` over `old` (an update, patch or apply, decided on
+/// the objects as they are written, so nothing that changed between the request's check
+/// and its write slips through): a pod or local volume must be bound to `me` before and
+/// after; a local volume may only lose finalizers; its own Node keeps its restricted
+/// labels, pod ranges and provider ID. `None` when it may.
+pub fn node_write_refusal(me: &str, kind: &str, old: &Value, new: &Value) -> Option<String> {
+    match kind {
+        "Pod" if bound_node(old) != Some(me) || bound_node(new) != Some(me) => {
+            Some("the pod is not bound to this node".into())
+        }
+        "PersistentVolume" => {
+            if bound_node(old) != Some(me) || bound_node(new) != Some(me) {
+                return Some("the volume is not on this node".into());
+            }
+            let same = |p: &str| old.pointer(p) == new.pointer(p);
+            if !same("/spec") || !same("/metadata/labels") || !same("/metadata/annotations") {
+                return Some("a node may only release a local volume's finalizers".into());
+            }
+            None
+        }
+        "Node" => {
+            if restricted_labels(old) != restricted_labels(new) {
+                return Some(format!(
+                    "a node may not set labels under {}",
+                    NODE_RESTRICTED_LABEL_PREFIXES.join(" or ")
+                ));
+            }
+            for field in ["/spec/podCIDR", "/spec/podCIDRs", "/spec/providerID"] {
+                if old.pointer(field) != new.pointer(field) {
+                    return Some(format!("a node may not change its own {}", &field[1..].replace('/', ".")));
+                }
+            }
+            None
+        }
+        _ => None,
     }
 }
 
@@ -232,6 +286,30 @@ mod tests {
         with_sa["spec"]["serviceAccountName"] = json!("admin");
         assert!(node_creation_refusal("board-2", "pods", &with_sa).is_some());
         assert!(node_creation_refusal("board-2", "secrets", &node).is_some());
+    }
+
+    #[test]
+    fn a_node_writes_only_what_stays_its_own() {
+        let pod = |node: &str| json!({"spec": {"nodeName": node, "containers": []}, "status": {}});
+        assert_eq!(node_write_refusal("a", "Pod", &pod("a"), &pod("a")), None);
+        assert!(node_write_refusal("a", "Pod", &pod("b"), &pod("b")).is_some(), "another node's pod");
+        assert!(node_write_refusal("a", "Pod", &pod("a"), &pod("b")).is_some(), "moved to another node");
+        let pv = |node: &str, path: &str, fin: bool| {
+            json!({"metadata": {"finalizers": if fin { json!(["x"]) } else { json!([]) }},
+            "spec": {"hostPath": {"path": path}, "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})
+        };
+        assert_eq!(node_write_refusal("a", "PersistentVolume", &pv("a", "/d", true), &pv("a", "/d", false)), None);
+        assert!(node_write_refusal("a", "PersistentVolume", &pv("a", "/d", true), &pv("a", "/etc", true)).is_some());
+        assert!(node_write_refusal("a", "PersistentVolume", &pv("a", "/d", true), &pv("b", "/d", true)).is_some());
+        let node = |labels: Value, cidr: &str| json!({"metadata": {"labels": labels}, "spec": {"podCIDR": cidr}});
+        let plain = node(json!({"disktype": "ssd"}), "10.42.1.0/24");
+        assert_eq!(node_write_refusal("a", "Node", &plain, &node(json!({"disktype": "hdd"}), "10.42.1.0/24")), None);
+        let role = node(json!({"node-role.kubernetes.io/control-plane": "true"}), "10.42.1.0/24");
+        assert!(node_write_refusal("a", "Node", &plain, &role).is_some());
+        assert!(node_write_refusal("a", "Node", &plain, &node(json!({"disktype": "ssd"}), "10.42.9.0/24")).is_some());
+        let create = json!({"metadata": {"name": "a", "labels": {"node-restriction.kubernetes.io/x": "y"}}});
+        assert!(node_creation_refusal("a", "nodes", &create).is_some());
     }
 
     #[test]

@@ -22,6 +22,11 @@ use super::status::{ApiError, Cause};
 use super::table;
 use crate::store::{Expect, Op, Record, TxnResult};
 
+/// The query key under which the API passes a node caller's name down to the writes, so
+/// they check the objects as written (see `node_graph::node_write_refusal`). Clients cannot
+/// send it: the router drops every query key that starts with `_`.
+pub const NODE_QUERY_KEY: &str = "_node";
+
 /// The object a request addresses.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -582,6 +587,15 @@ impl Api {
             apply::record_update(Some(&old), &mut new, manager(q), &res.api_version(), sub);
         }
         self.validate_full(t, res.kind, &new)?;
+        if let Some(me) = q.get(NODE_QUERY_KEY)
+            && let Some(why) = super::node_graph::node_write_refusal(me, res.kind, &old, &new)
+        {
+            return Err(ApiError::forbidden(format!(
+                "{} \"{}\" is forbidden: User \"system:node:{me}\" may not write it: {why}",
+                res.plural,
+                t.name()
+            )));
+        }
         if res.kind == "Pod" && old.get("spec") != new.get("spec") {
             self.admit_pod_security(t, res.kind, &new)?;
         }
@@ -686,10 +700,19 @@ impl Api {
         for _ in 0..16 {
             let current = match self.store.get(&t.key())? {
                 Some(c) => c,
-                None if is_apply => {
+                // Apply creates only the object itself, named by the URL, never through a
+                // subresource (upstream answers 404 there too).
+                None if is_apply && t.sub.is_none() => {
                     let base =
                         json!({"apiVersion": res.api_version(), "kind": res.kind, "metadata": {"name": t.name()}});
                     let merged = apply::apply(&base, &patch_body, manager(q), force, &res.api_version())?;
+                    let body_name = merged.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                    if body_name != t.name() {
+                        return Err(ApiError::bad_request(format!(
+                            "the name of the object ({body_name}) does not match the name on the URL ({})",
+                            t.name()
+                        )));
+                    }
                     let managed = merged.pointer("/metadata/managedFields").cloned();
                     let created =
                         self.create_with(&Target { name: None, sub: None, ..t.clone() }, q, merged, managed).await?;
@@ -738,6 +761,15 @@ impl Api {
         loop {
             let current = self.store.get(&t.key())?.ok_or_else(|| t.not_found())?;
             let mut obj = to_object(&current)?;
+            if let Some(me) = q.get(NODE_QUERY_KEY)
+                && res.kind == "Pod"
+                && super::node_graph::bound_node(&obj) != Some(me)
+            {
+                return Err(ApiError::forbidden(format!(
+                    "pods \"{}\" is forbidden: User \"system:node:{me}\" may not delete it: the pod is not bound to this node",
+                    t.name()
+                )));
+            }
             if let Some(uid) = options.pointer("/preconditions/uid").and_then(Value::as_str)
                 && uid != meta_str(&obj, "uid")
             {

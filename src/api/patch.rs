@@ -107,6 +107,20 @@ fn apply_json_patch(target: &Value, patch: &Value) -> Result<Value, ApiError> {
     let mut doc = target.clone();
     let mut copied = 0usize;
     for op in ops {
+        // The document only deepens where an operation puts a value: at most the path's
+        // length plus the value's depth. Bounded per operation, copies into their own
+        // descendants cannot double the depth until a walk of it overflows the stack.
+        let path_len = op["path"].as_str().map_or(0, |p| p.matches('/').count());
+        let placed = match op["op"].as_str() {
+            Some("copy" | "move") => op["from"].as_str().and_then(|f| doc.pointer(f)),
+            _ => op.get("value"),
+        };
+        if path_len + placed.map_or(0, depth) > super::http::MAX_BODY_DEPTH {
+            return Err(ApiError::unprocessable(format!(
+                "the JSON patch would nest the object deeper than {} levels",
+                super::http::MAX_BODY_DEPTH
+            )));
+        }
         if op["op"] == "copy"
             && let Some(from) = op["from"].as_str().and_then(|f| doc.pointer(f))
         {
@@ -124,6 +138,21 @@ fn apply_json_patch(target: &Value, patch: &Value) -> Result<Value, ApiError> {
             .map_err(|e| ApiError::unprocessable(format!("the JSON patch could not be applied: {e}")))?;
     }
     Ok(doc)
+}
+
+/// How deeply `v` nests (a scalar is 1), walked without recursion.
+fn depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, d + 1))),
+            Value::Object(m) => stack.extend(m.values().map(|i| (i, d + 1))),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn strategic_map(target: &mut Value, patch: &Map<String, Value>, service_ports: bool) -> Result<(), ApiError> {
@@ -310,6 +339,23 @@ mod tests {
         let many: Vec<Value> =
             (0..=MAX_JSON_PATCH_OPERATIONS).map(|_| json!({"op": "test", "path": "/a", "value": 1})).collect();
         assert_eq!(apply(PatchType::Json, &big, &json!(many), false).unwrap_err().code, 413);
+    }
+
+    #[test]
+    fn json_patch_cannot_nest_the_object_without_bound() {
+        let mut deep = json!(1);
+        for _ in 0..90 {
+            deep = json!([deep]);
+        }
+        let mut ops = vec![json!({"op": "add", "path": "/x", "value": deep})];
+        let mut path = "/x".to_string();
+        for _ in 0..20 {
+            ops.push(json!({"op": "copy", "from": "/x", "path": format!("{path}/0")}));
+            path.push_str(&"/0".repeat(90));
+        }
+        let e = apply(PatchType::Json, &json!({}), &json!(ops), false).unwrap_err();
+        assert_eq!(e.code, 422, "{}", e.message);
+        assert_eq!(depth(&json!({"a": [1, {"b": 2}]})), 4);
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub struct KeyStatus {
 /// Seals and opens stored values.
 pub struct SecretCipher {
     ring: RwLock<KeyRing>,
+    /// One rotation at a time: two would both read the same old keys and one key's
+    /// record could be lost.
+    rotating: std::sync::Mutex<()>,
     path: PathBuf,
     rng: SystemRandom,
 }
@@ -141,7 +144,12 @@ impl SecretCipher {
             return Err(StoreError::Crypto(format!("{} is not a list of 32-byte keys", old_file.display())));
         }
         let old = old_bytes.chunks(KEY_LEN).map(|k| Key::new(k, &old_file)).collect::<Result<_, _>>()?;
-        Ok(SecretCipher { ring: RwLock::new(KeyRing { current, old }), path: path.to_path_buf(), rng })
+        Ok(SecretCipher {
+            ring: RwLock::new(KeyRing { current, old }),
+            rotating: std::sync::Mutex::new(()),
+            path: path.to_path_buf(),
+            rng,
+        })
     }
 
     fn keys(&self) -> std::sync::RwLockReadGuard<'_, KeyRing> {
@@ -166,6 +174,7 @@ impl SecretCipher {
     /// Makes a new current key; the previous one is kept for reading. The old-key file is
     /// written before the key file is replaced, so a crash in between loses no key.
     pub fn rotate(&self) -> Result<KeyStatus, StoreError> {
+        let _one_at_a_time = self.rotating.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut fresh = [0u8; KEY_LEN];
         self.rng.fill(&mut fresh).map_err(|_| StoreError::Crypto("no system randomness".into()))?;
         let current_bytes =

@@ -158,11 +158,18 @@ impl Store {
             // Raft has not yet applied is checked as it is read: it cannot be opened either).
             Err(missing) if !key_path.exists() => {
                 for prefix in &opts.sealed_prefixes {
-                    let (records, _) = shared
-                        .list(prefix, None, 1)
-                        .map_err(|e| StoreError::Corrupt(format!("reading {prefix}: {e}")))?;
-                    if records.iter().any(|r| crypt::is_sealed(&r.value)) {
-                        return Err(missing);
+                    let mut after: Option<String> = None;
+                    loop {
+                        let (records, _) = shared
+                            .list(prefix, after.as_deref(), 500)
+                            .map_err(|e| StoreError::Corrupt(format!("reading {prefix}: {e}")))?;
+                        if records.iter().any(|r| crypt::is_sealed(&r.value)) {
+                            return Err(missing);
+                        }
+                        match records.last() {
+                            Some(last) if records.len() == 500 => after = Some(last.key.clone()),
+                            _ => break,
+                        }
                     }
                 }
                 SecretCipher::load(&key_path, true)?
@@ -195,7 +202,8 @@ impl Store {
             loop {
                 let (records, _) = self.shared.list(&prefix, after.as_deref(), 500)?;
                 for r in &records {
-                    if !self.cipher.sealed_with_old_key(&r.value) {
+                    // Sealed with an old key, or stored before encryption: seal it now.
+                    if crypt::is_sealed(&r.value) && !self.cipher.sealed_with_old_key(&r.value) {
                         continue;
                     }
                     let plain = self.open_value(&r.key, &r.value)?;

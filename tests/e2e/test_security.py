@@ -161,6 +161,21 @@ def test_a_node_changes_only_its_own_pods_node_and_lease(srv, admin, boards):
         assert status == 403, (path, body)
     assert call(srv, "GET", "/api/v1/namespaces/default/pods/on-b", cert=admin)[0] == 200
     assert call(srv, "GET", "/api/v1/nodes/board-b", cert=admin)[1]["metadata"].get("labels", {}).get("x") is None
+    # Its own Node, but not the labels that steer workloads to trusted nodes, nor its pod range.
+    for patch in ({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": "true"}}},
+                  {"metadata": {"labels": {"node-restriction.kubernetes.io/trusted": "yes"}}},
+                  {"spec": {"podCIDR": "10.42.200.0/24"}}):
+        status, body, _ = call(srv, "PATCH", "/api/v1/nodes/board-a", patch, cert=a, content_type=merge)
+        assert status == 403, (patch, body)
+    status, body, _ = call(srv, "PATCH", "/api/v1/nodes/board-a", {"metadata": {"labels": {"disktype": "ssd"}}},
+                           cert=a, content_type=merge)
+    assert status == 200, body
+    # Apply never creates through a subresource (a node could otherwise make a pod of its
+    # choosing by applying to the status of one that does not exist).
+    made = pod("made-via-status", "board-a", volumes=[{"name": "s", "secret": {"secretName": "b-only"}}])
+    status, body, _ = call(srv, "PATCH", "/api/v1/namespaces/default/pods/made-via-status/status?fieldManager=x",
+                           made, cert=admin, content_type="application/apply-patch+yaml")
+    assert status == 404, body
 
 
 def test_a_node_reads_only_the_secrets_its_pods_use(srv, boards):
@@ -193,6 +208,11 @@ def test_a_token_never_hands_out_an_existing_nodes_identity(srv, boards):
     assert join(srv, "board-new", password)[0] == 200, "the same board may join again"
     status, body, _ = call(srv, "POST", "/v1-bramble/node-credentials", {"nodeName": "x", "nodePassword": "p" * 20})
     assert status == 401, body
+    # A Node that joined some other way (the server's own, or from before node passwords)
+    # is not free for the token to take either.
+    call(srv, "POST", "/api/v1/nodes", {"metadata": {"name": "made-by-admin"}}, cert=admin_of(srv))
+    status, body, _ = join(srv, "made-by-admin")
+    assert status == 403 and "no node password" in body["message"], body
 
 
 def test_failed_joins_are_rate_limited_and_bodies_are_not_read_before_the_token(srv):

@@ -84,7 +84,10 @@ fn write_atomic(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> Result<(), Volu
     }
     std::fs::create_dir_all(dir).map_err(|e| VolumeError(format!("creating the volume {}: {e}", dir.display())))?;
     let root = Root::open(dir).map_err(fs_err)?;
-    let current = std::fs::read_link(dir.join("..data")).ok();
+    // Only a generation this agent made counts: one name, `..<timestamp>`, in `dir`.
+    let current = std::fs::read_link(dir.join("..data")).ok().filter(|cur| {
+        cur.to_str().is_some_and(|c| c.starts_with("..") && c.len() > 2 && !c.contains('/') && c != "..data")
+    });
     // Nothing changed: leave the files (and their inotify watchers) alone.
     if let Some(cur) = &current {
         let same = files.iter().all(|(p, b, m)| {
@@ -340,42 +343,46 @@ pub async fn clean_deleted_volumes(client: &Client, node: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// Applies a hostPath `type`: creates what `...OrCreate` asks for, checks the rest.
+/// Applies a hostPath `type`: creates what `...OrCreate` asks for, checks the rest. The path
+/// is resolved once, through file descriptors from `/` (see [`Root`]), so what is checked is
+/// what was created, with no window for a symlink to be swapped in between.
 fn check_host_path(path: &Path, kind: &str) -> Result<(), VolumeError> {
-    use std::os::unix::fs::FileTypeExt;
-    let err = |what: &str| VolumeError(format!("hostPath type check failed: {} is not a {what}", path.display()));
-    let md = std::fs::metadata(path);
-    match kind {
-        "" => Ok(()),
-        "DirectoryOrCreate" => {
-            if md.is_err() {
-                std::fs::create_dir_all(path).map_err(|e| VolumeError(format!("creating {}: {e}", path.display())))?;
-                let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
-                return Ok(());
-            }
-            md.ok().filter(|m| m.is_dir()).map(|_| ()).ok_or_else(|| err("directory"))
-        }
-        "FileOrCreate" => {
-            if md.is_err() {
-                if let Some(p) = path.parent() {
-                    let _ = std::fs::create_dir_all(p);
-                }
-                std::fs::File::create(path).map_err(|e| VolumeError(format!("creating {}: {e}", path.display())))?;
-                return Ok(());
-            }
-            md.ok().filter(|m| m.is_file()).map(|_| ()).ok_or_else(|| err("file"))
-        }
-        "Directory" => md.ok().filter(|m| m.is_dir()).map(|_| ()).ok_or_else(|| err("directory")),
-        "File" => md.ok().filter(|m| m.is_file()).map(|_| ()).ok_or_else(|| err("file")),
-        "Socket" => md.ok().filter(|m| m.file_type().is_socket()).map(|_| ()).ok_or_else(|| err("socket")),
-        "CharDevice" => {
-            md.ok().filter(|m| m.file_type().is_char_device()).map(|_| ()).ok_or_else(|| err("character device"))
-        }
-        "BlockDevice" => {
-            md.ok().filter(|m| m.file_type().is_block_device()).map(|_| ()).ok_or_else(|| err("block device"))
-        }
-        other => Err(VolumeError(format!("hostPath type {other:?} is not one Kubernetes defines"))),
+    use nix::sys::stat::{SFlag, fstat};
+    if kind.is_empty() {
+        return Ok(());
     }
+    let err = |what: &str| VolumeError(format!("hostPath type check failed: {} is not a {what}", path.display()));
+    let fs_err = |e: FsError| VolumeError(format!("hostPath {}: {e}", path.display()));
+    let host = Root::open(Path::new("/")).map_err(fs_err)?;
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let missing = || -> Result<bool, VolumeError> {
+        match host.open_path(rel) {
+            Ok(_) => Ok(false),
+            Err(FsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(fs_err(e)),
+        }
+    };
+    match kind {
+        "DirectoryOrCreate" if missing()? => {
+            host.open_dir(rel, true, 0o755).map_err(fs_err)?;
+        }
+        "FileOrCreate" if missing()? => {
+            host.create_file(rel, 0o644).map_err(fs_err)?;
+        }
+        "DirectoryOrCreate" | "FileOrCreate" | "Directory" | "File" | "Socket" | "CharDevice" | "BlockDevice" => {}
+        other => return Err(VolumeError(format!("hostPath type {other:?} is not one Kubernetes defines"))),
+    }
+    let fd = host.open_path(rel).map_err(fs_err)?;
+    let st = fstat(&fd).map_err(|e| VolumeError(format!("hostPath {}: {e}", path.display())))?;
+    let is = |t: SFlag| st.st_mode & SFlag::S_IFMT.bits() == t.bits();
+    let (ok, what) = match kind {
+        "DirectoryOrCreate" | "Directory" => (is(SFlag::S_IFDIR), "directory"),
+        "FileOrCreate" | "File" => (is(SFlag::S_IFREG), "file"),
+        "Socket" => (is(SFlag::S_IFSOCK), "socket"),
+        "CharDevice" => (is(SFlag::S_IFCHR), "character device"),
+        _ => (is(SFlag::S_IFBLK), "block device"),
+    };
+    if ok { Ok(()) } else { Err(err(what)) }
 }
 
 /// The container's bind mounts for its `volumeMounts`. A `subPath` is opened under its
@@ -384,10 +391,21 @@ fn check_host_path(path: &Path, kind: &str) -> Result<(), VolumeError> {
 /// bind-mounted through `/proc/self/fd/N` onto `<subpaths>/<container>/<index>`, as the kubelet
 /// does, so the runtime mounts that fixed path and never resolves the hostile one.
 pub fn mounts_for(
+    pod: &Value,
     container: &Value,
     volumes: &[(String, PathBuf)],
     subpaths: &Path,
 ) -> Result<Vec<BindMount>, VolumeError> {
+    // The files the agent writes (configMap, secret, downwardAPI, projected) are mounted
+    // read-only whatever the pod asks, as upstream does since CVE-2017-1002102: a container
+    // that could write there could plant links for the agent's next refresh to follow.
+    let file_volumes: Vec<&str> = pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| ["configMap", "secret", "downwardAPI", "projected"].iter().any(|k| v[*k].is_object()))
+        .filter_map(|v| v["name"].as_str())
+        .collect();
     let mut out = Vec::new();
     let container_name = container["name"].as_str().unwrap_or("");
     for (index, m) in container["volumeMounts"].as_array().into_iter().flatten().enumerate() {
@@ -405,7 +423,7 @@ pub fn mounts_for(
         out.push(BindMount {
             source,
             destination: m["mountPath"].as_str().unwrap_or("").to_string(),
-            read_only: m["readOnly"].as_bool() == Some(true),
+            read_only: m["readOnly"].as_bool() == Some(true) || file_volumes.contains(&name),
         });
     }
     Ok(out)

@@ -501,7 +501,7 @@ impl Worker {
             .await
             .map_err(|env::ConfigError(m)| ("CreateContainerConfigError".to_string(), m))?;
         let pod_dir = self.ctx.layout.pod_dir(&self.uid);
-        let mut mounts = volumes::mounts_for(c, &self.volumes, &volumes::subpaths_dir(&pod_dir))
+        let mut mounts = volumes::mounts_for(&self.pod, c, &self.volumes, &volumes::subpaths_dir(&pod_dir))
             .map_err(|volumes::VolumeError(m)| ("CreateContainerConfigError".to_string(), m))?;
         let attempt = self.containers.get(&name).and_then(Container::latest).map_or(0, |r| r.info.attempt + 1);
         let id = crate::runtime::new_container_id();
@@ -568,6 +568,11 @@ impl Worker {
         let (shim_pid, init_pid) = match spawn_shim(&self.ctx.layout.runtime_root(), &id, &dir, &log_path).await {
             Ok(p) => p,
             Err(e) => {
+                // The config holds the container's environment: it must not pile up on the
+                // small tmpfs while a pod fails to start again and again.
+                if let Err(e) = std::fs::remove_dir_all(self.ctx.layout.bundle_config_dir(&id)) {
+                    tracing::warn!(error = %e, "removing a failed container's config");
+                }
                 let _ = rootfs.unmount();
                 return Err(fail("RunContainerError", e));
             }
