@@ -186,6 +186,9 @@ async fn start_bramble() -> (Started, Vec<Duration>) {
     let start = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_bramble"))
         .args(["server", "--disable-agent", "--bind-address", "127.0.0.1"])
+        // The bench's Node is only an API object and never reports: keep it from going
+        // Unknown (and its pods from being evicted) during the run.
+        .args(["--node-monitor-grace-period", "1h"])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--https-listen-port")

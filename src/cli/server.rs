@@ -205,17 +205,28 @@ pub async fn run(args: ServerArgs) -> Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let mut controllers = controllers;
+    // The control loops end early only when the store's Raft core has stopped: then exit
+    // non-zero, so systemd restarts the server from its durable state.
+    let lost = tokio::select! {
+        _ = term.recv() => None,
+        _ = tokio::signal::ctrl_c() => None,
+        r = &mut controllers => Some(r),
+    };
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     let _ = serving.await;
-    let _ = controllers.await;
+    let lost = match lost {
+        Some(r) => Some(r),
+        None => Some(controllers.await),
+    };
     if let Some(agent) = agent {
         let _ = agent.await;
     }
     api.store.shutdown().await;
-    Ok(())
+    match lost {
+        Some(Ok(Err(e))) => Err(anyhow::Error::new(e).context("exiting for the service manager to restart the server")),
+        Some(Err(e)) => Err(anyhow::anyhow!("the control loops' task failed: {e}")),
+        Some(Ok(Ok(()))) | None => Ok(()),
+    }
 }

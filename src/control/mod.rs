@@ -130,31 +130,54 @@ fn identity() -> crate::api::auth::User {
     }
 }
 
+/// The store's leadership signal closed: the Raft core stopped, and nothing will say who
+/// leads any more.
+#[derive(Debug, thiserror::Error)]
+#[error("the store's leadership signal closed (its Raft core stopped): the control loops cannot follow it")]
+pub struct LeadershipLost;
+
 /// Runs the control loops while this server leads the store's Raft group (`leading`),
-/// so that with several servers exactly one runs them; returns when `stop` turns true.
+/// so that with several servers exactly one runs them; returns when `stop` turns true, or
+/// with [`LeadershipLost`] when the signal closes (the caller exits for its supervisor to
+/// restart it, rather than running loops no one may run).
 pub async fn run(
     api: Arc<crate::api::Api>,
     opts: ControlOptions,
+    leading: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), LeadershipLost> {
+    let conn = Arc::new(ApiConn::new(api, identity()));
+    follow_leadership(leading, stop, || start_all(conn.clone(), &opts)).await
+}
+
+/// Starts `start`'s tasks whenever `leading` turns true and aborts them when it turns
+/// false. A closed signal ends it with an error at once: `wait_for` on a closed channel
+/// answers from the last value, so waiting again would start and abort the loops in a busy
+/// cycle for ever.
+async fn follow_leadership(
     mut leading: tokio::sync::watch::Receiver<bool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let conn = Arc::new(ApiConn::new(api, identity()));
+    start: impl Fn() -> Vec<tokio::task::JoinHandle<()>>,
+) -> Result<(), LeadershipLost> {
     loop {
-        tokio::select! {
-            r = leading.wait_for(|l| *l) => if r.is_err() { return },
-            _ = stop.wait_for(|s| *s) => return,
+        let closed = tokio::select! {
+            r = leading.wait_for(|l| *l) => r.is_err(),
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        if closed || leading.has_changed().is_err() {
+            return Err(LeadershipLost);
         }
         tracing::info!("leading: the control loops run here");
-        let tasks = start_all(conn.clone(), &opts);
-        let stopped = tokio::select! {
-            _ = leading.wait_for(|l| !*l) => false,
-            _ = stop.wait_for(|s| *s) => true,
+        let tasks = start();
+        let outcome = tokio::select! {
+            r = leading.wait_for(|l| !*l) => if r.is_err() { Some(Err(LeadershipLost)) } else { None },
+            _ = stop.wait_for(|s| *s) => Some(Ok(())),
         };
         for t in tasks {
             t.abort();
         }
-        if stopped {
-            return;
+        if let Some(done) = outcome {
+            return done;
         }
         tracing::warn!("no longer leading: the control loops stop here");
     }
@@ -351,5 +374,54 @@ pub fn int_or_percent(v: &Value, total: i64, round_up: bool, default: i64) -> i6
             None => p.parse().unwrap_or(default),
         },
         _ => default,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_closed_leadership_signal_ends_the_loops_instead_of_spinning() {
+        let (lead_tx, lead_rx) = tokio::sync::watch::channel(true);
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        let follower = tokio::spawn(follow_leadership(lead_rx, stop_rx, move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            vec![tokio::spawn(std::future::pending())]
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        drop(lead_tx);
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), follower).await;
+        assert!(matches!(r, Ok(Ok(Err(LeadershipLost)))), "{r:?}");
+        assert_eq!(starts.load(Ordering::SeqCst), 1, "no restart cycle after the signal closed");
+    }
+
+    #[tokio::test]
+    async fn loops_stop_and_start_again_with_leadership_and_end_on_stop() {
+        let (lead_tx, lead_rx) = tokio::sync::watch::channel(false);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        let follower = tokio::spawn(follow_leadership(lead_rx, stop_rx, move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Vec::new()
+        }));
+        let settle = || tokio::time::sleep(std::time::Duration::from_millis(30));
+        settle().await;
+        assert_eq!(starts.load(Ordering::SeqCst), 0, "not leading yet");
+        lead_tx.send(true).unwrap();
+        settle().await;
+        lead_tx.send(false).unwrap();
+        settle().await;
+        lead_tx.send(true).unwrap();
+        settle().await;
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+        stop_tx.send(true).unwrap();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), follower).await;
+        assert!(matches!(r, Ok(Ok(Ok(())))), "{r:?}");
     }
 }

@@ -106,9 +106,45 @@ pub fn start(ctx: &Arc<Ctx>, grace: Duration) -> Vec<tokio::task::JoinHandle<()>
 fn last_heartbeat(ctx: &Ctx, node: &Value) -> Option<i64> {
     let name = s(node, "/metadata/name");
     let renewed = ctx.leases.get(&format!("kube-node-lease/{name}")).and_then(|l| epoch_secs(s(&l, "/spec/renewTime")));
-    let ready = node.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == "Ready")?;
-    let posted = epoch_secs(s(ready, "/lastHeartbeatTime"));
+    heartbeat(node, renewed)
+}
+
+/// When the node last showed it was alive: its Lease renewal (`renewed`) or its Ready
+/// condition's heartbeat, whichever is later; a node that never did either counts from its
+/// creation, so one that never reported goes Unknown after the grace period too.
+fn heartbeat(node: &Value, renewed: Option<i64>) -> Option<i64> {
+    let posted = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|ready| epoch_secs(s(ready, "/lastHeartbeatTime")));
     renewed.max(posted).or_else(|| epoch_secs(s(node, "/metadata/creationTimestamp")))
+}
+
+/// The conditions of a node gone silent: each one Unknown (`NodeStatusUnknown`), or, for a
+/// node that never posted any, upstream's four set Unknown with `NodeStatusNeverUpdated`.
+fn silent_conditions(conditions: &[Value], stamp: &str) -> Vec<Value> {
+    if conditions.iter().any(|c| c["type"] == "Ready") {
+        return conditions
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c["status"] = json!("Unknown");
+                c["reason"] = json!("NodeStatusUnknown");
+                c["message"] = json!("Kubelet stopped posting node status.");
+                c["lastTransitionTime"] = json!(stamp);
+                c
+            })
+            .collect();
+    }
+    ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"]
+        .iter()
+        .map(|t| {
+            json!({"type": t, "status": "Unknown", "reason": "NodeStatusNeverUpdated",
+                   "message": "Kubelet never posted node status.", "lastHeartbeatTime": stamp,
+                   "lastTransitionTime": stamp})
+        })
+        .collect()
 }
 
 /// How long pods of a deleted Node wait before they are force-deleted (upstream pod GC's
@@ -162,17 +198,7 @@ async fn reconcile(ctx: &Ctx, name: &str, grace: Duration) -> anyhow::Result<Opt
     let silent = last_heartbeat(ctx, &node).is_some_and(|t| now - t > grace.as_secs() as i64);
     if silent && ready != "Unknown" {
         let stamp = now_rfc3339();
-        let unknown: Vec<Value> = conditions
-            .iter()
-            .map(|c| {
-                let mut c = c.clone();
-                c["status"] = json!("Unknown");
-                c["reason"] = json!("NodeStatusUnknown");
-                c["message"] = json!("Kubelet stopped posting node status.");
-                c["lastTransitionTime"] = json!(stamp);
-                c
-            })
-            .collect();
+        let unknown = silent_conditions(&conditions, &stamp);
         node = ctx.conn.merge_patch(&format!("{path}/status"), &json!({"status": {"conditions": unknown}})).await?;
         ready = "Unknown".into();
         ctx.events.emit(
@@ -244,6 +270,23 @@ async fn reconcile(ctx: &Ctx, name: &str, grace: Duration) -> anyhow::Result<Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_that_never_reported_counts_from_its_creation_and_gets_never_updated() {
+        let created = json!({"metadata": {"name": "n", "creationTimestamp": "2026-01-01T00:00:00Z"}});
+        let t0 = epoch_secs("2026-01-01T00:00:00Z");
+        assert!(t0.is_some());
+        assert_eq!(heartbeat(&created, None), t0, "no status at all: the creation time");
+        assert_eq!(heartbeat(&created, Some(t0.unwrap() + 60)), Some(t0.unwrap() + 60), "a lease renewal is later");
+        let never = silent_conditions(&[], "2026-01-01T00:01:00Z");
+        assert_eq!(never.len(), 4);
+        assert!(never.iter().all(|c| c["status"] == "Unknown" && c["reason"] == "NodeStatusNeverUpdated"));
+        assert!(never.iter().any(|c| c["type"] == "Ready"));
+        let reported = [json!({"type": "Ready", "status": "True", "reason": "KubeletReady"})];
+        let stopped = silent_conditions(&reported, "2026-01-01T00:01:00Z");
+        assert_eq!(stopped[0]["reason"], "NodeStatusUnknown");
+        assert_eq!(wanted_taints("Unknown", false), wanted_taints(s(&stopped[0], "/status"), false));
+    }
 
     #[test]
     fn taints_follow_readiness_and_cordoning() {

@@ -87,3 +87,24 @@ def test_server_refuses_bad_node_flags():
         assert "--node-taint" in str(e.value) and "key=value:NoSchedule" in str(e.value)
     finally:
         s.cleanup()
+
+
+def test_a_node_that_never_reports_goes_unknown_and_is_tainted():
+    """A Node made by hand (or whose agent died before its first status) is marked as
+    upstream marks it, so the scheduler stops placing pods there."""
+    s = Server(extra_args=["--node-monitor-grace-period", "3s"]).start()
+    try:
+        core = client.CoreV1Api(config.new_client_from_config(config_file=s.kubeconfig))
+        core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name="by-hand")))
+
+        def marked():
+            n = core.read_node("by-hand")
+            ready = [c for c in (n.status.conditions or []) if c.type == "Ready"]
+            taints = {(t.key, t.effect) for t in (n.spec.taints or [])}
+            return ready and ready[0].status == "Unknown" and ("node.kubernetes.io/unreachable", "NoSchedule") in taints \
+                and (ready[0], taints)
+        ready, taints = wait_for(marked, timeout=30)
+        assert ready.reason == "NodeStatusNeverUpdated"
+        assert ("node.kubernetes.io/unreachable", "NoExecute") in taints
+    finally:
+        s.cleanup()
