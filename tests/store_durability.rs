@@ -228,3 +228,36 @@ async fn credentials_are_required() {
     assert_eq!(r.json()["reason"], "Unauthorized");
     assert_eq!(server.client().get("/api/v1/namespaces").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_mid_log_refuses_to_start_and_changes_nothing() {
+    let mut server = TestServer::start(&[]);
+    let client = server.client();
+    // One write at a time: each is its own append, starting on its own page.
+    for i in 0..8 {
+        let r = client.post(CM, &configmap(&format!("seq-{i}"), &[("i", &i.to_string())])).await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+    drop(client);
+    server.kill9();
+    let log = server.data_dir().join("server/store/raft/raft.log");
+    let mut bytes = std::fs::read(&log).expect("raft.log");
+    assert!(bytes.len() >= 6 * 4096, "one page per append: {} bytes", bytes.len());
+    // A flipped bit inside the payload of a record in the middle of the log.
+    let at = 3 * 4096 + 8 + 3;
+    bytes[at] ^= 0x20;
+    std::fs::write(&log, &bytes).expect("write the damaged log");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bramble"))
+        .arg("server")
+        .arg("--data-dir")
+        .arg(server.data_dir())
+        .args(["--https-listen-port", &server.port.to_string(), "--bind-address", "127.0.0.1", "--disable-agent"])
+        .arg("--write-kubeconfig")
+        .arg(server.kubeconfig())
+        .output()
+        .expect("run bramble");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on a corrupt log: {stderr}");
+    assert!(stderr.contains("raft.log is corrupt") && stderr.contains("offset 12288"), "{stderr}");
+    assert_eq!(std::fs::read(&log).expect("raft.log"), bytes, "the log is left as it was");
+}

@@ -11,7 +11,9 @@
 //! Record layout: `len: u32 LE | crc32(payload): u32 LE | payload (zstd of the bincode
 //! Entry)`. An entry usually carries a batch of similar objects (group commit), which zstd
 //! shrinks several times over: flash writes are what a board's storage wears out on. A torn
-//! tail (short or bad-checksum record) found at open is cut off: it was never acknowledged.
+//! tail (short or bad-checksum record with nothing valid after it) found at open is cut
+//! off: it was never acknowledged. A bad record with valid ones after it is corruption: the
+//! log refuses to open, names the file, offset and index, and is left untouched.
 //!
 //! Each append is padded to the end of its last page (a `len = 0` header whose second word
 //! says how many padding bytes follow). Without that, every fsync rewrote the page the last
@@ -95,6 +97,37 @@ pub struct LogStore {
 /// of the file.
 const COMPACT_MIN_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Whether `bytes` hold a record at `at` whose length fits and whose checksum matches.
+fn record_at(bytes: &[u8], at: usize) -> bool {
+    let Some(header) = bytes.get(at..at + HEADER_LEN as usize) else { return false };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let start = at + HEADER_LEN as usize;
+    len > 0 && bytes.get(start..start + len).is_some_and(|payload| crc32fast::hash(payload) == crc)
+}
+
+/// Where a valid record follows the bad one at `bad`, if anywhere: right after it (only its
+/// payload was damaged) or at a later page boundary (every append starts on one). A torn
+/// write is always the file's end, so anything valid after it means corruption instead.
+fn valid_record_after(bytes: &[u8], bad: u64) -> Option<u64> {
+    let at = bad as usize;
+    if let Some(header) = bytes.get(at..at + HEADER_LEN as usize) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let next = at + HEADER_LEN as usize + len;
+        if len > 0 && record_at(bytes, next) {
+            return Some(next as u64);
+        }
+    }
+    let mut page = (bad / PAGE + 1) * PAGE;
+    while page < bytes.len() as u64 {
+        if record_at(bytes, page as usize) {
+            return Some(page);
+        }
+        page += PAGE;
+    }
+    None
+}
+
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -159,6 +192,21 @@ impl LogStore {
             offset += HEADER_LEN + len as u64;
         }
         if offset < bytes.len() as u64 {
+            if let Some(valid_at) = valid_record_after(&bytes, offset) {
+                // Valid records after a bad one: not a torn write but damage in the middle
+                // of acknowledged data. Refuse, and leave the file as it is.
+                let after = last_log_id.map_or("the start".to_string(), |l| format!("index {}", l.index));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is corrupt: the record at byte offset {offset} (the one after {after}) fails its checksum \
+                         or cannot be decoded, and valid records follow it (at offset {valid_at}). Refusing to start \
+                         rather than drop acknowledged writes: restore the data directory from a backup, or rebuild \
+                         this server from its peers",
+                        path.display()
+                    ),
+                ));
+            }
             tracing::warn!(path = %path.display(), kept = offset, found = bytes.len(), "cutting torn tail off the raft log");
             file.set_len(offset)?;
             file.sync_all()?;
@@ -474,6 +522,46 @@ mod tests {
         zeros.extend_from_slice(&[0u8; 64]);
         std::fs::write(dir.join("raft.log"), &zeros).unwrap();
         assert_eq!(indexes(&LogStore::open(&dir).unwrap()), vec![1, 2, 3]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_record_followed_by_valid_ones_is_refused_and_left_alone() {
+        let dir = std::env::temp_dir().join(format!("bramble-log-corrupt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut bytes = Vec::new();
+        append_raw(&mut bytes, &[1]);
+        append_raw(&mut bytes, &[2]);
+        append_raw(&mut bytes, &[3, 4]);
+        // A flipped byte in the payload of record 2 (the second append).
+        let mut flipped = bytes.clone();
+        flipped[PAGE as usize + HEADER_LEN as usize + 2] ^= 0x40;
+        std::fs::write(dir.join("raft.log"), &flipped).unwrap();
+        let e = LogStore::open(&dir).err().expect("refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("raft.log is corrupt") && msg.contains("offset 4096") && msg.contains("after index 1"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(dir.join("raft.log")).unwrap(), flipped, "the file is left as it was");
+        // A flip in record 3, with record 4 right after it in the same append.
+        let mut flipped = bytes.clone();
+        flipped[2 * PAGE as usize + HEADER_LEN as usize + 1] ^= 0x01;
+        std::fs::write(dir.join("raft.log"), &flipped).unwrap();
+        assert!(LogStore::open(&dir).is_err(), "a valid record right after the bad one");
+        // A damaged length: the later page boundaries still give it away.
+        let mut flipped = bytes.clone();
+        flipped[PAGE as usize] ^= 0x10;
+        std::fs::write(dir.join("raft.log"), &flipped).unwrap();
+        assert!(LogStore::open(&dir).is_err());
+        // The same damage in the last record, nothing valid after it: a torn tail, cut.
+        let mut torn = bytes.clone();
+        let last = torn.len() - PAGE as usize;
+        torn.truncate(last + 20);
+        std::fs::write(dir.join("raft.log"), &torn).unwrap();
+        let store = LogStore::open(&dir).unwrap();
+        assert_eq!(indexes(&store), vec![1, 2]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
