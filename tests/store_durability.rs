@@ -261,3 +261,30 @@ async fn a_corrupt_record_mid_log_refuses_to_start_and_changes_nothing() {
     assert!(stderr.contains("raft.log is corrupt") && stderr.contains("offset 12288"), "{stderr}");
     assert_eq!(std::fs::read(&log).expect("raft.log"), bytes, "the log is left as it was");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_promptly_even_with_watches_open() {
+    let mut server = TestServer::start(&[]);
+    let client = server.client();
+    assert_eq!(client.post(CM, &configmap("before-stop", &[])).await.status, 201);
+    // A watch that would run for half an hour if nothing ended it.
+    let watcher = server.client();
+    let watch =
+        tokio::spawn(async move { watcher.watch_lines(&format!("{CM}?watch=true&timeoutSeconds=1800"), 1000).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut child = server.child.take().expect("running");
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "SIGTERM did not stop the server in 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}: {}", server.log());
+    watch.abort();
+    server.spawn();
+    assert_eq!(server.client().get(&format!("{CM}/before-stop")).await.status, 200);
+}

@@ -25,6 +25,10 @@ fn primary_ip() -> Option<String> {
     Some(s.local_addr().ok()?.ip().to_string())
 }
 
+/// How long a stop may take before the server exits anyway (acknowledged writes are in the
+/// fsynced Raft log already; the state machine catches up from it at the next start).
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 fn random_token() -> Result<String> {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 24];
@@ -215,15 +219,27 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
-    let _ = serving.await;
-    let lost = match lost {
-        Some(r) => Some(r),
-        None => Some(controllers.await),
+    // Everything below is bounded: systemd's stop timeout is 90 s, and a stop that hangs
+    // (a full disk, a stuck task) must still end with the log as it is, which is durable.
+    let drain = async {
+        let _ = serving.await;
+        let lost = match lost {
+            Some(r) => Some(r),
+            None => Some(controllers.await),
+        };
+        if let Some(agent) = agent {
+            let _ = agent.await;
+        }
+        api.store.shutdown().await;
+        lost
     };
-    if let Some(agent) = agent {
-        let _ = agent.await;
-    }
-    api.store.shutdown().await;
+    let lost = match tokio::time::timeout(STOP_TIMEOUT, drain).await {
+        Ok(lost) => lost,
+        Err(_) => {
+            tracing::error!(seconds = STOP_TIMEOUT.as_secs(), "stopping took too long: exiting with the log as it is");
+            anyhow::bail!("stopping did not finish within {} s", STOP_TIMEOUT.as_secs());
+        }
+    };
     match lost {
         Some(Ok(Err(e))) => Err(anyhow::Error::new(e).context("exiting for the service manager to restart the server")),
         Some(Err(e)) => Err(anyhow::anyhow!("the control loops' task failed: {e}")),

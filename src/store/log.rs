@@ -213,7 +213,16 @@ impl LogStore {
         }
         let meta_path = dir.join("raft.meta");
         let meta: LogMeta = match std::fs::read(&meta_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(io_err)?,
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is unreadable ({e}): it holds the Raft vote and commit point; restore it from a backup \
+                         of this data directory",
+                        meta_path.display()
+                    ),
+                )
+            })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => LogMeta::default(),
             Err(e) => return Err(e),
         };
@@ -562,6 +571,17 @@ mod tests {
         std::fs::write(dir.join("raft.log"), &torn).unwrap();
         let store = LogStore::open(&dir).unwrap();
         assert_eq!(indexes(&store), vec![1, 2]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn garbage_metadata_is_refused_with_the_file_named() {
+        let dir = std::env::temp_dir().join(format!("bramble-log-meta-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("raft.meta"), b"\x00\x01not json").unwrap();
+        let msg = LogStore::open(&dir).err().expect("refused").to_string();
+        assert!(msg.contains("raft.meta is unreadable"), "{msg}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
