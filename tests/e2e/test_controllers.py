@@ -159,7 +159,11 @@ def test_recreate_and_rolling_arithmetic_never_exceed_bounds(node, api, ns):
         if d.status.updated_replicas == 2 and d.status.available_replicas == 2 and d.status.replicas == 2:
             break
         time.sleep(0.05)
+    else:
+        raise AssertionError("the Recreate rollout did not finish")
     assert not mixed, "Recreate never runs old and new pods together"
+    running = [p for p in core.list_namespaced_pod(ns, label_selector="app=rec").items if p.status.phase == "Running"]
+    assert {p.metadata.labels.get("v") for p in running} == {"2"}, "every pod runs the new template"
 
 
 def test_replicaset_adopts_orphans_and_scales_down(api, ns):

@@ -375,7 +375,11 @@ def test_containers_survive_agent_kill_9_and_are_adopted(node, core):
     time.sleep(1)
     assert len(processes_with(marker)) == 1, "the container outlives its agent"
     node.start()
-    time.sleep(3)
+    # The status read back could be the one written before the kill: exec needs the new
+    # agent to hold the running container, so it shows the adoption itself.
+    adopted = wait_for(lambda: (r := kubectl(node, "exec", "survivor", "--", "sh", "-c", "echo adopted-by-$$",
+                                             check=False)).returncode == 0 and r, timeout=30)
+    assert "adopted-by-" in adopted.stdout, adopted.stderr
     p = core.read_namespaced_pod("survivor", "default")
     cs = p.status.container_statuses[0]
     assert cs.container_id == container_id and cs.restart_count == 0 and cs.state.running
