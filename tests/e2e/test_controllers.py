@@ -156,7 +156,9 @@ def test_recreate_and_rolling_arithmetic_never_exceed_bounds(node, api, ns):
         if {p.metadata.labels.get("v") for p in pods} == {None, "2"}:
             mixed = True
         d = apps.read_namespaced_deployment("rec", ns)
-        if d.status.updated_replicas == 2 and d.status.available_replicas == 2 and d.status.replicas == 2:
+        # The status of the new template, not the one left from before the patch.
+        if (d.status.observed_generation or 0) >= d.metadata.generation and d.status.updated_replicas == 2 \
+                and d.status.available_replicas == 2 and d.status.replicas == 2:
             break
         time.sleep(0.05)
     else:
