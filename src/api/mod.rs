@@ -204,7 +204,17 @@ impl Api {
         let path = req.uri().path().trim_end_matches('/').to_string();
         let path = if path.is_empty() { "/".to_string() } else { path };
         match path.as_str() {
-            "/livez" | "/readyz" | "/healthz" => return Ok(Response::new(http::full("ok"))),
+            "/livez" => return Ok(Response::new(http::full("ok"))),
+            "/readyz" | "/healthz" => {
+                if self.store.writable() {
+                    return Ok(Response::new(http::full("ok")));
+                }
+                // Upstream's form: one line per check, the failing one marked `[-]`.
+                let body = "[+]ping ok\n[-]store-writable failed: the store's disk is full\nreadyz check failed\n";
+                let mut r = Response::new(http::full(body));
+                *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                return Ok(r);
+            }
             "/version" => return Ok(json_response(200, &discovery::version())),
             "/cacerts" => {
                 if let Some(j) = &self.opts.join {

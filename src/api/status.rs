@@ -196,6 +196,10 @@ impl ApiError {
     pub fn unprocessable(message: impl Into<String>) -> ApiError {
         ApiError::new(422, "Invalid", message)
     }
+    /// 507: the store's disk is full; reads go on, writes resume when space comes back.
+    pub fn insufficient_storage(message: impl Into<String>) -> ApiError {
+        ApiError::new(507, "InsufficientStorage", message)
+    }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
     }
@@ -244,8 +248,17 @@ fn qualified(plural: &str, group: &str) -> String {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
-        tracing::error!(error = %e, "store error");
-        ApiError::internal(e.to_string())
+        match e {
+            // Expected while the disk is full, and said once per write: no error log flood.
+            crate::store::StoreError::NoSpace { .. } => {
+                tracing::debug!(error = %e, "write refused: the store's disk is full");
+                ApiError::insufficient_storage(e.to_string())
+            }
+            e => {
+                tracing::error!(error = %e, "store error");
+                ApiError::internal(e.to_string())
+            }
+        }
     }
 }
 

@@ -156,6 +156,12 @@ pub struct ServerArgs {
     #[arg(long, default_value = "privileged", value_parser = parse_pod_security_level)]
     pub pod_security_default: crate::api::pod_security::Level,
 
+    /// MiB kept free on the store's file system: writes get 507 below it (deletes are
+    /// admitted down to 256 KiB) and resume by themselves when space comes back. Keep it
+    /// at least twice the largest checkpoint (up to 32 MiB of changed objects).
+    #[arg(long, default_value_t = 64)]
+    pub store_reserve_mb: u64,
+
     /// Requests one identity may have in flight (watches not counted); more get 429.
     #[arg(long, default_value_t = 200)]
     pub max_requests_inflight: usize,

@@ -144,6 +144,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         watch_bytes: 32 * 1024 * 1024,
         node_id: 1,
         advertise: advertise.clone(),
+        reserve_bytes: args.store_reserve_mb * 1024 * 1024,
     })
     .await
     .context("opening the store")?;

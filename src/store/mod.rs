@@ -13,6 +13,7 @@ mod codec;
 pub mod crypt;
 mod log;
 mod raft;
+mod space;
 mod state;
 pub mod watch;
 
@@ -42,6 +43,13 @@ pub enum StoreError {
     Crypto(String),
     #[error("stored data: {0}")]
     Corrupt(String),
+    /// The store's file system is (nearly) full: writes wait for space.
+    #[error(
+        "the store's disk is full: {available} bytes free in {} (writes need {reserve}); free space on that file \
+         system (delete objects, images or logs) and writes resume by themselves",
+        dir.display()
+    )]
+    NoSpace { dir: PathBuf, available: u64, reserve: u64 },
 }
 
 /// How to open a store.
@@ -58,6 +66,9 @@ pub struct StoreOptions {
     /// This server's Raft id and advertised address.
     pub node_id: u64,
     pub advertise: String,
+    /// Free bytes kept on the store's file system: writes stop below it (507), deletes
+    /// only near empty (`space::DELETE_FLOOR`).
+    pub reserve_bytes: u64,
 }
 
 /// The open store.
@@ -67,6 +78,7 @@ pub struct Store {
     shared: Arc<Shared>,
     cipher: SecretCipher,
     sealed_prefixes: Vec<String>,
+    space: space::SpaceGuard,
     /// Dropped with the store, which ends the thread Raft runs on.
     _raft_thread: tokio::sync::oneshot::Sender<()>,
 }
@@ -180,7 +192,21 @@ impl Store {
         let (started, raft_thread) = start_raft_thread(opts.node_id, opts.advertise.clone(), log, sm)?;
         let (raft, batcher) =
             started.await.map_err(|_| StoreError::Raft("the Raft thread stopped while starting".into()))??;
-        Ok(Store { raft, batcher, shared, cipher, sealed_prefixes: opts.sealed_prefixes, _raft_thread: raft_thread })
+        let space = space::SpaceGuard::new(&opts.dir, opts.reserve_bytes);
+        Ok(Store {
+            raft,
+            batcher,
+            shared,
+            cipher,
+            sealed_prefixes: opts.sealed_prefixes,
+            space,
+            _raft_thread: raft_thread,
+        })
+    }
+
+    /// Whether writes are admitted now: enough free space on the store's file system.
+    pub fn writable(&self) -> bool {
+        self.space.writable()
     }
 
     /// The encryption keys in use (`bramble secrets-encrypt status`).
@@ -272,6 +298,7 @@ impl Store {
     /// Proposes `ops` as one atomic compare-and-swap transaction and waits until it is
     /// durable and applied.
     pub async fn commit(&self, mut ops: Vec<Op>) -> Result<TxnResult, StoreError> {
+        self.space.admit(ops.iter().all(|op| op.value.is_none()))?;
         for op in &mut ops {
             if let Some(v) = op.value.as_ref() {
                 // Plain into the log (compressed there as a whole batch), packed by the state

@@ -1,0 +1,94 @@
+//! Free space on the store's file system, checked before a write is proposed. A board's SD
+//! card fills up; if the Raft log's append met ENOSPC the Raft core would stop for good. So
+//! writes are refused (507) while the free space is below a reserve, and the reserve keeps
+//! room for what frees space: deletes (a page of log each) are admitted while
+//! [`DELETE_FLOOR`] is free. Everything resumes by itself once space comes back, without a
+//! restart. The reserve also absorbs what the state machine's checkpoints write after the
+//! log: set it to at least twice the largest checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::StoreError;
+
+/// Free bytes under which even deletes are refused: a delete's log record is a page, and
+/// this leaves room for a few dozen of them.
+pub const DELETE_FLOOR: u64 = 256 * 1024;
+
+/// How long a measurement is trusted while space is plentiful (over twice the reserve).
+const TRUST_PLENTY: Duration = Duration::from_millis(100);
+
+/// The free space of one directory's file system, measured at most every
+/// [`TRUST_PLENTY`] while plentiful and on every write when short.
+pub struct SpaceGuard {
+    dir: PathBuf,
+    reserve: u64,
+    last: Mutex<Option<(Instant, u64)>>,
+}
+
+impl SpaceGuard {
+    pub fn new(dir: &Path, reserve: u64) -> SpaceGuard {
+        SpaceGuard { dir: dir.to_path_buf(), reserve, last: Mutex::new(None) }
+    }
+
+    /// Bytes an unprivileged writer may still use on the store's file system.
+    fn available(&self) -> u64 {
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, free)) = *last
+            && free > 2 * self.reserve
+            && at.elapsed() < TRUST_PLENTY
+        {
+            return free;
+        }
+        let free = match nix::sys::statvfs::statvfs(&self.dir) {
+            Ok(s) => s.blocks_available().saturating_mul(s.fragment_size()),
+            Err(e) => {
+                // Not knowing is no reason to refuse writes: the append itself will tell.
+                tracing::warn!(dir = %self.dir.display(), error = %e, "measuring free space");
+                u64::MAX
+            }
+        };
+        *last = Some((Instant::now(), free));
+        free
+    }
+
+    /// Refuses a write while free space is under the reserve ([`DELETE_FLOOR`] for writes
+    /// that only delete, which is how space is freed).
+    pub fn admit(&self, only_deletes: bool) -> Result<(), StoreError> {
+        let free = self.available();
+        let floor = if only_deletes { DELETE_FLOOR.min(self.reserve) } else { self.reserve };
+        if free >= floor {
+            return Ok(());
+        }
+        Err(StoreError::NoSpace { dir: self.dir.clone(), available: free, reserve: self.reserve })
+    }
+
+    /// Whether writes are admitted now (for `/readyz`).
+    pub fn writable(&self) -> bool {
+        self.available() >= self.reserve
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_stop_under_the_reserve_and_deletes_only_at_the_floor() {
+        let dir = std::env::temp_dir();
+        let free = SpaceGuard::new(&dir, 1).available();
+        assert!(free > 0 && free < u64::MAX);
+        let roomy = SpaceGuard::new(&dir, 1);
+        assert!(roomy.admit(false).is_ok() && roomy.writable());
+        // A reserve larger than the disk: nothing but deletes, and not even those past it.
+        let full = SpaceGuard::new(&dir, free.saturating_mul(2).max(1));
+        let e = full.admit(false).unwrap_err();
+        assert!(matches!(e, StoreError::NoSpace { .. }));
+        assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+        assert!(!full.writable());
+        let tight = SpaceGuard::new(&dir, free + free / 8);
+        assert!(tight.admit(false).is_err() && tight.admit(true).is_ok(), "deletes still free space");
+        assert!(full.admit(true).is_ok() == (free >= DELETE_FLOOR));
+    }
+}
