@@ -199,51 +199,66 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             server: true,
             runtime: args.runtime.clone(),
         };
-        tokio::spawn(async move {
-            if let Err(e) = crate::agent::run(opts, stop_rx).await {
-                tracing::error!(error = %format!("{e:#}"), "the node agent stopped");
-            }
-        })
+        tokio::spawn(async move { crate::agent::run(opts, stop_rx).await.map_err(|e| format!("{e:#}")) })
     });
     tracing::info!(node = %node_name, addr = %advertise, kubeconfig = %args.write_kubeconfig.display(), agent = !args.disable_agent, "bramble server is ready");
     notify_ready();
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
-    let mut controllers = controllers;
-    // The control loops end early only when the store's Raft core has stopped: then exit
-    // non-zero, so systemd restarts the server from its durable state.
-    let lost = tokio::select! {
+    let (mut controllers, mut serving, mut agent) = (controllers, serving, agent);
+    // Until asked to stop, none of these tasks ends: the control loops end early only when
+    // the store's Raft core has stopped, the listener or the agent only on a failure. Then
+    // the server stops everything and exits non-zero, so systemd restarts it from its
+    // durable state instead of it running on with a part missing.
+    let agent_ended = async {
+        match agent.as_mut() {
+            Some(a) => a.await,
+            None => std::future::pending().await,
+        }
+    };
+    let failure: Option<String> = tokio::select! {
         _ = term.recv() => None,
         _ = tokio::signal::ctrl_c() => None,
-        r = &mut controllers => Some(r),
+        r = &mut controllers => Some(match r {
+            Ok(Ok(())) => "the control loops ended".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the control loops' task failed: {e}"),
+        }),
+        r = &mut serving => Some(format!("the HTTPS listener ended: {r:?}")),
+        r = agent_ended => Some(match r {
+            Ok(Ok(())) => "the node agent ended".to_string(),
+            Ok(Err(e)) => format!("the node agent stopped: {e}"),
+            Err(e) => format!("the node agent's task failed: {e}"),
+        }),
     };
+    if let Some(why) = &failure {
+        tracing::error!(reason = %why, "a part of the server stopped: stopping the rest");
+    }
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     // Everything below is bounded: systemd's stop timeout is 90 s, and a stop that hangs
     // (a full disk, a stuck task) must still end with the log as it is, which is durable.
     let drain = async {
-        let _ = serving.await;
-        let lost = match lost {
-            Some(r) => Some(r),
-            None => Some(controllers.await),
-        };
-        if let Some(agent) = agent {
+        if !serving.is_finished() {
+            let _ = serving.await;
+        }
+        if !controllers.is_finished() {
+            let _ = controllers.await;
+        }
+        if let Some(agent) = agent
+            && !agent.is_finished()
+        {
             let _ = agent.await;
         }
         api.store.shutdown().await;
-        lost
     };
-    let lost = match tokio::time::timeout(STOP_TIMEOUT, drain).await {
-        Ok(lost) => lost,
-        Err(_) => {
-            tracing::error!(seconds = STOP_TIMEOUT.as_secs(), "stopping took too long: exiting with the log as it is");
-            anyhow::bail!("stopping did not finish within {} s", STOP_TIMEOUT.as_secs());
-        }
-    };
-    match lost {
-        Some(Ok(Err(e))) => Err(anyhow::Error::new(e).context("exiting for the service manager to restart the server")),
-        Some(Err(e)) => Err(anyhow::anyhow!("the control loops' task failed: {e}")),
-        Some(Ok(Ok(()))) | None => Ok(()),
+    if tokio::time::timeout(STOP_TIMEOUT, drain).await.is_err() {
+        tracing::error!(seconds = STOP_TIMEOUT.as_secs(), "stopping took too long: exiting with the log as it is");
+        anyhow::bail!("stopping did not finish within {} s", STOP_TIMEOUT.as_secs());
+    }
+    match failure {
+        Some(why) => Err(anyhow::anyhow!("{why}: exiting for the service manager to restart the server")),
+        None => Ok(()),
     }
 }

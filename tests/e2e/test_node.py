@@ -108,3 +108,21 @@ def test_a_node_that_never_reports_goes_unknown_and_is_tainted():
         assert ("node.kubernetes.io/unreachable", "NoExecute") in taints
     finally:
         s.cleanup()
+
+
+def test_a_server_whose_agent_cannot_run_exits_for_systemd_to_restart_it():
+    """A part that stops takes the process down (non-zero) instead of leaving a server with
+    no agent that looks healthy."""
+    s = Server(extra_args=["--node-name", "broken-1"], agent=True)
+    try:
+        with open(s.registries, "w") as f:
+            f.write("mirrors: [this is: not, the format\n")
+        with pytest.raises(RuntimeError) as e:
+            s.start()
+            # Ready first, then the agent fails: the process must end by itself.
+            s.proc.wait(timeout=30)
+            raise RuntimeError(f"exited with {s.proc.returncode}:\n" + s.log())
+        assert "node agent stopped" in str(e.value) and "exiting for the service manager" in str(e.value), e.value
+        assert s.proc.returncode not in (0, None)
+    finally:
+        s.cleanup()
