@@ -67,6 +67,8 @@ pub struct ApiOptions {
     pub pod_security_default: pod_security::Level,
     /// Requests one identity may have in flight (`--max-requests-inflight`).
     pub max_inflight_per_user: usize,
+    /// Watches one identity may have open (`--max-watches`).
+    pub max_watches_per_user: usize,
 }
 
 /// The API handler state.
@@ -80,6 +82,26 @@ pub struct Api {
     continue_key: ring::hmac::Key,
     /// Requests each identity has in flight (watches and streams not counted).
     inflight: std::sync::Mutex<HashMap<String, usize>>,
+    /// Watches each identity has open.
+    watches: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// One open watch counted against its identity until the watch ends.
+pub struct WatchSlot {
+    api: Arc<Api>,
+    user: String,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut m = self.api.watches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// One request counted against its identity's in-flight limit until dropped.
@@ -139,6 +161,7 @@ impl Api {
             evictions: tokio::sync::Mutex::new(()),
             continue_key,
             inflight: std::sync::Mutex::new(HashMap::new()),
+            watches: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -181,6 +204,22 @@ impl Api {
         }
         *n += 1;
         Ok(InflightSlot { api: self, user: user.to_string() })
+    }
+
+    /// Counts a watch of `user`, or refuses it with 429 past `--max-watches`: each watch
+    /// holds a task and a buffer for as long as it runs, so one identity may not open
+    /// them without end.
+    fn watch_slot(self: &Arc<Self>, user: &str) -> Result<WatchSlot, ApiError> {
+        let mut m = self.watches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(user.to_string()).or_insert(0);
+        if *n >= self.opts.max_watches_per_user {
+            return Err(ApiError::too_many_requests(
+                format!("too many watches open for user \"{user}\": close some, or retry shortly"),
+                1,
+            ));
+        }
+        *n += 1;
+        Ok(WatchSlot { api: self.clone(), user: user.to_string() })
     }
 
     /// Answers one request from `user` (None: no credentials presented).
@@ -333,7 +372,10 @@ impl Api {
         let sub = target.sub.as_deref();
         let res = target.res;
         match (verb, sub) {
-            ("watch", None) => watch::watch(self.clone(), &target, &q, as_table),
+            ("watch", None) => {
+                let slot = self.watch_slot(&user.name)?;
+                watch::watch(self.clone(), &target, &q, as_table, slot)
+            }
             ("list", None) => Ok(json_response(200, &self.list(&target, &q, as_table)?)),
             ("create", None) if target.name.is_none() => {
                 let created = self.create(&target, &q, body_value(true)?).await?;

@@ -83,7 +83,13 @@ impl Encoder {
 }
 
 /// Starts a watch for `t` and returns the streaming response.
-pub fn watch(api: Arc<Api>, t: &Target, q: &Query, as_table: bool) -> Result<Response<Body>, ApiError> {
+pub fn watch(
+    api: Arc<Api>,
+    t: &Target,
+    q: &Query,
+    as_table: bool,
+    slot: super::WatchSlot,
+) -> Result<Response<Body>, ApiError> {
     let filter = Filter {
         labels: LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?,
         fields: FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))?,
@@ -139,6 +145,8 @@ pub fn watch(api: Arc<Api>, t: &Target, q: &Query, as_table: bool) -> Result<Res
     let prefix = t.res.list_prefix(t.namespace.as_deref());
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
+        // Counted against its identity for as long as it runs.
+        let _slot = slot;
         for line in initial {
             if tx.send(line).await.is_err() {
                 return;

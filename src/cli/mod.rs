@@ -162,6 +162,10 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 64)]
     pub store_reserve_mb: u64,
 
+    /// Watches one identity may have open at once; more get 429.
+    #[arg(long, default_value_t = 1000)]
+    pub max_watches: usize,
+
     /// Requests one identity may have in flight (watches not counted); more get 429.
     #[arg(long, default_value_t = 200)]
     pub max_requests_inflight: usize,

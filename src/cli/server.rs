@@ -163,6 +163,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             join: Some(api::join::Join::new(secret, Arc::clone(&pki))),
             pod_security_default: args.pod_security_default,
             max_inflight_per_user: args.max_requests_inflight.max(1),
+            max_watches_per_user: args.max_watches.max(1),
         },
         tokens,
     );

@@ -458,3 +458,31 @@ def test_one_identity_cannot_hold_every_worker():
             time.sleep(0.1)
     finally:
         s.cleanup()
+
+
+def test_one_identity_cannot_open_watches_without_end():
+    s = Server(extra_args=["--max-watches", "2"]).start()
+    try:
+        cert = admin_of(s)
+
+        def open_watch():
+            conn = http.client.HTTPSConnection("127.0.0.1", s.port, context=tls_context(cert), timeout=30)
+            conn.request("GET", "/api/v1/namespaces/default/configmaps?watch=true")
+            return conn, conn.getresponse()
+        held = [open_watch(), open_watch()]
+        assert all(r.status == 200 for _, r in held)
+        conn, third = open_watch()
+        assert third.status == 429 and third.getheader("Retry-After") == "1", third.read()
+        conn.close()
+        held[0][0].close()
+        deadline = time.time() + 10
+        while True:
+            conn, again = open_watch()
+            conn.close()
+            if again.status == 200:
+                break
+            assert time.time() < deadline, "a closed watch never gave its slot back"
+            time.sleep(0.2)
+        held[1][0].close()
+    finally:
+        s.cleanup()
