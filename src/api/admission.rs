@@ -12,7 +12,6 @@ use serde_json::Value;
 use super::Api;
 use super::objects::Target;
 use super::pod_security::{self, Level};
-use super::resources;
 use super::status::ApiError;
 
 /// The label prefix upstream reads on namespaces.
@@ -28,34 +27,23 @@ fn level_of(labels: &serde_json::Map<String, Value>, mode: &str, default: Level)
 }
 
 impl Api {
-    /// The labels of namespace `ns` (none when it has none or is missing: creation checks
-    /// the namespace itself).
-    fn namespace_labels(&self, ns: &str) -> Result<serde_json::Map<String, Value>, ApiError> {
-        let nss = resources::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("no namespaces"))?;
-        let Some(rec) = self.store.get(&nss.key("", ns))? else { return Ok(Default::default()) };
-        /// The one field read of the namespace.
-        #[derive(serde::Deserialize, Default)]
-        struct Meta {
-            #[serde(default)]
-            labels: serde_json::Map<String, Value>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Namespace {
-            #[serde(default)]
-            metadata: Meta,
-        }
-        let ns: Namespace = serde_json::from_slice(&rec.value)
-            .map_err(|e| ApiError::internal(format!("stored namespace is unreadable: {e}")))?;
-        Ok(ns.metadata.labels)
-    }
-
     /// Applies PodSecurity to `obj` of `kind` being created (or a pod whose spec changed):
     /// `Err` (403) when the namespace enforces a level the pod breaks, else the warnings.
-    pub(super) fn admit_pod_security(&self, t: &Target, kind: &str, obj: &Value) -> Result<Vec<String>, ApiError> {
+    /// `labels` are the namespace's when the caller has read them already.
+    pub(super) fn admit_pod_security(
+        &self,
+        t: &Target,
+        kind: &str,
+        obj: &Value,
+        labels: Option<serde_json::Map<String, Value>>,
+    ) -> Result<Vec<String>, ApiError> {
         let Some((meta, spec)) = pod_security::pod_spec_of(kind, obj) else { return Ok(Vec::new()) };
         let Some(ns) = t.namespace.as_deref() else { return Ok(Vec::new()) };
         let default = self.opts.pod_security_default;
-        let labels = self.namespace_labels(ns)?;
+        let labels = match labels {
+            Some(l) => l,
+            None => self.namespace_meta(ns)?.map(|m| m.labels).unwrap_or_default(),
+        };
         let (enforce, warn, audit) = (
             level_of(&labels, "enforce", default),
             level_of(&labels, "warn", default),

@@ -246,7 +246,10 @@ impl Api {
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }
-            let salt: String = (0..16).map(|_| format!("{:02x}", rand_byte())).collect();
+            let mut salt = [0u8; 16];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
+                .map_err(|_| ApiError::internal("no system randomness for a node password salt"))?;
+            let salt: String = salt.iter().map(|b| format!("{b:02x}")).collect();
             let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
             let secret = json!({"metadata": {"name": password_secret_name(node), "namespace": "kube-system",
                                    "labels": {"bramble.io/node-password": node}},
@@ -277,16 +280,6 @@ impl Api {
             Err(e) => tracing::warn!(node, error = %e.message, "forgetting the deleted node's password"),
         }
     }
-}
-
-fn rand_byte() -> u8 {
-    let mut b = [0u8; 1];
-    // ring's system RNG fails only when the kernel has no randomness at all; a zero salt
-    // byte then still leaves the password's own entropy.
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
-        tracing::warn!("no system randomness for a node password salt");
-    }
-    b[0]
 }
 
 #[cfg(test)]

@@ -30,13 +30,13 @@ mod raw_object;
 pub mod resources;
 pub mod selector;
 pub mod server;
+mod slots;
 mod status;
 mod table;
 mod watch;
 
 pub use table::human_duration;
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -81,46 +81,13 @@ pub struct Api {
     /// Signs `continue` tokens (made at start: tokens do not outlive the process).
     continue_key: ring::hmac::Key,
     /// Requests each identity has in flight (watches and streams not counted).
-    inflight: std::sync::Mutex<HashMap<String, usize>>,
+    inflight: slots::Slots<String>,
     /// Watches each identity has open.
-    watches: std::sync::Mutex<HashMap<String, usize>>,
+    watches: slots::Slots<String>,
 }
 
 /// One open watch counted against its identity until the watch ends.
-pub struct WatchSlot {
-    api: Arc<Api>,
-    user: String,
-}
-
-impl Drop for WatchSlot {
-    fn drop(&mut self) {
-        let mut m = self.api.watches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = m.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.user);
-            }
-        }
-    }
-}
-
-/// One request counted against its identity's in-flight limit until dropped.
-struct InflightSlot<'a> {
-    api: &'a Api,
-    user: String,
-}
-
-impl Drop for InflightSlot<'_> {
-    fn drop(&mut self) {
-        let mut m = self.api.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = m.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.user);
-            }
-        }
-    }
-}
+pub type WatchSlot = slots::Slot<String>;
 
 /// Parses `a.b.c.d/n`.
 pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
@@ -160,8 +127,8 @@ impl Api {
             tokens,
             evictions: tokio::sync::Mutex::new(()),
             continue_key,
-            inflight: std::sync::Mutex::new(HashMap::new()),
-            watches: std::sync::Mutex::new(HashMap::new()),
+            inflight: slots::Slots::default(),
+            watches: slots::Slots::default(),
         })
     }
 
@@ -193,33 +160,22 @@ impl Api {
     /// Counts a request of `user` in flight, or refuses it with 429 past
     /// `--max-requests-inflight`: one identity (a board gone wrong, a runaway script) cannot
     /// take every worker of the server.
-    fn inflight_slot(&self, user: &str) -> Result<InflightSlot<'_>, ApiError> {
-        let mut m = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = m.entry(user.to_string()).or_insert(0);
-        if *n >= self.opts.max_inflight_per_user {
-            return Err(ApiError::too_many_requests(
-                format!("too many requests in flight for user \"{user}\": retry shortly"),
-                1,
-            ));
-        }
-        *n += 1;
-        Ok(InflightSlot { api: self, user: user.to_string() })
+    fn inflight_slot(&self, user: &str) -> Result<slots::Slot<String>, ApiError> {
+        self.inflight.take(&user.to_string(), self.opts.max_inflight_per_user).ok_or_else(|| {
+            ApiError::too_many_requests(format!("too many requests in flight for user \"{user}\": retry shortly"), 1)
+        })
     }
 
     /// Counts a watch of `user`, or refuses it with 429 past `--max-watches`: each watch
     /// holds a task and a buffer for as long as it runs, so one identity may not open
     /// them without end.
-    fn watch_slot(self: &Arc<Self>, user: &str) -> Result<WatchSlot, ApiError> {
-        let mut m = self.watches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = m.entry(user.to_string()).or_insert(0);
-        if *n >= self.opts.max_watches_per_user {
-            return Err(ApiError::too_many_requests(
+    fn watch_slot(&self, user: &str) -> Result<WatchSlot, ApiError> {
+        self.watches.take(&user.to_string(), self.opts.max_watches_per_user).ok_or_else(|| {
+            ApiError::too_many_requests(
                 format!("too many watches open for user \"{user}\": close some, or retry shortly"),
                 1,
-            ));
-        }
-        *n += 1;
-        Ok(WatchSlot { api: self.clone(), user: user.to_string() })
+            )
+        })
     }
 
     /// Answers one request from `user` (None: no credentials presented).

@@ -27,6 +27,15 @@ use crate::store::{Expect, Op, Record, TxnResult};
 /// send it: the router drops every query key that starts with `_`.
 pub const NODE_QUERY_KEY: &str = "_node";
 
+/// What the API reads of a namespace when creating in it.
+#[derive(serde::Deserialize, Default)]
+pub(super) struct NamespaceMeta {
+    #[serde(default, rename = "deletionTimestamp")]
+    deletion_timestamp: Option<String>,
+    #[serde(default)]
+    pub labels: serde_json::Map<String, Value>,
+}
+
 /// The object a request addresses.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -260,37 +269,35 @@ impl Api {
         Ok((obj, warnings))
     }
 
-    fn check_namespace_exists(&self, t: &Target) -> Result<(), ApiError> {
-        if !t.res.namespaced {
-            return Ok(());
-        }
+    /// The two fields asked of a namespace (being deleted? its labels), read without
+    /// building the whole object; `None` when it does not exist.
+    pub(super) fn namespace_meta(&self, ns: &str) -> Result<Option<NamespaceMeta>, ApiError> {
         let ns_res = resources::find("", "v1", "namespaces").expect("namespaces are always served");
-        /// The one field asked of the namespace, read without building the whole object.
         #[derive(serde::Deserialize)]
         struct Namespace {
             #[serde(default)]
             metadata: NamespaceMeta,
         }
-        #[derive(serde::Deserialize, Default)]
-        struct NamespaceMeta {
-            #[serde(default, rename = "deletionTimestamp")]
-            deletion_timestamp: Option<String>,
+        let Some(rec) = self.store.get(&ns_res.key("", ns))? else { return Ok(None) };
+        let ns: Namespace = serde_json::from_slice(&rec.value)
+            .map_err(|e| ApiError::internal(format!("stored namespace is unreadable: {e}")))?;
+        Ok(Some(ns.metadata))
+    }
+
+    /// Refuses creating in a namespace that is missing or being deleted; returns its labels
+    /// (PodSecurity reads them).
+    fn check_namespace_exists(&self, t: &Target) -> Result<serde_json::Map<String, Value>, ApiError> {
+        if !t.res.namespaced {
+            return Ok(Default::default());
         }
-        match self.store.get(&ns_res.key("", t.ns()))? {
-            None => Err(ApiError::not_found("namespaces", "", t.ns())),
-            Some(rec) => {
-                let ns: Namespace = serde_json::from_slice(&rec.value)
-                    .map_err(|e| ApiError::internal(format!("stored namespace is unreadable: {e}")))?;
-                if ns.metadata.deletion_timestamp.is_some_and(|t| !t.is_empty()) {
-                    Err(ApiError::forbidden(format!(
-                        "unable to create new content in namespace {} because it is being terminated",
-                        t.ns()
-                    )))
-                } else {
-                    Ok(())
-                }
-            }
+        let meta = self.namespace_meta(t.ns())?.ok_or_else(|| ApiError::not_found("namespaces", "", t.ns()))?;
+        if meta.deletion_timestamp.is_some_and(|t| !t.is_empty()) {
+            return Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {} because it is being terminated",
+                t.ns()
+            )));
         }
+        Ok(meta.labels)
     }
 
     fn validate_full(&self, t: &Target, kind: &str, obj: &Value) -> Result<(), ApiError> {
@@ -374,8 +381,8 @@ impl Api {
             None => apply::record_update(None, &mut obj, manager(q), &res.api_version(), ""),
         }
         self.validate_full(&t, res.kind, &obj)?;
-        self.check_namespace_exists(&t)?;
-        warnings.extend(self.admit_pod_security(&t, res.kind, &obj)?);
+        let labels = self.check_namespace_exists(&t)?;
+        warnings.extend(self.admit_pod_security(&t, res.kind, &obj, Some(labels))?);
         let mut ops = vec![];
         // The commit below refuses an existing key by itself; look first only where the
         // answer matters before it: a dry run, and kinds that allocate addresses or ports.
@@ -597,7 +604,7 @@ impl Api {
             )));
         }
         if res.kind == "Pod" && old.get("spec") != new.get("spec") {
-            self.admit_pod_security(t, res.kind, &new)?;
+            self.admit_pod_security(t, res.kind, &new, None)?;
         }
         let causes = kinds::validate_update(res.kind, &old, &new);
         if !causes.is_empty() {

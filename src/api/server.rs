@@ -65,39 +65,6 @@ impl Limits {
     }
 }
 
-/// Open connections per address.
-type PerAddress = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
-
-/// One connection counted against its address until dropped.
-struct PeerSlot {
-    table: PerAddress,
-    ip: std::net::IpAddr,
-}
-
-impl PeerSlot {
-    fn take(table: &PerAddress, ip: std::net::IpAddr, limit: usize) -> Option<PeerSlot> {
-        let mut t = table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = t.entry(ip).or_insert(0);
-        if *n >= limit {
-            return None;
-        }
-        *n += 1;
-        Some(PeerSlot { table: table.clone(), ip })
-    }
-}
-
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut t = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = t.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                t.remove(&self.ip);
-            }
-        }
-    }
-}
-
 impl Default for Limits {
     fn default() -> Limits {
         Limits { max_connections: 1024, header_timeout: Duration::from_secs(30), max_streams: 250 }
@@ -160,7 +127,7 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let per_address = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let per_address = super::slots::Slots::default();
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -177,7 +144,7 @@ pub async fn serve(
             tracing::warn!(%peer, limit = limits.max_connections, "too many connections: closing a new one");
             continue;
         };
-        let Some(per_peer) = PeerSlot::take(&per_address, peer.ip(), limits.max_connections_per_address()) else {
+        let Some(per_peer) = per_address.take(&peer.ip(), limits.max_connections_per_address()) else {
             tracing::warn!(%peer, "too many connections from one address: closing a new one");
             continue;
         };

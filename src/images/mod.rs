@@ -69,7 +69,7 @@ fn gz_or_plain(path: &Path) -> anyhow::Result<Box<dyn Read>> {
 /// symlink in the archive can never make the store read a host file), reached through
 /// `/proc/self/fd/N` while it is open.
 struct StagedFile {
-    _file: File,
+    _fd: std::os::fd::OwnedFd,
     path: PathBuf,
 }
 
@@ -79,9 +79,8 @@ impl StagedFile {
         if !file.metadata().with_context(|| format!("reading {rel} of the archive"))?.is_file() {
             bail!("{rel} in the archive is not a regular file");
         }
-        let fd: std::os::fd::OwnedFd = file.try_clone().with_context(|| format!("opening {rel}"))?.into();
-        let path = crate::sys::fs::proc_fd_path(&fd);
-        Ok(StagedFile { _file: File::from(fd), path })
+        let fd = std::os::fd::OwnedFd::from(file);
+        Ok(StagedFile { path: crate::sys::fs::proc_fd_path(&fd), _fd: fd })
     }
 }
 
