@@ -161,6 +161,14 @@ pub struct ServerArgs {
     /// at least twice the largest checkpoint (up to 32 MiB of changed objects).
     #[arg(long, default_value_t = 64)]
     pub store_reserve_mb: u64,
+    /// Raft log entries between snapshots of the state machine (each lets the log be
+    /// purged behind it).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    pub store_snapshot_entries: u64,
+    /// Check the integrity of the store (Raft log, state machine, snapshot) without
+    /// changing it, print what was found, and exit: non-zero when anything is damaged.
+    #[arg(long)]
+    pub check_store: bool,
 
     /// Watches one identity may have open at once; more get 429.
     #[arg(long, default_value_t = 1000)]

@@ -56,6 +56,18 @@ pub(super) fn notify_ready() {
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
+    if args.check_store {
+        let dir = args.data_dir.join("server").join("store");
+        if !dir.exists() {
+            bail!("{} does not exist: there is no store to check", dir.display());
+        }
+        let (report, ok) = crate::store::integrity::check(&dir);
+        println!("{report}");
+        if !ok {
+            bail!("the store in {} is damaged", dir.display());
+        }
+        return Ok(());
+    }
     if !args.disable_agent {
         // Refuse to start a node that could never enforce pod limits, with the fix.
         crate::agent::facts::check_kernel()?;
@@ -145,6 +157,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         node_id: 1,
         advertise: advertise.clone(),
         reserve_bytes: args.store_reserve_mb * 1024 * 1024,
+        snapshot_entries: args.store_snapshot_entries,
     })
     .await
     .context("opening the store")?;

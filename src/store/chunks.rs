@@ -13,7 +13,9 @@
 //! moved into the next checkpoint's chunks (see `Shared::compact_chunks`), and a chunk with
 //! no live value left is removed in the same batch that drops its last reference.
 //!
-//! sled keys owned here: `c/<id u64 BE>` the chunk (`kind u8 | zstd frame`), `n/<id u64 BE>`
+//! sled keys owned here: `c/<id u64 BE>` the chunk (`kind u8 | raw_len u32 LE | crc32 of the
+//! raw bytes u32 LE | zstd block`; chunks of kind 1, written before checksums, have no crc),
+//! `n/<id u64 BE>`
 //! its size before compression, `m/next-chunk` the next id. A chunk's entries are
 //! `key_len u16 LE | key | value_len u32 LE | value`; an index entry refers to a value by
 //! `(chunk, offset, len)`.
@@ -25,6 +27,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// object from a chunk that is not cached.
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
+/// No chunk is bigger: a chunk holds one value past [`CHUNK_BYTES`] at most, and no object
+/// is bigger than a request body. A header claiming more is corrupt.
+const MAX_CHUNK_BYTES: usize = CHUNK_BYTES + 16 * 1024 * 1024;
+
 /// Decompressed chunks kept for reads.
 const CACHED_CHUNKS: usize = 16;
 
@@ -35,8 +41,11 @@ pub const CHUNK_PREFIX: &[u8] = b"c/";
 pub const SIZE_PREFIX: &[u8] = b"n/";
 pub const NEXT_CHUNK: &[u8] = b"m/next-chunk";
 
-/// The only chunk encoding so far: one zstd frame with its content size.
+/// A zstd block with its content size, no checksum (stores written before kind 2).
 const KIND_ZSTD: u8 = 1;
+/// A zstd block with its content size and the crc32 of the content: a flipped bit on the
+/// card is refused as corruption instead of served as a wrong object.
+const KIND_ZSTD_CRC: u8 = 2;
 const ZSTD_LEVEL: i32 = 3;
 
 /// Where a value lives.
@@ -84,9 +93,10 @@ impl ChunkBuilder {
     /// The stored form of the chunk, and its raw bytes.
     pub fn finish(self) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
         let compressed = zstd::block::compress(&self.raw, ZSTD_LEVEL)?;
-        let mut out = Vec::with_capacity(compressed.len() + 5);
-        out.push(KIND_ZSTD);
+        let mut out = Vec::with_capacity(compressed.len() + 9);
+        out.push(KIND_ZSTD_CRC);
         out.extend_from_slice(&(self.raw.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&self.raw).to_le_bytes());
         out.extend_from_slice(&compressed);
         Ok((out, self.raw))
     }
@@ -101,6 +111,21 @@ pub fn open_chunk(stored: &[u8]) -> std::io::Result<Vec<u8>> {
             let raw = zstd::block::decompress(&rest[4..], raw_len)?;
             if raw.len() != raw_len {
                 return Err(bad("size does not match its header"));
+            }
+            Ok(raw)
+        }
+        Some((&KIND_ZSTD_CRC, rest)) if rest.len() >= 8 => {
+            let raw_len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+            if raw_len > MAX_CHUNK_BYTES {
+                return Err(bad("size in its header is out of range"));
+            }
+            let raw = zstd::block::decompress(&rest[8..], raw_len).map_err(|e| bad(&e.to_string()))?;
+            if raw.len() != raw_len {
+                return Err(bad("size does not match its header"));
+            }
+            if crc32fast::hash(&raw) != crc {
+                return Err(bad("checksum mismatch"));
             }
             Ok(raw)
         }
@@ -131,6 +156,20 @@ pub fn entries(raw: &[u8]) -> Vec<(String, ValueRef)> {
         at = offset + vlen;
     }
     out
+}
+
+/// Whether the entry of `key` in a raw chunk has its value at `r` (the key and length
+/// written just before the value match).
+pub fn entry_matches(raw: &[u8], key: &str, r: ValueRef) -> bool {
+    let key = &key.as_bytes()[..key.len().min(u16::MAX as usize)];
+    let offset = r.offset as usize;
+    let (Some(len_at), Some(key_at)) = (offset.checked_sub(4), offset.checked_sub(4 + key.len() + 2)) else {
+        return false;
+    };
+    raw.get(offset..offset + r.len as usize).is_some()
+        && raw.get(len_at..offset) == Some(&r.len.to_le_bytes()[..])
+        && raw.get(key_at..key_at + 2) == Some(&(key.len() as u16).to_le_bytes()[..])
+        && raw.get(key_at + 2..len_at) == Some(key)
 }
 
 /// Live and total raw bytes of one chunk.
@@ -239,8 +278,25 @@ mod tests {
         assert_eq!(listed[0].0, "pods/default/a");
         assert_eq!((listed[0].1.offset, listed[0].1.len), first);
         assert_eq!((listed[1].1.offset, listed[1].1.len), second);
+        let at = |(offset, len): (u32, u32)| ValueRef { chunk: 1, offset, len };
+        assert!(entry_matches(&raw, "pods/default/a", at(first)));
+        assert!(entry_matches(&raw, "pods/default/b", at(second)));
+        assert!(!entry_matches(&raw, "pods/default/b", at(first)), "another key's value");
+        assert!(!entry_matches(&raw, "pods/default/a", at((first.0, first.1 + 1))), "a wrong length");
+        assert!(!entry_matches(&raw, "pods/default/a", at((1, 2))), "an offset inside a header");
         assert!(open_chunk(&[9, 0]).is_err());
         assert!(open_chunk(&stored[..stored.len() - 1]).is_err());
+        // A flipped bit anywhere is refused, never served as other bytes (a bit zstd ignores,
+        // such as an unused header flag, changes nothing that is read).
+        for at in 1..stored.len() {
+            for bit in [0x01, 0x10, 0x80] {
+                let mut flipped = stored.clone();
+                flipped[at] ^= bit;
+                if let Ok(read) = open_chunk(&flipped) {
+                    assert_eq!(read, built, "flip of {bit:#x} at {at} read as other bytes");
+                }
+            }
+        }
     }
 
     #[test]

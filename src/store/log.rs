@@ -152,6 +152,137 @@ fn decode_entry(zd: &mut zstd::block::Decompressor, payload: &[u8]) -> io::Resul
     bincode::deserialize(&plain).map_err(io_err)
 }
 
+/// What a read of `raft.log` found: every intact record, and where the intact part ends.
+struct Scan {
+    /// index -> (offset, payload length).
+    positions: BTreeMap<u64, (u64, u32)>,
+    last_log_id: Option<LogId<NodeId>>,
+    /// The end of the last intact record (or padding): a torn tail starts here.
+    end: u64,
+}
+
+/// Reads the records of `bytes` (the file at `path`), stopping at the first that is short,
+/// fails its checksum or cannot be decoded. That is a torn tail when nothing valid follows
+/// it; with valid records after it, it is corruption, and the error names the file, the
+/// offset and the index before it.
+fn scan(path: &Path, bytes: &[u8]) -> io::Result<Scan> {
+    let mut positions = BTreeMap::new();
+    let mut last_log_id = None;
+    let mut zd = zstd::block::Decompressor::new();
+    let mut offset = 0u64;
+    while (offset + HEADER_LEN) as usize <= bytes.len() {
+        let at = offset as usize;
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        if len == 0 {
+            // Padding to a page boundary; all zeros is the unwritten end of the file.
+            let skip = u64::from(crc);
+            let next = offset + HEADER_LEN + skip;
+            if skip == 0 || skip >= 2 * PAGE || next > bytes.len() as u64 {
+                break;
+            }
+            offset = next;
+            continue;
+        }
+        let start = at + HEADER_LEN as usize;
+        let Some(payload) = bytes.get(start..start + len as usize) else { break };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let entry = match decode_entry(&mut zd, payload) {
+            Ok(e) => e,
+            Err(_) => break,
+        };
+        if last_log_id.is_some_and(|l: LogId<NodeId>| entry.log_id.index != l.index + 1) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is corrupt: the record at byte offset {offset} holds index {} where {} should follow. \
+                     Refusing to start: restore the data directory from a backup, or rebuild this server from its \
+                     peers",
+                    path.display(),
+                    entry.log_id.index,
+                    last_log_id.map_or(0, |l| l.index + 1)
+                ),
+            ));
+        }
+        positions.insert(entry.log_id.index, (offset, len));
+        last_log_id = Some(entry.log_id);
+        offset += HEADER_LEN + len as u64;
+    }
+    if offset < bytes.len() as u64
+        && let Some(valid_at) = valid_record_after(bytes, offset)
+    {
+        // Valid records after a bad one: not a torn write but damage in the middle of
+        // acknowledged data. Refuse, and leave the file as it is.
+        let after = last_log_id.map_or("the start".to_string(), |l| format!("index {}", l.index));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is corrupt: the record at byte offset {offset} (the one after {after}) fails its checksum or \
+                 cannot be decoded, and valid records follow it (at offset {valid_at}). Refusing to start rather \
+                 than drop acknowledged writes: restore the data directory from a backup, or rebuild this server \
+                 from its peers",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Scan { positions, last_log_id, end: offset })
+}
+
+/// Reads `raft.meta` (the vote, the commit point and the purge point); a missing file is a
+/// new log.
+fn read_meta(meta_path: &Path) -> io::Result<LogMeta> {
+    match std::fs::read(meta_path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is unreadable ({e}): it holds the Raft vote and commit point; restore it from a backup of \
+                     this data directory",
+                    meta_path.display()
+                ),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(LogMeta::default()),
+        Err(e) => Err(io::Error::new(e.kind(), format!("reading {}: {e}", meta_path.display()))),
+    }
+}
+
+/// What `bramble server --check-store` and the start-up check learn of a log, read without
+/// changing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSummary {
+    /// The first and last index the file holds (after the purge point), if any.
+    pub first: Option<u64>,
+    pub last: Option<u64>,
+    /// The index everything up to which was purged (covered by a snapshot).
+    pub purged: Option<u64>,
+    /// Bytes of torn tail the next start cuts off (never acknowledged).
+    pub torn_bytes: u64,
+}
+
+/// Reads the log in `dir` without writing anything: every record's checksum and order, and
+/// the metadata file. Errors name the file and what is wrong.
+pub fn inspect(dir: &Path) -> io::Result<LogSummary> {
+    let path = dir.join("raft.log");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))),
+    };
+    let scan = scan(&path, &bytes)?;
+    let meta = read_meta(&dir.join("raft.meta"))?;
+    let purged = meta.last_purged.map(|p| p.index);
+    let kept = |i: &&u64| purged.is_none_or(|p| **i > p);
+    Ok(LogSummary {
+        first: scan.positions.keys().find(kept).copied(),
+        last: scan.positions.keys().rev().find(kept).copied().or(purged),
+        purged,
+        torn_bytes: bytes.len() as u64 - scan.end,
+    })
+}
+
 impl LogStore {
     /// Opens (or creates) `dir/raft.log` and `dir/raft.meta`, repairing a torn tail.
     pub fn open(dir: &Path) -> io::Result<LogStore> {
@@ -160,72 +291,15 @@ impl LogStore {
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let mut positions = BTreeMap::new();
-        let mut last_log_id = None;
-        let mut zd = zstd::block::Decompressor::new();
-        let mut offset = 0u64;
-        while (offset + HEADER_LEN) as usize <= bytes.len() {
-            let at = offset as usize;
-            let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-            let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
-            if len == 0 {
-                // Padding to a page boundary; all zeros is the unwritten end of the file.
-                let skip = u64::from(crc);
-                let next = offset + HEADER_LEN + skip;
-                if skip == 0 || skip >= 2 * PAGE || next > bytes.len() as u64 {
-                    break;
-                }
-                offset = next;
-                continue;
-            }
-            let start = at + HEADER_LEN as usize;
-            let Some(payload) = bytes.get(start..start + len as usize) else { break };
-            if crc32fast::hash(payload) != crc {
-                break;
-            }
-            let entry = match decode_entry(&mut zd, payload) {
-                Ok(e) => e,
-                Err(_) => break,
-            };
-            positions.insert(entry.log_id.index, (offset, len));
-            last_log_id = Some(entry.log_id);
-            offset += HEADER_LEN + len as u64;
-        }
+        let Scan { mut positions, mut last_log_id, end: offset } = scan(&path, &bytes)?;
         if offset < bytes.len() as u64 {
-            if let Some(valid_at) = valid_record_after(&bytes, offset) {
-                // Valid records after a bad one: not a torn write but damage in the middle
-                // of acknowledged data. Refuse, and leave the file as it is.
-                let after = last_log_id.map_or("the start".to_string(), |l| format!("index {}", l.index));
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} is corrupt: the record at byte offset {offset} (the one after {after}) fails its checksum \
-                         or cannot be decoded, and valid records follow it (at offset {valid_at}). Refusing to start \
-                         rather than drop acknowledged writes: restore the data directory from a backup, or rebuild \
-                         this server from its peers",
-                        path.display()
-                    ),
-                ));
-            }
             tracing::warn!(path = %path.display(), kept = offset, found = bytes.len(), "cutting torn tail off the raft log");
             file.set_len(offset)?;
             file.sync_all()?;
         }
+        let zd = zstd::block::Decompressor::new();
         let meta_path = dir.join("raft.meta");
-        let meta: LogMeta = match std::fs::read(&meta_path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} is unreadable ({e}): it holds the Raft vote and commit point; restore it from a backup \
-                         of this data directory",
-                        meta_path.display()
-                    ),
-                )
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => LogMeta::default(),
-            Err(e) => return Err(e),
-        };
+        let meta = read_meta(&meta_path)?;
         if let Some(p) = meta.last_purged {
             positions.retain(|i, _| *i > p.index);
             if last_log_id.is_none_or(|l| l.index <= p.index) {

@@ -11,6 +11,7 @@ mod batch;
 mod chunks;
 mod codec;
 pub mod crypt;
+pub mod integrity;
 mod log;
 mod raft;
 mod space;
@@ -52,6 +53,17 @@ pub enum StoreError {
     NoSpace { dir: PathBuf, available: u64, reserve: u64 },
 }
 
+/// Runs a read of sled, a panic inside it (sled panics on some damage) answered as
+/// corruption instead of taking the request's task down.
+fn guarded<T>(read: impl FnOnce() -> sled::Result<T>) -> Result<T, StoreError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(StoreError::Corrupt(
+            "the state machine database failed while being read; run `bramble server --check-store`".into(),
+        )),
+    }
+}
+
 /// How to open a store.
 pub struct StoreOptions {
     /// Holds `raft/`, `db/` and the encryption key.
@@ -69,6 +81,8 @@ pub struct StoreOptions {
     /// Free bytes kept on the store's file system: writes stop below it (507), deletes
     /// only near empty (`space::DELETE_FLOOR`).
     pub reserve_bytes: u64,
+    /// Log entries between snapshots (each makes sled durable and lets the log be purged).
+    pub snapshot_entries: u64,
 }
 
 /// The open store.
@@ -94,6 +108,7 @@ type Started = Result<(Raft<TypeConfig>, Batcher), StoreError>;
 fn start_raft_thread(
     id: u64,
     advertise: String,
+    snapshot_entries: u64,
     log: log::LogStore,
     sm: StateMachine,
 ) -> Result<(tokio::sync::oneshot::Receiver<Started>, tokio::sync::oneshot::Sender<()>), StoreError> {
@@ -117,7 +132,7 @@ fn start_raft_thread(
                 }
             };
             runtime.block_on(async move {
-                let started = raft::start(id, &advertise, log, sm).await.map(|raft| {
+                let started = raft::start(id, &advertise, snapshot_entries, log, sm).await.map(|raft| {
                     let batcher = Batcher::start(raft.clone());
                     (raft, batcher)
                 });
@@ -159,7 +174,11 @@ impl Store {
             .map_err(|e| StoreError::Io(format!("creating {}", opts.dir.display()), e))?;
         restrict_modes(&opts.dir)?;
         let fresh = !opts.dir.join("raft").exists();
-        let shared = Arc::new(Shared::open(&opts.dir, opts.cache_bytes, opts.watch_events, opts.watch_bytes)?);
+        let opened = integrity::open_state(&opts.dir, opts.cache_bytes, opts.watch_events, opts.watch_bytes)?;
+        if let Some(why) = &opened.rebuilt {
+            tracing::warn!(problem = %why, "the state machine was rebuilt from the snapshot and the Raft log; the damaged copy is in db.damaged");
+        }
+        let shared = Arc::new(opened.shared);
         state::spawn_checkpointer(&shared);
         let log = log::LogStore::open(&opts.dir.join("raft"))
             .map_err(|e| StoreError::Io(format!("opening raft log in {}", opts.dir.display()), e))?;
@@ -189,7 +208,8 @@ impl Store {
             Err(e) => return Err(e),
         };
         let sm = StateMachine { shared: shared.clone() };
-        let (started, raft_thread) = start_raft_thread(opts.node_id, opts.advertise.clone(), log, sm)?;
+        let (started, raft_thread) =
+            start_raft_thread(opts.node_id, opts.advertise.clone(), opts.snapshot_entries, log, sm)?;
         let (raft, batcher) =
             started.await.map_err(|_| StoreError::Raft("the Raft thread stopped while starting".into()))??;
         let space = space::SpaceGuard::new(&opts.dir, opts.reserve_bytes);
@@ -264,7 +284,7 @@ impl Store {
 
     /// The current version of `key`.
     pub fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        self.shared.get(key)?.map(|r| self.open_record(r)).transpose()
+        guarded(|| self.shared.get(key))?.map(|r| self.open_record(r)).transpose()
     }
 
     /// Up to `limit` records under `prefix` after `start_after`, and the revision of the read.
@@ -274,7 +294,7 @@ impl Store {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Record>, u64), StoreError> {
-        let (records, rev) = self.shared.list(prefix, start_after, limit)?;
+        let (records, rev) = guarded(|| self.shared.list(prefix, start_after, limit))?;
         let records = records.into_iter().map(|r| self.open_record(r)).collect::<Result<_, _>>()?;
         Ok((records, rev))
     }
@@ -289,7 +309,7 @@ impl Store {
         limit: usize,
         at: u64,
     ) -> Result<Option<Vec<Record>>, StoreError> {
-        match self.shared.list_at(prefix, start_after, limit, at)? {
+        match guarded(|| self.shared.list_at(prefix, start_after, limit, at))? {
             Some(records) => Ok(Some(records.into_iter().map(|r| self.open_record(r)).collect::<Result<_, _>>()?)),
             None => Ok(None),
         }

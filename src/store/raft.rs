@@ -82,7 +82,13 @@ impl RaftNetwork<TypeConfig> for NoPeerConnection {
 
 /// Starts the local Raft node; on a new data dir it initialises a one-voter cluster of itself
 /// and waits until it leads.
-pub async fn start(id: NodeId, addr: &str, log: LogStore, sm: StateMachine) -> Result<Raft<TypeConfig>, StoreError> {
+pub async fn start(
+    id: NodeId,
+    addr: &str,
+    snapshot_entries: u64,
+    log: LogStore,
+    sm: StateMachine,
+) -> Result<Raft<TypeConfig>, StoreError> {
     let config = Config {
         cluster_name: "bramble".into(),
         heartbeat_interval: 250,
@@ -90,8 +96,8 @@ pub async fn start(id: NodeId, addr: &str, log: LogStore, sm: StateMachine) -> R
         election_timeout_max: 1200,
         // A snapshot makes sled durable and lets the log be purged behind it: this bounds
         // the log on disk (and what a restart replays).
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_entries.max(1)),
+        max_in_snapshot_log_to_keep: (snapshot_entries / 10).min(1_000),
         max_payload_entries: 512,
         ..Default::default()
     };

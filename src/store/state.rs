@@ -52,6 +52,9 @@ const APPLIED: &[u8] = b"m/applied";
 const MEMBERSHIP: &[u8] = b"m/membership";
 /// The store revision (`resourceVersion`) of the last applied change.
 const REVISION: &[u8] = b"m/revision";
+/// How many objects the index holds, kept by checkpoints: a page that reverted to an older
+/// version on a damaged card shows as a count that does not match.
+const COUNT: &[u8] = b"m/count";
 
 /// How often the overlay moves into sled. Longer coalesces more rewrites of the same key
 /// (leases, statuses) into one sled write; the overlay's memory is capped below anyway.
@@ -356,6 +359,8 @@ pub struct Shared {
     pub hub: Arc<WatchHub>,
     chunks: Chunks,
     next_chunk: std::sync::atomic::AtomicU64,
+    /// Objects in sled's index, as the next checkpoint writes to `m/count`.
+    objects: std::sync::atomic::AtomicU64,
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -379,23 +384,27 @@ fn stored_revision(tree: &sled::Tree) -> sled::Result<u64> {
     Ok(tree.get(REVISION)?.and_then(|raw| bincode::deserialize::<u64>(&raw).ok()).unwrap_or(0))
 }
 
+/// How sled is opened, always the same (sled refuses a different compression setting).
+fn sled_config(db: &Path, cache_bytes: u64) -> sled::Config {
+    sled::Config::new()
+        .path(db)
+        .cache_capacity(cache_bytes)
+        // Values arrive already compressed, in chunks; what this compresses is the index:
+        // its keys share long prefixes, and sled rewrites whole leaves of them (measured:
+        // a new key costs sled a quarter of the flash with it on).
+        .use_compression(true)
+        // sled compresses every fragment with a fresh zstd context; at level 1 making that
+        // context is cheapest, and index entries compress about as well.
+        .compression_factor(1)
+        // Durability comes from the Raft log; sled is made durable explicitly before the
+        // log is purged. No timer-driven flushes.
+        .flush_every_ms(None)
+}
+
 impl Shared {
     /// Opens the state machine database under `dir` (`db/` for sled, `snapshot.bin`).
     pub fn open(dir: &Path, cache_bytes: u64, watch_events: usize, watch_bytes: usize) -> sled::Result<Shared> {
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(cache_bytes)
-            // Values arrive already compressed, in chunks; what this compresses is the index:
-            // its keys share long prefixes, and sled rewrites whole leaves of them (measured:
-            // a new key costs sled a quarter of the flash with it on).
-            .use_compression(true)
-            // sled compresses every fragment with a fresh zstd context; at level 1 making
-            // that context is cheapest, and index entries compress about as well.
-            .compression_factor(1)
-            // Durability comes from the Raft log; sled is made durable explicitly before
-            // the log is purged. No timer-driven flushes.
-            .flush_every_ms(None)
-            .open()?;
+        let db = sled_config(&dir.join("db"), cache_bytes).open()?;
         let tree = db.open_tree("state")?;
         let revision = stored_revision(&tree)?;
         let hub = Arc::new(WatchHub::new(revision, watch_events, watch_bytes));
@@ -412,6 +421,7 @@ impl Shared {
             hub,
             chunks: Chunks::default(),
             next_chunk: std::sync::atomic::AtomicU64::new(0),
+            objects: std::sync::atomic::AtomicU64::new(0),
         };
         shared.load_chunk_use()?;
         Ok(shared)
@@ -431,13 +441,16 @@ impl Shared {
             };
             self.chunks.set_usage(id, ChunkUse { live: 0, total });
         }
+        let mut objects = 0;
         for kv in self.tree.scan_prefix(OBJ) {
             let (k, v) = kv?;
+            objects += 1;
             if let Some(r) = decode_ref(&v) {
                 let key = String::from_utf8_lossy(&k[OBJ.len()..]);
                 self.chunks.add_live(r.chunk, entry_bytes(&key, r.len) as i64);
             }
         }
+        self.objects.store(objects, Relaxed);
         let next = self.tree.get(chunks::NEXT_CHUNK)?.and_then(|v| v.get(..8)?.try_into().ok()).map(u64::from_le_bytes);
         self.next_chunk.store(next.unwrap_or(1), Relaxed);
         Ok(())
@@ -687,10 +700,17 @@ impl Shared {
         let mut packer = Packer { next: self.next_chunk.load(Relaxed), ..Packer::default() };
         // Bytes each older chunk loses to the entries replaced or deleted here.
         let mut released: HashMap<u64, u64> = HashMap::new();
+        let mut objects = self.objects.load(Relaxed);
         for (k, v) in &copy.pending {
             let key = [OBJ, k.as_bytes()].concat();
-            if let Some(r) = self.tree.get(&key)?.as_deref().and_then(decode_ref) {
+            let old = self.tree.get(&key)?;
+            if let Some(r) = old.as_deref().and_then(decode_ref) {
                 *released.entry(r.chunk).or_default() += entry_bytes(k, r.len);
+            }
+            match (old.is_some(), v.is_some()) {
+                (false, true) => objects += 1,
+                (true, false) => objects = objects.saturating_sub(1),
+                _ => {}
             }
             match v.as_deref().map(|raw| (raw, decode_record(raw))) {
                 Some((_, Some((m, c, value)))) => {
@@ -723,7 +743,9 @@ impl Shared {
         if let Some(r) = copy.revision {
             batch.insert(REVISION, bincode::serialize(&r).map_err(encode_err)?);
         }
+        batch.insert(COUNT, &objects.to_le_bytes());
         self.tree.apply_batch(batch)?;
+        self.objects.store(objects, Relaxed);
         self.next_chunk.store(packer.next, Relaxed);
         for (id, bytes) in released {
             self.chunks.add_live(id, -(bytes as i64));
@@ -809,6 +831,106 @@ impl Shared {
     fn snapshot_path(&self) -> PathBuf {
         self.dir.join("snapshot.bin")
     }
+
+    /// Reads every entry of the tree and checks it: metadata decodes, every index entry
+    /// decodes and its value is where it says (its chunk present, intact by checksum, and
+    /// the entry at that offset naming the same key and length), every chunk opens, and no
+    /// object is newer than the stored revision. What the start-up check and
+    /// `--check-store` run; memory is one chunk plus the index's references.
+    pub fn verify(&self) -> Result<SledSummary, String> {
+        let fail = |what: String| format!("{}: {what}", self.dir.join("db").display());
+        let meta = |key: &[u8]| -> Result<Option<sled::IVec>, String> {
+            self.tree.get(key).map_err(|e| fail(format!("reading {}: {e}", String::from_utf8_lossy(key))))
+        };
+        let applied = match meta(APPLIED)? {
+            Some(raw) => Some(
+                bincode::deserialize::<LogId<NodeId>>(&raw)
+                    .map_err(|e| fail(format!("m/applied does not decode: {e}")))?,
+            ),
+            None => None,
+        };
+        if let Some(raw) = meta(MEMBERSHIP)? {
+            bincode::deserialize::<StoredMembership<NodeId, BasicNode>>(&raw)
+                .map_err(|e| fail(format!("m/membership does not decode: {e}")))?;
+        }
+        let revision = match meta(REVISION)? {
+            Some(raw) => {
+                bincode::deserialize::<u64>(&raw).map_err(|e| fail(format!("m/revision does not decode: {e}")))?
+            }
+            None => 0,
+        };
+        let count = match meta(COUNT)? {
+            Some(raw) => Some(
+                raw.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
+                    .ok_or_else(|| fail("m/count does not decode".into()))?,
+            ),
+            None => None,
+        };
+        let mut refs: BTreeMap<u64, Vec<(String, ValueRef)>> = BTreeMap::new();
+        let mut objects = 0u64;
+        for kv in self.tree.scan_prefix(OBJ) {
+            let (k, v) = kv.map_err(|e| fail(format!("reading the index: {e}")))?;
+            let key = String::from_utf8(k[OBJ.len()..].to_vec())
+                .map_err(|_| fail(format!("an index key is not UTF-8: {:?}", String::from_utf8_lossy(&k))))?;
+            let Some((mod_rev, create_rev, _)) = decode_record(&v) else {
+                return Err(fail(format!("the index entry of {key} does not decode")));
+            };
+            if mod_rev > revision || create_rev > mod_rev {
+                return Err(fail(format!(
+                    "{key} claims revision {mod_rev} (created at {create_rev}) but the store is at {revision}"
+                )));
+            }
+            match decode_ref(&v) {
+                Some(r) => refs.entry(r.chunk).or_default().push((key, r)),
+                None if v.get(16) == Some(&REF) => {
+                    return Err(fail(format!("the chunk reference of {key} is cut short")));
+                }
+                None => {}
+            }
+            objects += 1;
+        }
+        if let Some(count) = count
+            && count != objects
+        {
+            return Err(fail(format!("the index holds {objects} objects where {count} were written")));
+        }
+        let mut chunks_seen = 0u64;
+        for kv in self.tree.scan_prefix(chunks::CHUNK_PREFIX) {
+            let (k, stored) = kv.map_err(|e| fail(format!("reading the value chunks: {e}")))?;
+            let id = k
+                .get(chunks::CHUNK_PREFIX.len()..)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| fail("a chunk key does not decode".into()))?;
+            let raw = chunks::open_chunk(&stored).map_err(|e| fail(format!("chunk {id}: {e}")))?;
+            chunks_seen += 1;
+            for (key, r) in refs.remove(&id).unwrap_or_default() {
+                if !chunks::entry_matches(&raw, &key, r) {
+                    return Err(fail(format!("the value of {key} is not where its index entry says in chunk {id}")));
+                }
+            }
+        }
+        if let Some((id, missing)) = refs.into_iter().next() {
+            let key = missing.first().map_or("", |(k, _)| k.as_str()).to_string();
+            return Err(fail(format!(
+                "the value of {key} (and {} more) is in chunk {id}, which is missing",
+                missing.len() - 1
+            )));
+        }
+        Ok(SledSummary { objects, chunks: chunks_seen, applied: applied.map(|a| a.index), revision })
+    }
+}
+
+/// What [`Shared::verify`] found in an intact tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SledSummary {
+    pub objects: u64,
+    pub chunks: u64,
+    /// The last log index the tree reflects.
+    pub applied: Option<u64>,
+    pub revision: u64,
 }
 
 /// Runs checkpoints every [`CHECKPOINT_EVERY`] until the store is dropped.
@@ -940,11 +1062,74 @@ impl StateMachine {
     }
 }
 
-/// A full copy of the state machine, for a follower that is too far behind.
+/// A full copy of the state machine, for a follower that is too far behind, and to rebuild
+/// a damaged state machine from (with the log after it).
 #[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta<NodeId, BasicNode>,
+pub struct SnapshotFile {
+    pub meta: SnapshotMeta<NodeId, BasicNode>,
     pairs: Vec<(ByteBuf, ByteBuf)>,
+}
+
+/// `snapshot.bin` starts with this, then the crc32 of the rest (LE), then the bincode of a
+/// [`SnapshotFile`]. Files written before it have the bincode alone.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"BRSNAP\x00\x01";
+
+impl SnapshotFile {
+    fn encode(&self) -> Result<Vec<u8>, bincode::Error> {
+        let body = bincode::serialize(self)?;
+        let mut out = Vec::with_capacity(body.len() + 12);
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<SnapshotFile, String> {
+        let body = match bytes.strip_prefix(SNAPSHOT_MAGIC) {
+            Some(rest) => {
+                let (crc, body) = rest.split_at_checked(4).ok_or("cut short")?;
+                if crc32fast::hash(body).to_le_bytes() != crc {
+                    return Err("checksum mismatch".into());
+                }
+                body
+            }
+            None => bytes,
+        };
+        bincode::deserialize(body).map_err(|e| format!("does not decode: {e}"))
+    }
+
+    /// Reads `dir/snapshot.bin`: `None` when there is none, an error naming the file when
+    /// it is damaged.
+    pub fn read(dir: &Path) -> Result<Option<SnapshotFile>, String> {
+        let path = dir.join("snapshot.bin");
+        match std::fs::read(&path) {
+            Ok(bytes) => SnapshotFile::decode(&bytes).map(Some).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("reading {}: {e}", path.display())),
+        }
+    }
+
+    /// The last log index the snapshot covers.
+    pub fn last_index(&self) -> Option<u64> {
+        self.meta.last_log_id.map(|l| l.index)
+    }
+
+    /// Writes the snapshot's tree into a new sled database at `db` (which must not exist),
+    /// durably: the state machine rebuilt as of the snapshot, for the log to replay after.
+    pub fn restore_into(&self, db: &Path) -> Result<(), String> {
+        let fail = |e: &dyn std::fmt::Display| format!("rebuilding {} from the snapshot: {e}", db.display());
+        let sled = sled_config(db, 8 * 1024 * 1024).open().map_err(|e| fail(&e))?;
+        let tree = sled.open_tree("state").map_err(|e| fail(&e))?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in &self.pairs {
+            batch.insert(&k[..], &v[..]);
+        }
+        tree.apply_batch(batch).map_err(|e| fail(&e))?;
+        sled.flush().map_err(|e| fail(&e))?;
+        drop(tree);
+        drop(sled);
+        sync_tree(db).map_err(|e| fail(&e))
+    }
 }
 
 /// A key or value in a snapshot: one byte string, not a sequence of bytes (see [`Op`]).
@@ -970,7 +1155,7 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let shared = self.shared.clone();
-        let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StorageError<NodeId>> {
+        let file = tokio::task::spawn_blocking(move || -> Result<SnapshotFile, StorageError<NodeId>> {
             let (meta, pairs) = {
                 // sled holds still while it is copied: no other writer runs meanwhile.
                 let _writer = shared.lock_sled_writer();
@@ -988,13 +1173,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             };
             // The log may be purged up to this snapshot only once sled holds it durably.
             shared.make_durable().map_err(|e| StorageIOError::write_state_machine(&e))?;
-            let bytes = bincode::serialize(&SnapshotFile { meta, pairs }).map_err(sm_err)?;
+            let file = SnapshotFile { meta, pairs };
+            let bytes = file.encode().map_err(sm_err)?;
             write_atomic(&shared.snapshot_path(), &bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-            Ok(bytes)
+            Ok(file)
         })
         .await
         .map_err(sm_err)??;
-        let file: SnapshotFile = bincode::deserialize(&bytes).map_err(sm_err)?;
         let data = bincode::serialize(&file.pairs).map_err(sm_err)?;
         Ok(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(data)) })
     }
@@ -1065,7 +1250,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         self.shared.make_durable().map_err(|e| StorageIOError::write_state_machine(&e))?;
         let file = SnapshotFile { meta: meta.clone(), pairs };
-        let bytes = bincode::serialize(&file).map_err(sm_err)?;
+        let bytes = file.encode().map_err(sm_err)?;
         write_atomic(&self.shared.snapshot_path(), &bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         let revision = stored_revision(&self.shared.tree).map_err(sm_err)?;
         self.shared.hub.publish(revision, Vec::new());
@@ -1073,12 +1258,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let bytes = match std::fs::read(self.shared.snapshot_path()) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
+        let file = match SnapshotFile::read(&self.shared.dir) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(StorageIOError::read_snapshot(None, &std::io::Error::other(e)).into()),
         };
-        let file: SnapshotFile = bincode::deserialize(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let data = bincode::serialize(&file.pairs).map_err(sm_err)?;
         Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(data)) }))
     }

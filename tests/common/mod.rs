@@ -39,6 +39,72 @@ impl TestServer {
         s
     }
 
+    /// A server on a copy of `from`'s data directory (kubeconfig and certificates too), not
+    /// started yet: for tests that damage files and then start on them.
+    pub fn copy_of(from: &TestServer) -> TestServer {
+        let dir = std::env::temp_dir().join(format!("bramble-it-{}-{}", std::process::id(), uuid_like()));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let status = Command::new("cp").arg("-a").arg(from.data_dir()).arg(dir.join("data")).status().expect("run cp");
+        assert!(status.success(), "copying the data dir");
+        TestServer { dir, port: free_port(), child: None, extra: from.extra.clone() }
+    }
+
+    /// Starts the server and waits until it serves; `Err` with its exit status and log when
+    /// it exits instead.
+    pub fn try_spawn(&mut self) -> Result<(), (std::process::ExitStatus, String)> {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_bramble"))
+            .arg("server")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--https-listen-port")
+            .arg(self.port.to_string())
+            .arg("--bind-address")
+            .arg("127.0.0.1")
+            .arg("--write-kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--disable-agent")
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start bramble");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return Err((status, self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server neither started nor exited in 60 s: {}", self.log());
+    }
+
+    /// SIGTERM, then waits for the exit (at most 30 s).
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling the child this harness started.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("SIGTERM did not stop the server in 30 s: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
@@ -196,6 +262,14 @@ impl Client {
 
     pub async fn put(&self, path: &str, v: &Value) -> Reply {
         self.request("PUT", path, "application/json", serde_json::to_vec(v).expect("json")).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.request("DELETE", path, "application/json", Bytes::new()).await
+    }
+
+    pub async fn patch_merge(&self, path: &str, v: &Value) -> Reply {
+        self.request("PATCH", path, "application/merge-patch+json", serde_json::to_vec(v).expect("json")).await
     }
 
     /// Opens a watch and returns the lines it streams until it ends (or `max` lines).
