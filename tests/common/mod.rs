@@ -237,6 +237,74 @@ impl Client {
         sender
     }
 
+    async fn try_connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).await.map_err(|e| format!("connect: {e}"))?;
+        let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+        let tls = self.tls.connect(name, tcp).await.map_err(|e| format!("tls: {e}"))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// A request whose transport may fail (the server is being killed): `Err` then, and the
+    /// outcome of a write is unknown.
+    pub async fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Reply, String> {
+        let mut sender = self.try_connect().await?;
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .header("content-type", content_type)
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| format!("send: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+        Ok(Reply { status, body })
+    }
+
+    /// Streams a watch, calling `on_line` with each event until it returns false, the
+    /// stream ends (`Ok`) or the transport fails (`Err`). A non-200 answer is `Ok(Some)`.
+    pub async fn try_watch(&self, path: &str, mut on_line: impl FnMut(Value) -> bool) -> Result<Option<Reply>, String> {
+        let mut sender = self.try_connect().await?;
+        let req = hyper::Request::builder()
+            .method("GET")
+            .uri(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| format!("send: {e}"))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+            return Ok(Some(Reply { status, body }));
+        }
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("frame: {e}"))?;
+            if let Some(d) = frame.data_ref() {
+                buf.extend_from_slice(d);
+            }
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                let event = serde_json::from_slice(&line).map_err(|e| format!("event json: {e}"))?;
+                if !on_line(event) {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(None)
+    }
+
     pub async fn request(&self, method: &str, path: &str, content_type: &str, body: impl Into<Bytes>) -> Reply {
         let mut sender = self.connect().await;
         let req = hyper::Request::builder()
