@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+mod client;
 mod control;
 mod cron;
 pub mod images;

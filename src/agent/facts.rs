@@ -30,16 +30,7 @@ fn fs_space(path: &Path) -> Option<(u64, u64)> {
     Some((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
 }
 
-/// Kubernetes' name for this machine's architecture.
-pub fn arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        "riscv64" => "riscv64",
-        other => other,
-    }
-}
+pub use crate::sys::arch;
 
 /// A label value from free text: at most 63 of `[A-Za-z0-9._-]`, alphanumeric at both ends.
 fn label_value(text: &str) -> String {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::kubectl::client::{Client, ServerError};
+use crate::client::{Client, is_not_found};
 
 /// How often the Lease is renewed (the kubelet's default).
 const LEASE_RENEW: Duration = Duration::from_secs(10);
@@ -31,6 +31,19 @@ const LEASE_RENEW: Duration = Duration::from_secs(10);
 const LEASE_SECONDS: u64 = 40;
 /// The full status is rewritten at least this often even when nothing changed.
 const STATUS_EVERY: Duration = Duration::from_secs(300);
+
+/// How this node runs pods (from the `bramble server` / `bramble agent` flags).
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Where container logs go.
+    pub pod_log_dir: std::path::PathBuf,
+    /// k3s-format `registries.yaml`.
+    pub private_registry: std::path::PathBuf,
+    /// Port of the node's HTTPS endpoint for logs.
+    pub kubelet_port: u16,
+    /// Most processes one container may have; 0 for no limit.
+    pub pod_max_pids: i64,
+}
 
 /// What the agent needs to know.
 pub struct AgentOptions {
@@ -47,7 +60,7 @@ pub struct AgentOptions {
     /// Whether this node also runs the control plane (`node-role.kubernetes.io/control-plane`).
     pub server: bool,
     /// How pods run here.
-    pub runtime: crate::cli::RuntimeArgs,
+    pub runtime: RuntimeOptions,
 }
 
 /// Parses `key=value` (or `key`) into a label.
@@ -86,10 +99,6 @@ pub fn check_flags(labels: &[String], taints: &[String]) -> anyhow::Result<()> {
 fn now_rfc3339(micros: bool) -> String {
     let t = jiff::Timestamp::now();
     if micros { t.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string() } else { t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string() }
-}
-
-fn is_not_found(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<ServerError>().is_some_and(|s| s.code == 404)
 }
 
 /// The conditions for `facts`, keeping the transition time of those that did not change.

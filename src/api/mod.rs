@@ -73,7 +73,9 @@ pub struct ApiOptions {
 
 /// The API handler state.
 pub struct Api {
-    pub store: Store,
+    /// Private: everything else (control loops, agent, CLI) reaches the store only through
+    /// the API, with its authorization, validation and admission.
+    store: Store,
     pub opts: ApiOptions,
     tokens: Tokens,
     /// Serializes evictions (see `evict`).
@@ -110,6 +112,11 @@ fn warning_header(resp: &mut Response<Body>, warnings: &[String]) {
 }
 
 impl Api {
+    /// Stops the store's Raft node and makes its state machine durable (the server's stop).
+    pub async fn shutdown_store(&self) {
+        self.store.shutdown().await;
+    }
+
     pub fn new(store: Store, opts: ApiOptions, tokens: Tokens) -> Arc<Api> {
         let continue_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
             .unwrap_or_else(|_| {

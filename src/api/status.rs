@@ -254,6 +254,13 @@ impl From<crate::store::StoreError> for ApiError {
                 tracing::debug!(error = %e, "write refused: the store's disk is full");
                 ApiError::insufficient_storage(e.to_string())
             }
+            // The disk filled (or the quota ran out) between the space check and the write.
+            e if e.disk_full() => {
+                tracing::warn!(error = %e, "write failed: the store's disk is full");
+                ApiError::insufficient_storage(format!(
+                    "{e}: free space on the store's file system; writes resume by themselves"
+                ))
+            }
             e => {
                 tracing::error!(error = %e, "store error");
                 ApiError::internal(e.to_string())

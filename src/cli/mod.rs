@@ -77,7 +77,7 @@ async fn run_secrets_encrypt(args: SecretsEncryptArgs) -> anyhow::Result<()> {
     let kubeconfig = args.kubeconfig.or_else(|| {
         std::env::var_os("KUBECONFIG").map(PathBuf::from).or_else(|| Some(PathBuf::from("/etc/bramble/bramble.yaml")))
     });
-    let client = crate::kubectl::client::Client::from_kubeconfig(kubeconfig.as_deref(), None)?;
+    let client = crate::client::Client::from_kubeconfig(kubeconfig.as_deref(), None)?;
     let (method, verb) = match args.verb {
         SecretsEncryptVerb::Status => ("GET", "status"),
         SecretsEncryptVerb::Rotate => ("POST", "rotate"),
@@ -139,6 +139,10 @@ pub struct ServerArgs {
     /// Watch history kept in memory, in events.
     #[arg(long, default_value_t = 10_000)]
     pub watch_history: usize,
+    /// Watch history kept in memory, in MiB of (LZ4-compressed) values: whichever of this
+    /// and `--watch-history` is reached first bounds it.
+    #[arg(long, default_value_t = 32)]
+    pub watch_history_mb: usize,
     /// How long a node may go without a heartbeat before it is marked unreachable
     /// (`40s`, `2m`, `1m30s`).
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
@@ -211,6 +215,17 @@ pub struct RuntimeArgs {
     /// Most processes one container may have (`pids` cgroup); 0 for no limit.
     #[arg(long, default_value_t = 4096)]
     pub pod_max_pids: i64,
+}
+
+impl From<RuntimeArgs> for crate::agent::RuntimeOptions {
+    fn from(a: RuntimeArgs) -> Self {
+        crate::agent::RuntimeOptions {
+            pod_log_dir: a.pod_log_dir,
+            private_registry: a.private_registry,
+            kubelet_port: a.kubelet_port,
+            pod_max_pids: a.pod_max_pids,
+        }
+    }
 }
 
 /// The command line, with `kubectl` inserted when the binary runs through a link of that
@@ -354,7 +369,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         labels: args.node_label.clone(),
         taints: args.node_taint.clone(),
         server: false,
-        runtime: args.runtime.clone(),
+        runtime: args.runtime.clone().into(),
     };
     let agent = tokio::spawn(crate::agent::run(opts, stop_rx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

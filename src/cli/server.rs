@@ -153,7 +153,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         cache_bytes: args.store_cache_mb * 1024 * 1024,
         sealed_prefixes: vec!["secrets/".into()],
         watch_events: args.watch_history,
-        watch_bytes: 32 * 1024 * 1024,
+        watch_bytes: args.watch_history_mb.max(1) * 1024 * 1024,
         node_id: 1,
         advertise: advertise.clone(),
         reserve_bytes: args.store_reserve_mb * 1024 * 1024,
@@ -211,7 +211,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             labels: args.node_label.clone(),
             taints: args.node_taint.clone(),
             server: true,
-            runtime: args.runtime.clone(),
+            runtime: args.runtime.clone().into(),
         };
         tokio::spawn(async move { crate::agent::run(opts, stop_rx).await.map_err(|e| format!("{e:#}")) })
     });
@@ -265,7 +265,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         {
             let _ = agent.await;
         }
-        api.store.shutdown().await;
+        api.shutdown_store().await;
     };
     if tokio::time::timeout(STOP_TIMEOUT, drain).await.is_err() {
         tracing::error!(seconds = STOP_TIMEOUT.as_secs(), "stopping took too long: exiting with the log as it is");

@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use crate::api::Api;
 use crate::api::auth::User;
-use crate::kubectl::client::ServerError;
+use crate::client::ClientError;
+pub use crate::client::{is_already_exists, is_conflict, is_not_found};
 
 /// A response body, with the error type of a connection's so readers serve both.
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
@@ -24,16 +25,6 @@ pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
 pub struct ApiConn {
     api: Arc<Api>,
     user: User,
-}
-
-/// Whether `e` is the server saying 404.
-pub fn is_not_found(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<ServerError>().is_some_and(|s| s.code == 404)
-}
-
-/// Whether `e` is the server saying 409 (a stale resourceVersion or a name taken).
-pub fn is_conflict(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<ServerError>().is_some_and(|s| s.code == 409)
 }
 
 /// The `resourceVersion` of an object the server answered with, as the store revision.
@@ -73,7 +64,7 @@ impl ApiConn {
         Ok(resp.map(|b| b.map_err(|never| match never {}).boxed()))
     }
 
-    /// One request; the JSON answer, or the server's `Status` as a [`ServerError`].
+    /// One request; the JSON answer, or the server's `Status` as a [`ClientError`].
     pub async fn call(
         &self,
         method: &str,
@@ -83,10 +74,12 @@ impl ApiConn {
     ) -> anyhow::Result<Value> {
         let resp = self.open(method, path, content_type, body).await?;
         let status = resp.status().as_u16();
+        let retry_after = crate::client::retry_after_header(resp.headers());
         let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
-            return Err(ServerError::from_body(status, &bytes)).with_context(|| format!("{method} {path}"));
+            return Err(ClientError::from_answer(status, retry_after, &bytes))
+                .with_context(|| format!("{method} {path}"));
         }
         Ok(value)
     }
@@ -128,8 +121,9 @@ impl ApiConn {
         let resp = self.open("GET", path, None, None).await?;
         let status = resp.status().as_u16();
         if status != 200 {
+            let retry_after = crate::client::retry_after_header(resp.headers());
             let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
-            return Err(ServerError::from_body(status, &bytes).into());
+            return Err(ClientError::from_answer(status, retry_after, &bytes).into());
         }
         Ok(resp.into_body())
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::conn::is_conflict;
+use super::conn::{is_already_exists, is_conflict};
 use super::{Ctx, controller_of, owner_ref, s};
 
 pub const HASH_LABEL: &str = "controller-revision-hash";
@@ -77,7 +77,7 @@ pub async fn sync(
             match ctx.conn.create(&base, &cr).await {
                 Ok(_) => {}
                 // Made by a reconcile whose result the cache does not show yet.
-                Err(e) if is_conflict(&e) || format!("{e:#}").contains("AlreadyExists") => {}
+                Err(e) if is_conflict(&e) || is_already_exists(&e) => {}
                 Err(e) => return Err(e),
             }
             Current { name: format!("{name}-{hash}"), hash: hash.clone() }

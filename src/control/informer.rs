@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::conn::{ApiConn, revision};
-use crate::kubectl::client::Lines;
+use crate::client::Lines;
 
 /// Called with (old, new) for every change: `None` old for an addition, `None` new for a
 /// deletion.
@@ -77,6 +77,8 @@ impl Informer {
     /// after a few seconds: the next event requeues anyway.
     pub async fn caught_up(&self, rev: u64) {
         let mut rx = self.seen.subscribe();
+        // A timeout is the documented give-up; the channel cannot close while `self` holds
+        // its sender.
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|seen| *seen >= rev)).await;
     }
 

@@ -225,7 +225,27 @@ where
             tokio::spawn(async move {
                 loop {
                     let key = queue.next().await;
-                    match reconcile(key.clone()).await {
+                    // A reconcile that panics fails like one that errs (logged, retried
+                    // with back-off) instead of taking this worker down for good.
+                    let run = std::panic::AssertUnwindSafe(reconcile(key.clone()));
+                    let outcome = match futures_util::FutureExt::catch_unwind(run).await {
+                        Ok(r) => r,
+                        Err(panic) => {
+                            let what = panic
+                                .downcast_ref::<String>()
+                                .map(String::as_str)
+                                .or_else(|| panic.downcast_ref::<&str>().copied())
+                                .unwrap_or("a panic");
+                            tracing::error!(
+                                controller = name,
+                                key,
+                                panic = what,
+                                "reconcile panicked; retrying with back-off"
+                            );
+                            Err(anyhow::anyhow!("reconcile panicked: {what}"))
+                        }
+                    };
+                    match outcome {
                         Ok(again) => {
                             queue.forget(&key);
                             if let Some(after) = again {
@@ -234,7 +254,9 @@ where
                         }
                         Err(e) => {
                             tracing::debug!(controller = name, key, error = %format!("{e:#}"), "reconcile failed");
-                            queue.retry(&key);
+                            // The error's kind sets the least wait: a 429's Retry-After, a
+                            // full disk's few seconds; otherwise the doubling back-off.
+                            queue.retry_at_least(&key, crate::client::retry_hint(&e).unwrap_or_default());
                         }
                     }
                     queue.done(&key);

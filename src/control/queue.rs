@@ -57,8 +57,10 @@ impl WorkQueue {
         });
     }
 
-    /// Queues `key` again after its back-off, which doubles with each failure in a row.
-    pub fn retry(self: &Arc<Self>, key: &str) {
+    /// Queues `key` again after its back-off, which doubles with each failure in a row, and
+    /// never sooner than `min` (what the server asked for: a 429's Retry-After, or a full
+    /// disk that will not clear in milliseconds).
+    pub fn retry_at_least(self: &Arc<Self>, key: &str, min: Duration) {
         let failures = match self.state.lock() {
             Ok(mut st) => {
                 let n = st.failures.entry(key.to_string()).or_default();
@@ -67,7 +69,7 @@ impl WorkQueue {
             }
             Err(_) => return,
         };
-        self.add_after(key, backoff(failures));
+        self.add_after(key, backoff(failures).max(min));
     }
 
     /// Clears the failure count of a key that reconciled.

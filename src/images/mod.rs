@@ -305,7 +305,7 @@ impl ImageStore {
             let mut manifest = read_json(desc["digest"].as_str().context("index entry without digest")?)?;
             if manifest["manifests"].is_array() {
                 // A multi-platform index: this node's architecture.
-                let arch = crate::agent::facts::arch();
+                let arch = crate::sys::arch();
                 let chosen = manifest["manifests"]
                     .as_array()
                     .into_iter()

@@ -28,7 +28,7 @@ fn json_str<T: serde::Serialize>(v: &T) -> String {
 
 /// Picks the index entry for linux on this architecture (and ARM variant when it has one).
 fn resolve_platform(entries: &[ImageIndexEntry]) -> Option<String> {
-    let arch = crate::agent::facts::arch();
+    let arch = crate::sys::arch();
     let variant = if arch == "arm" { arm_variant() } else { None };
     let candidates: Vec<&ImageIndexEntry> = entries
         .iter()

@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail};
 use futures_util::future::try_join_all;
 use serde_json::Value;
 
-use super::client::Client;
+use crate::client::Client;
 
 /// One served resource.
 #[derive(Clone, Debug)]

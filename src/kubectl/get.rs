@@ -4,7 +4,7 @@
 use anyhow::bail;
 use serde_json::{Value, json};
 
-use super::client::Lines;
+use crate::client::Lines;
 use super::jsonpath::Template;
 use super::table::Widths;
 use super::{Ctx, Target, targets};

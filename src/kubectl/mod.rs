@@ -6,7 +6,6 @@
 //! `apply` is server-side apply (field manager `kubectl`): the server keeps the managed
 //! fields, so no last-applied annotation is needed and removals work as users expect.
 
-pub(crate) mod client;
 mod describe;
 mod discovery;
 mod get;
@@ -20,8 +19,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use client::Client;
-pub use client::ServerError;
+use crate::client::Client;
 use discovery::{Discovery, Resource};
 
 /// `bramble kubectl` flags and verb.
@@ -194,7 +192,7 @@ pub fn run(rt: &tokio::runtime::Runtime, args: KubectlArgs) -> u8 {
     match rt.block_on(run_verb(args.global, args.verb)) {
         Ok(()) => 0,
         Err(e) => {
-            match e.downcast_ref::<ServerError>() {
+            match e.downcast_ref::<crate::client::ClientError>().and_then(crate::client::ClientError::status) {
                 Some(s) => eprintln!("{s}"),
                 None => eprintln!("error: {e:#}"),
             }

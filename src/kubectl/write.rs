@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use super::client::ServerError;
+use crate::client::{ClientError, is_not_found};
 use super::discovery::Resource;
 use super::get::{fetch, urlencode};
 use super::{Ctx, manifest, targets};
@@ -151,7 +151,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<()> {
             Err(e) => {
                 eprintln!(
                     "{}",
-                    e.downcast_ref::<ServerError>().map_or_else(|| format!("error: {e:#}"), |s| s.to_string())
+                    e.downcast_ref::<ClientError>().and_then(ClientError::status).map_or_else(|| format!("error: {e:#}"), |s| s.to_string())
                 );
                 failed = Some(e);
             }
@@ -175,7 +175,7 @@ pub async fn apply(ctx: &Ctx, a: ApplyArgs) -> anyhow::Result<()> {
         let item = r.item(ns.as_deref(), name);
         let before = match ctx.client.get(&item).await {
             Ok(v) => v["metadata"]["resourceVersion"].as_str().map(String::from),
-            Err(e) if e.downcast_ref::<ServerError>().is_some_and(|s| s.code == 404) => None,
+            Err(e) if is_not_found(&e) => None,
             Err(e) => return Err(e),
         };
         let path = with_query(item, &[&manager, force, dry]);
@@ -223,7 +223,7 @@ async fn delete_one(
             println!("{} \"{name}\" deleted", r.display());
             Ok(Some(r.item(ns, name)))
         }
-        Err(e) if a.ignore_not_found && e.downcast_ref::<ServerError>().is_some_and(|s| s.code == 404) => Ok(None),
+        Err(e) if a.ignore_not_found && is_not_found(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -244,7 +244,7 @@ pub async fn delete(ctx: &Ctx, a: DeleteArgs) -> anyhow::Result<()> {
                 Err(e) => {
                     eprintln!(
                         "{}",
-                        e.downcast_ref::<ServerError>().map_or_else(|| format!("error: {e:#}"), |s| s.to_string())
+                        e.downcast_ref::<ClientError>().and_then(ClientError::status).map_or_else(|| format!("error: {e:#}"), |s| s.to_string())
                     );
                     failed = true;
                 }
@@ -292,7 +292,7 @@ async fn wait_gone(ctx: &Ctx, timeout: &str, gone_paths: Vec<String>) -> anyhow:
     for path in gone_paths {
         loop {
             match ctx.client.get(&path).await {
-                Err(e) if e.downcast_ref::<ServerError>().is_some_and(|s| s.code == 404) => break,
+                Err(e) if is_not_found(&e) => break,
                 Err(e) => return Err(e),
                 Ok(_) if Instant::now() > deadline => bail!("timed out waiting for {path} to be deleted"),
                 Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,

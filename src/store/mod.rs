@@ -64,6 +64,24 @@ fn guarded<T>(read: impl FnOnce() -> sled::Result<T>) -> Result<T, StoreError> {
     }
 }
 
+impl StoreError {
+    /// The operating system's error underneath, if any.
+    fn os_error(&self) -> Option<i32> {
+        match self {
+            StoreError::Io(_, e) => e.raw_os_error(),
+            StoreError::Sled(sled::Error::Io(e)) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// Whether the store failed for want of space (ENOSPC, or EDQUOT for a quota): the
+    /// caller's write can succeed later, once space is freed.
+    pub fn disk_full(&self) -> bool {
+        matches!(self, StoreError::NoSpace { .. })
+            || matches!(self.os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT)
+    }
+}
+
 /// How to open a store.
 pub struct StoreOptions {
     /// Holds `raft/`, `db/` and the encryption key.

@@ -7,7 +7,7 @@
 use base64::Engine;
 use serde_json::Value;
 
-use crate::kubectl::client::Client;
+use crate::client::Client;
 use crate::runtime::spec::{expand_vars, quantity};
 
 /// Why a container cannot be configured (the `CreateContainerConfigError` message).

@@ -20,7 +20,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::kubectl::client::{Client, Lines, ServerError};
+pub use crate::client::is_not_found;
+use crate::client::{Client, Lines};
 use crate::runtime::Layout;
 use worker::{Msg, Worker};
 
@@ -46,11 +47,6 @@ pub struct Ctx {
 pub struct Network {
     pub cidr: crate::runtime::network::PodCidr,
     pub ipam: crate::runtime::network::Ipam,
-}
-
-/// Whether an API error is a 404.
-pub fn is_not_found(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<ServerError>().is_some_and(|s| s.code == 404)
 }
 
 /// Records an Event about `pod` (in the background: events never hold a pod up).
@@ -152,8 +148,9 @@ pub async fn run(ctx: Arc<Ctx>, mut stop: tokio::sync::watch::Receiver<bool>) {
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "listing this node's pods");
+                let wait = crate::client::retry_hint(&e).unwrap_or_default().max(Duration::from_secs(2));
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    _ = tokio::time::sleep(wait) => continue,
                     _ = stop.changed() => return,
                 }
             }
@@ -163,8 +160,12 @@ pub async fn run(ctx: Arc<Ctx>, mut stop: tokio::sync::watch::Receiver<bool>) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "watching this node's pods");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+                // A 429 (too many watches) says how long to wait.
+                let wait = crate::client::retry_hint(&e).unwrap_or_default().max(Duration::from_secs(1));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = stop.changed() => return,
+                }
             }
         };
         let mut lines = Lines::new(body);

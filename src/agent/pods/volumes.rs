@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::env::{field_ref, resource_ref};
 use crate::api::fields;
-use crate::kubectl::client::Client;
+use crate::client::Client;
 use crate::runtime::spec::{BindMount, quantity};
 use crate::sys::fs::{FsError, Root};
 

@@ -1,8 +1,13 @@
-//! The HTTPS client of the built-in kubectl and of the node agent: reads a kubeconfig (the
-//! one `bramble server` writes, or any other with embedded or file-referenced certificates
-//! or a bearer token) and sends requests with the cluster CA verified.
+//! The one way to talk to the API from inside bramble: the HTTPS client of the built-in
+//! kubectl and of the node agent (reads a kubeconfig, the one `bramble server` writes or any
+//! other with embedded or file-referenced certificates or a bearer token, and verifies the
+//! cluster CA), and the typed [`ClientError`] every caller (also the control loops'
+//! in-process connection) decides retries and back-off by.
 
-use std::fmt;
+mod error;
+
+pub use error::{ClientError, is_already_exists, is_conflict, is_not_found, retry_after_header, retry_hint};
+
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,40 +85,6 @@ struct KubeContext {
     #[serde(default)]
     user: String,
     namespace: Option<String>,
-}
-
-/// A failed API call, printed the way kubectl prints a `Status`.
-#[derive(Debug)]
-pub struct ServerError {
-    /// HTTP status code.
-    pub code: u16,
-    /// The Status `reason` (`NotFound`, `Conflict`, ...).
-    pub reason: String,
-    /// The Status `message`.
-    pub message: String,
-}
-
-impl fmt::Display for ServerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Error from server ({}): {}", self.reason, self.message)
-    }
-}
-
-impl std::error::Error for ServerError {}
-
-impl ServerError {
-    /// The error a non-2xx answer carries: its `Status` reason and message, or the raw body.
-    pub fn from_body(code: u16, body: &[u8]) -> ServerError {
-        let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        ServerError {
-            code,
-            reason: value["reason"].as_str().unwrap_or("Unknown").to_string(),
-            message: match value["message"].as_str() {
-                Some(m) => m.to_string(),
-                None => String::from_utf8_lossy(body).trim().to_string(),
-            },
-        }
-    }
 }
 
 /// A connection recipe for one API server.
@@ -236,9 +207,17 @@ impl Client {
         accept: &str,
         body: Bytes,
     ) -> anyhow::Result<hyper::Response<Incoming>> {
-        let tcp = TcpStream::connect(&self.addr).await.with_context(|| format!("connecting to {}", self.addr))?;
-        let tls = self.tls.connect(self.server_name.clone(), tcp).await.context("TLS handshake with the server")?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        let transport = |what: String| ClientError::Transport(what);
+        let tcp =
+            TcpStream::connect(&self.addr).await.map_err(|e| transport(format!("connecting to {}: {e}", self.addr)))?;
+        let tls = self
+            .tls
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| transport(format!("TLS handshake with {}: {e}", self.addr)))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| transport(format!("HTTP handshake with {}: {e}", self.addr)))?;
         tokio::spawn(conn);
         let mut req = hyper::Request::builder()
             .method(method)
@@ -253,7 +232,7 @@ impl Client {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         let req = req.body(Full::new(body)).context("building the request")?;
-        sender.send_request(req).await.with_context(|| format!("{method} {path}"))
+        Ok(sender.send_request(req).await.map_err(|e| transport(format!("{method} {path}: {e}")))?)
     }
 
     /// Sends a request and returns the JSON answer, or the server's Status as an error.
@@ -271,10 +250,11 @@ impl Client {
         };
         let resp = self.open(method, path, content_type, accept, bytes).await?;
         let status = resp.status().as_u16();
+        let retry_after = error::retry_after_header(resp.headers());
         let body = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
         let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
-            return Err(ServerError::from_body(status, &body).into());
+            return Err(ClientError::from_answer(status, retry_after, &body).into());
         }
         Ok(value)
     }
@@ -289,8 +269,9 @@ impl Client {
         let resp = self.open("GET", path, None, accept, Bytes::new()).await?;
         let status = resp.status().as_u16();
         if status != 200 {
+            let retry_after = error::retry_after_header(resp.headers());
             let body = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
-            return Err(ServerError::from_body(status, &body).into());
+            return Err(ClientError::from_answer(status, retry_after, &body).into());
         }
         Ok(resp.into_body())
     }
