@@ -4,10 +4,10 @@
 use anyhow::bail;
 use serde_json::{Value, json};
 
-use crate::client::Lines;
 use super::jsonpath::Template;
 use super::table::Widths;
 use super::{Ctx, Target, targets};
+use crate::client::Lines;
 
 const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
 

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::client::{ClientError, is_not_found};
 use super::discovery::Resource;
 use super::get::{fetch, urlencode};
 use super::{Ctx, manifest, targets};
+use crate::client::{ClientError, is_not_found};
 
 /// `create` flags.
 #[derive(clap::Args, Debug)]
@@ -151,7 +151,9 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<()> {
             Err(e) => {
                 eprintln!(
                     "{}",
-                    e.downcast_ref::<ClientError>().and_then(ClientError::status).map_or_else(|| format!("error: {e:#}"), |s| s.to_string())
+                    e.downcast_ref::<ClientError>()
+                        .and_then(ClientError::status)
+                        .map_or_else(|| format!("error: {e:#}"), |s| s.to_string())
                 );
                 failed = Some(e);
             }
@@ -244,7 +246,9 @@ pub async fn delete(ctx: &Ctx, a: DeleteArgs) -> anyhow::Result<()> {
                 Err(e) => {
                     eprintln!(
                         "{}",
-                        e.downcast_ref::<ClientError>().and_then(ClientError::status).map_or_else(|| format!("error: {e:#}"), |s| s.to_string())
+                        e.downcast_ref::<ClientError>()
+                            .and_then(ClientError::status)
+                            .map_or_else(|| format!("error: {e:#}"), |s| s.to_string())
                     );
                     failed = true;
                 }
