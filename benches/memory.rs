@@ -6,7 +6,7 @@
 //! space on a full disk to the first acknowledged write.
 //!
 //! Run: `cargo bench --bench memory` (`BENCH_OBJECTS=1000,10000,50000` to change the
-//! steps). Figures are printed, never asserted.
+//! steps, `BENCH_SERVER_ARGS="--watch-history-mb 8"` to try server flags). Figures are printed, never asserted.
 
 mod common;
 
@@ -123,7 +123,10 @@ async fn settled_rss(pid: u32) -> u64 {
 async fn memory_steps(steps: &[usize]) {
     let dir = std::env::temp_dir().join(format!("bramble-bench-mem-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let b = start(&dir, &[]).await;
+    // BENCH_SERVER_ARGS: extra server flags, to see what a setting changes.
+    let extra = std::env::var("BENCH_SERVER_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let b = start(&dir, &extra).await;
     println!("bramble  RSS idle                      {:>8.1} MiB", mib(settled_rss(b.pid).await));
     let mut made = 0;
     let mut last = (0usize, 0u64);

@@ -134,14 +134,14 @@ pub struct ServerArgs {
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: String,
     /// Store page cache in MiB (sled's own default of 1 GiB is too big for a board).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     pub store_cache_mb: u64,
-    /// Watch history kept in memory, in events.
-    #[arg(long, default_value_t = 10_000)]
+    /// Watch history kept in memory, in events (a watcher further behind relists: 410).
+    #[arg(long, default_value_t = 4_000)]
     pub watch_history: usize,
     /// Watch history kept in memory, in MiB of (LZ4-compressed) values: whichever of this
     /// and `--watch-history` is reached first bounds it.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     pub watch_history_mb: usize,
     /// How long a node may go without a heartbeat before it is marked unreachable
     /// (`40s`, `2m`, `1m30s`).

@@ -186,7 +186,7 @@ async fn reconcile(ctx: &Ctx, writes: &Writes, key: &str) -> anyhow::Result<Opti
     wanted.sort();
     let mut by_node: BTreeMap<String, Vec<Arc<Value>>> = BTreeMap::new();
     let mut in_use = HashSet::new();
-    for pod in ctx.pods.list_in(ns) {
+    for pod in ctx.pods.list_by(super::BY_CONTROLLER, uid) {
         if !controller_of(&pod).is_some_and(|o| o["uid"] == uid)
             || deleting(&pod)
             || s(&pod, "/status/phase") == "Succeeded"

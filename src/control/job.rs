@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::conn::revision;
 use super::queue::WorkQueue;
 use super::replicaset::pod_from_template;
-use super::{Ctx, Writes, controller_of, deleting, epoch_secs, now_rfc3339, now_secs, owner_ref, pod_ready_since, s};
+use super::{Ctx, Writes, deleting, epoch_secs, now_rfc3339, now_secs, owner_ref, pod_ready_since, s};
 
 const COMPONENT: &str = "job-controller";
 
@@ -197,7 +197,7 @@ async fn reconcile(ctx: &Ctx, writes: &Writes, key: &str) -> anyhow::Result<Opti
     }
     let uid = s(&job, "/metadata/uid");
     let pods: Vec<Arc<Value>> =
-        ctx.pods.list_in(ns).into_iter().filter(|p| controller_of(p).is_some_and(|o| o["uid"] == uid)).collect();
+        ctx.pods.list_by(super::BY_CONTROLLER, uid).into_iter().filter(|p| s(p, "/metadata/namespace") == ns).collect();
     let p = plan(&job, &pods, now);
 
     for victim in &p.delete {

@@ -63,7 +63,10 @@ impl Ctx {
         Arc::new(Ctx {
             events: events::Recorder::new(conn.clone()),
             conn,
-            pods: Informer::new("/api/v1/pods"),
+            pods: Informer::packed(
+                "/api/v1/pods",
+                vec![(BY_NODE, pod_node_index), (BY_CONTROLLER, controller_index), (ORPHANS_IN, orphan_index)],
+            ),
             nodes: Informer::new("/api/v1/nodes"),
             replicasets: Informer::new("/apis/apps/v1/replicasets"),
             deployments: Informer::new("/apis/apps/v1/deployments"),
@@ -338,6 +341,25 @@ pub fn int(v: &Value, pointer: &str) -> i64 {
 /// The owner reference marked `controller: true`, if any.
 pub fn controller_of(obj: &Value) -> Option<&Value> {
     obj.pointer("/metadata/ownerReferences")?.as_array()?.iter().find(|r| r["controller"] == true)
+}
+
+/// The pods cache's index of pods by the node they are bound to.
+pub const BY_NODE: &str = "node";
+/// The pods cache's index of pods by the uid of their controller.
+pub const BY_CONTROLLER: &str = "controller";
+/// The pods cache's index of pods without a controller, by namespace (for adoption).
+pub const ORPHANS_IN: &str = "orphans";
+
+fn pod_node_index(pod: &Value) -> Option<String> {
+    Some(s(pod, "/spec/nodeName")).filter(|n| !n.is_empty()).map(str::to_string)
+}
+
+fn controller_index(obj: &Value) -> Option<String> {
+    controller_of(obj).and_then(|o| o["uid"].as_str()).map(str::to_string)
+}
+
+fn orphan_index(obj: &Value) -> Option<String> {
+    controller_of(obj).is_none().then(|| s(obj, "/metadata/namespace").to_string())
 }
 
 /// An owner reference to `owner` that marks it as the controller and blocks its

@@ -169,7 +169,7 @@ async fn collect_orphans(
     if let Ok(mut m) = gone.lock() {
         m.remove(node);
     }
-    for pod in ctx.pods.list().iter().filter(|p| s(p, "/spec/nodeName") == node) {
+    for pod in ctx.pods.list_by(super::BY_NODE, node).iter() {
         let (ns, name) = (s(pod, "/metadata/namespace"), s(pod, "/metadata/name"));
         let opts = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": pod["metadata"]["uid"]}});
         ctx.conn.delete(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &opts).await?;
@@ -208,7 +208,7 @@ async fn reconcile(ctx: &Ctx, name: &str, grace: Duration) -> anyhow::Result<Opt
             "NodeNotReady",
             &format!("Node {name} status is now: NodeNotReady"),
         );
-        for pod in ctx.pods.list().iter().filter(|p| s(p, "/spec/nodeName") == name && !deleting(p)) {
+        for pod in ctx.pods.list_by(super::BY_NODE, name).iter().filter(|p| !deleting(p)) {
             let ppath = format!(
                 "/api/v1/namespaces/{}/pods/{}/status",
                 s(pod, "/metadata/namespace"),
@@ -247,7 +247,7 @@ async fn reconcile(ctx: &Ctx, name: &str, grace: Duration) -> anyhow::Result<Opt
         return Ok(None);
     }
     let mut soonest: Option<i64> = None;
-    for pod in ctx.pods.list().iter().filter(|p| s(p, "/spec/nodeName") == name && !deleting(p)) {
+    for pod in ctx.pods.list_by(super::BY_NODE, name).iter().filter(|p| !deleting(p)) {
         let Some(at) = eviction_time(pod, &taints) else { continue };
         if at <= now {
             let (ns, pname) = (s(pod, "/metadata/namespace"), s(pod, "/metadata/name"));

@@ -125,7 +125,11 @@ async fn reconcile(ctx: &Ctx, writes: &Writes, key: &str) -> anyhow::Result<Opti
     let uid = s(&rs, "/metadata/uid");
     let selector = LabelSelector::from_object(&rs["spec"]["selector"]);
     let mut owned = Vec::new();
-    for pod in ctx.pods.list_in(ns) {
+    // Its own pods and the namespace's orphans it may adopt: no other pod can change what
+    // this loop does.
+    let candidates =
+        ctx.pods.list_by(super::BY_CONTROLLER, uid).into_iter().chain(ctx.pods.list_by(super::ORPHANS_IN, ns));
+    for pod in candidates {
         let mine = controller_of(&pod).is_some_and(|o| o["uid"] == uid);
         let matches = !selector.is_empty() && selector.matches_object(&pod);
         if mine && !matches {

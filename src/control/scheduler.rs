@@ -204,13 +204,74 @@ impl NodeInfo {
 
     /// Counts a pod bound (or about to be bound) to this node.
     pub fn add(&mut self, pod: &Value) {
-        let r = requests(pod);
-        self.used.cpu += r.cpu;
-        self.used.memory += r.memory;
+        self.add_placed(&Placed::of(pod));
+    }
+
+    fn add_placed(&mut self, p: &Placed) {
+        self.used.cpu += p.requests.cpu;
+        self.used.memory += p.requests.memory;
         self.pods += 1;
-        self.ports.extend(host_ports(pod));
-        if let Some(owner) = pod["metadata"]["ownerReferences"][0]["uid"].as_str() {
-            *self.owners.entry(owner.to_string()).or_default() += 1;
+        self.ports.extend(p.ports.iter().cloned());
+        if let Some(owner) = &p.owner {
+            *self.owners.entry(owner.clone()).or_default() += 1;
+        }
+    }
+}
+
+/// What a bound pod takes from its node, kept per pod as the cache changes (upstream's
+/// scheduler cache): a cycle adds these up instead of reading every pod.
+#[derive(Clone, Debug)]
+struct Placed {
+    node: String,
+    requests: Requests,
+    ports: Vec<(String, i64)>,
+    owner: Option<String>,
+}
+
+impl Placed {
+    fn of(pod: &Value) -> Placed {
+        Placed {
+            node: s(pod, "/spec/nodeName").to_string(),
+            requests: requests(pod),
+            ports: host_ports(pod),
+            owner: pod["metadata"]["ownerReferences"][0]["uid"].as_str().map(str::to_string),
+        }
+    }
+}
+
+/// The scheduler's view of the pods, kept by the pods cache's handler.
+#[derive(Default)]
+struct PodsView {
+    /// Pending pods: uid -> cache key.
+    waiting: HashMap<String, String>,
+    /// Bound pods that still hold their node's resources: uid -> what they take.
+    placed: HashMap<String, Placed>,
+}
+
+impl PodsView {
+    fn change(&mut self, old: Option<&Value>, new: Option<&Value>) {
+        match new {
+            Some(p) => {
+                let uid = s(p, "/metadata/uid").to_string();
+                if pending(p) {
+                    self.placed.remove(&uid);
+                    self.waiting.insert(uid, super::informer::key_of(p));
+                } else {
+                    self.waiting.remove(&uid);
+                    if !s(p, "/spec/nodeName").is_empty() && !matches!(s(p, "/status/phase"), "Succeeded" | "Failed") {
+                        self.placed.insert(uid, Placed::of(p));
+                    } else {
+                        self.placed.remove(&uid);
+                    }
+                }
+            }
+            None => {
+                if let Some(p) = old {
+                    let uid = s(p, "/metadata/uid");
+                    self.waiting.remove(uid);
+                    self.placed.remove(uid);
+                }
+            }
         }
     }
 }
@@ -339,30 +400,18 @@ pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
     let wake = Arc::new(Notify::new());
     // The pods waiting for a node: a cycle runs only while there are some, so a busy
     // cluster whose pods are all placed costs the scheduler nothing per change.
-    let waiting: Arc<std::sync::Mutex<HashSet<String>>> = Arc::default();
-    let (w, q) = (wake.clone(), waiting.clone());
+    let view: Arc<std::sync::Mutex<PodsView>> = Arc::default();
+    let (w, v) = (wake.clone(), view.clone());
     ctx.pods.on_change(Box::new(move |old, new| {
-        let Ok(mut q) = q.lock() else { return };
-        match new {
-            Some(p) if pending(p) => {
-                q.insert(s(p, "/metadata/uid").to_string());
-            }
-            Some(p) => {
-                q.remove(s(p, "/metadata/uid"));
-            }
-            None => {
-                if let Some(p) = old {
-                    q.remove(s(p, "/metadata/uid"));
-                }
-            }
-        }
-        if !q.is_empty() {
+        let Ok(mut v) = v.lock() else { return };
+        v.change(old, new);
+        if !v.waiting.is_empty() {
             w.notify_one();
         }
     }));
-    let (w, q) = (wake.clone(), waiting.clone());
+    let (w, v) = (wake.clone(), view.clone());
     ctx.nodes.on_change(Box::new(move |_, _| {
-        if q.lock().is_ok_and(|q| !q.is_empty()) {
+        if v.lock().is_ok_and(|v| !v.waiting.is_empty()) {
             w.notify_one();
         }
     }));
@@ -373,8 +422,8 @@ pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut sched = Scheduler { told: HashMap::new(), assumed: HashMap::new() };
         loop {
             wake.notified().await;
-            if waiting.lock().is_ok_and(|q| !q.is_empty()) {
-                sched.cycle(&ctx).await;
+            if view.lock().is_ok_and(|v| !v.waiting.is_empty()) {
+                sched.cycle(&ctx, &view).await;
             }
         }
     })]
@@ -389,30 +438,37 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    async fn cycle(&mut self, ctx: &Ctx) {
+    async fn cycle(&mut self, ctx: &Ctx, view: &std::sync::Mutex<PodsView>) {
         let mut nodes: Vec<NodeInfo> = ctx.nodes.list().into_iter().map(NodeInfo::new).collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let index: HashMap<String, usize> = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
-        let pods = ctx.pods.list();
-        let mut queue = Vec::new();
-        let mut seen = HashSet::new();
-        for p in &pods {
-            let uid = s(p, "/metadata/uid");
-            seen.insert(uid.to_string());
-            let node = s(p, "/spec/nodeName");
-            if !node.is_empty() {
-                self.assumed.remove(uid);
-                if !matches!(s(p, "/status/phase"), "Succeeded" | "Failed")
-                    && let Some(i) = index.get(node)
-                {
-                    nodes[*i].add(p);
+        // What bound pods take, and which pods wait, from the view the handler keeps: no
+        // pass over every pod.
+        let waiting = {
+            let Ok(v) = view.lock() else { return };
+            for p in v.placed.values() {
+                if let Some(i) = index.get(&p.node) {
+                    nodes[*i].add_placed(p);
                 }
-            } else if pending(p) && !self.assumed.contains_key(uid) {
-                queue.push(p.clone());
+            }
+            v.waiting.clone()
+        };
+        // An assumed pod the cache shows bound is counted in `placed` now; one no longer
+        // waiting is bound or gone.
+        self.assumed.retain(|uid, _| waiting.contains_key(uid));
+        self.told.retain(|uid, _| waiting.contains_key(uid));
+        let mut queue = Vec::new();
+        for (uid, key) in &waiting {
+            if self.assumed.contains_key(uid) {
+                continue;
+            }
+            if let Some(p) = ctx.pods.get(key)
+                && s(&p, "/metadata/uid") == uid
+                && pending(&p)
+            {
+                queue.push(p);
             }
         }
-        self.assumed.retain(|uid, _| seen.contains(uid));
-        self.told.retain(|uid, _| seen.contains(uid));
         for (node, pod) in self.assumed.values() {
             if let Some(i) = index.get(node) {
                 nodes[*i].add(pod);

@@ -17,7 +17,7 @@ use super::conn::{is_conflict, revision};
 use super::history::{self, HASH_LABEL};
 use super::queue::WorkQueue;
 use super::replicaset::pod_from_template;
-use super::{Ctx, Writes, controller_of, deleting, int, now_secs, owner_ref, pod_available, pod_ready_since, s};
+use super::{Ctx, Writes, deleting, int, now_secs, owner_ref, pod_available, pod_ready_since, s};
 
 const COMPONENT: &str = "statefulset-controller";
 
@@ -293,7 +293,7 @@ async fn reconcile(ctx: &Ctx, writes: &Writes, key: &str) -> anyhow::Result<Opti
     let uid = s(&set, "/metadata/uid");
     let now = now_secs();
     let pods: Vec<Arc<Value>> =
-        ctx.pods.list_in(ns).into_iter().filter(|p| controller_of(p).is_some_and(|o| o["uid"] == uid)).collect();
+        ctx.pods.list_by(super::BY_CONTROLLER, uid).into_iter().filter(|p| s(p, "/metadata/namespace") == ns).collect();
     let update = history::sync(ctx, &set, "apps/v1", "StatefulSet", &revisions_in_use(&set, &pods)).await?;
     let current = current_revision(&set, &update.name);
     let current_template =
