@@ -944,10 +944,16 @@ pub fn spawn_checkpointer(shared: &Arc<Shared>) {
                 return;
             }
             let Some(shared) = weak.upgrade() else { return };
-            if let Err(e) = shared.checkpoint() {
-                tracing::error!(error = %e, "store checkpoint failed; will retry");
-            } else if let Err(e) = shared.compact_chunks() {
-                tracing::error!(error = %e, "compacting value chunks failed; will retry");
+            // A panic (sled on a damaged file) is a failed round like an error: logged, and
+            // tried again next round, instead of ending checkpoints for good.
+            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                shared.checkpoint().map_err(|e| ("store checkpoint failed; will retry", e))?;
+                shared.compact_chunks().map_err(|e| ("compacting value chunks failed; will retry", e))
+            }));
+            match round {
+                Ok(Ok(())) => {}
+                Ok(Err((what, e))) => tracing::error!(error = %e, "{what}"),
+                Err(_) => tracing::error!("store checkpoint panicked; will retry"),
             }
         }
     });
