@@ -11,6 +11,7 @@ mod control;
 mod cron;
 pub mod images;
 mod kubectl;
+mod panics;
 mod pki;
 mod runtime;
 mod store;

@@ -234,11 +234,7 @@ where
                     let outcome = match futures_util::FutureExt::catch_unwind(run).await {
                         Ok(r) => r,
                         Err(panic) => {
-                            let what = panic
-                                .downcast_ref::<String>()
-                                .map(String::as_str)
-                                .or_else(|| panic.downcast_ref::<&str>().copied())
-                                .unwrap_or("a panic");
+                            let what = crate::panics::message(&*panic);
                             tracing::error!(
                                 controller = name,
                                 key,

@@ -84,11 +84,7 @@ fn open_and_verify(
     match opened {
         Ok(r) => r,
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("a panic");
+            let what = crate::panics::message(&*panic);
             Err(format!("{}: the database failed while being read ({what})", db.display()))
         }
     }

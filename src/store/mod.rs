@@ -58,9 +58,10 @@ pub enum StoreError {
 fn guarded<T>(read: impl FnOnce() -> sled::Result<T>) -> Result<T, StoreError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
         Ok(r) => Ok(r?),
-        Err(_) => Err(StoreError::Corrupt(
-            "the state machine database failed while being read; run `bramble server --check-store`".into(),
-        )),
+        Err(panic) => Err(StoreError::Corrupt(format!(
+            "the state machine database failed while being read ({}); run `bramble server --check-store`",
+            crate::panics::message(&*panic)
+        ))),
     }
 }
 

@@ -953,7 +953,9 @@ pub fn spawn_checkpointer(shared: &Arc<Shared>) {
             match round {
                 Ok(Ok(())) => {}
                 Ok(Err((what, e))) => tracing::error!(error = %e, "{what}"),
-                Err(_) => tracing::error!("store checkpoint panicked; will retry"),
+                Err(panic) => {
+                    tracing::error!(panic = crate::panics::message(&*panic), "store checkpoint panicked; will retry")
+                }
             }
         }
     });

@@ -73,7 +73,7 @@ impl TestServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.kubeconfig().exists() {
                 return Ok(());
             }
             if let Some(c) = self.child.as_mut()
@@ -114,38 +114,9 @@ impl TestServer {
     }
 
     pub fn spawn(&mut self) {
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_bramble"))
-            .arg("server")
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .arg("--https-listen-port")
-            .arg(self.port.to_string())
-            .arg("--bind-address")
-            .arg("127.0.0.1")
-            .arg("--write-kubeconfig")
-            .arg(self.kubeconfig())
-            .arg("--disable-agent")
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start bramble");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.kubeconfig().exists() {
-                return;
-            }
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                panic!("server exited with {status}: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Err((status, log)) = self.try_spawn() {
+            panic!("server exited with {status}: {log}");
         }
-        panic!("server did not start: {}", self.log());
     }
 
     pub fn log(&self) -> String {
