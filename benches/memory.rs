@@ -1,6 +1,6 @@
 //! What stays resident as the store grows, and how fast a full disk recovers.
 //!
-//! Prints the server's RSS (no agent) idle, after 1,000 / 10,000 / 50,000 pods, with 200
+//! Prints the server's RSS (no agent, unless `BENCH_WITH_AGENT=1`) idle, after 1,000 / 10,000 / 50,000 pods, with 200
 //! watches open while 1,000 more writes are delivered to each, and after they close; then,
 //! on a 96 MiB ext4 made for the run (root only; skipped otherwise), the time from freeing
 //! space on a full disk to the first acknowledged write.
@@ -39,8 +39,26 @@ struct Bramble {
 
 impl Drop for Bramble {
     fn drop(&mut self) {
+        let _ = self._child.0.kill();
+        let _ = self._child.0.wait();
+        if with_agent() {
+            // What the agent set up (its node's network, mounts) goes as an operator would
+            // remove it.
+            let _ = Command::new(env!("CARGO_BIN_EXE_bramble"))
+                .args(["killall", "--data-dir"])
+                .arg(self.dir.join("data"))
+                .arg("--pod-log-dir")
+                .arg(self.dir.join("logs"))
+                .output();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `BENCH_WITH_AGENT=1` (as root): the node agent in the same process, as on a board; it
+/// registers its own node and leaves the bench's pods, bound to another, alone.
+fn with_agent() -> bool {
+    std::env::var_os("BENCH_WITH_AGENT").is_some()
 }
 
 async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Bramble {
@@ -49,7 +67,10 @@ async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Bramble {
     let port = free_port();
     let kubeconfig = dir.join("kc.yaml");
     let child = Command::new(env!("CARGO_BIN_EXE_bramble"))
-        .args(["server", "--disable-agent", "--bind-address", "127.0.0.1", "--node-monitor-grace-period", "1h"])
+        .args(["server", "--bind-address", "127.0.0.1", "--node-monitor-grace-period", "1h"])
+        .args(if with_agent() { &[][..] } else { &["--disable-agent"][..] })
+        .arg("--pod-log-dir")
+        .arg(dir.join("logs"))
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--https-listen-port")

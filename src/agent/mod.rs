@@ -164,7 +164,10 @@ async fn register(client: &Client, opts: &AgentOptions, f: &facts::Facts) -> any
             client.call("PATCH", &path, Some("application/merge-patch+json"), "application/json", Some(&patch)).await?;
         }
         Err(e) if is_not_found(&e) => {
-            let mut node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": opts.node_name, "labels": labels}, "spec": {}});
+            // With its status, as the kubelet registers: no reader ever sees the Node without
+            // capacity (the scheduler would have nothing to fit pods against).
+            let mut node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": opts.node_name, "labels": labels},
+                "spec": {}, "status": node_status(f, opts, &Value::Null)});
             if !taints.is_empty() {
                 node["spec"]["taints"] = json!(taints);
             }
@@ -175,20 +178,26 @@ async fn register(client: &Client, opts: &AgentOptions, f: &facts::Facts) -> any
     Ok(())
 }
 
+/// The Node's status from `f`, keeping the transition times of `conditions` that did not
+/// change.
+fn node_status(f: &facts::Facts, opts: &AgentOptions, conditions_before: &Value) -> Value {
+    json!({
+        "capacity": f.capacity,
+        "allocatable": f.allocatable,
+        "addresses": f.addresses,
+        "nodeInfo": f.node_info,
+        "conditions": conditions(f, conditions_before),
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": opts.runtime.kubelet_port}},
+    })
+}
+
 /// Writes the Node's status from fresh facts; returns what was written, to compare with
 /// the next round.
 async fn write_status(client: &Client, opts: &AgentOptions) -> anyhow::Result<Value> {
     let f = facts::gather(&opts.node_name, &opts.data_dir, opts.server);
     let path = format!("/api/v1/nodes/{}/status", opts.node_name);
     let mut node = client.get(&format!("/api/v1/nodes/{}", opts.node_name)).await?;
-    let status = json!({
-        "capacity": f.capacity,
-        "allocatable": f.allocatable,
-        "addresses": f.addresses,
-        "nodeInfo": f.node_info,
-        "conditions": conditions(&f, &node["status"]["conditions"]),
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": opts.runtime.kubelet_port}},
-    });
+    let status = node_status(&f, opts, &node["status"]["conditions"]);
     node["status"] = status.clone();
     client.call("PUT", &path, Some("application/json"), "application/json", Some(&node)).await?;
     Ok(status)

@@ -22,6 +22,7 @@ def node_server():
 
 def test_node_registers_with_facts_labels_and_taints(node_server):
     core = client.CoreV1Api(config.new_client_from_config(config_file=node_server.kubeconfig))
+    # Registered with its status, as the kubelet registers: capacity from the first read.
     node = wait_for(lambda: core.read_node("board-1"))
     labels = node.metadata.labels
     assert labels["kubernetes.io/hostname"] == "board-1"
