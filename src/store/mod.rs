@@ -337,7 +337,11 @@ impl Store {
     /// Proposes `ops` as one atomic compare-and-swap transaction and waits until it is
     /// durable and applied.
     pub async fn commit(&self, mut ops: Vec<Op>) -> Result<TxnResult, StoreError> {
-        self.space.admit(ops.iter().all(|op| op.value.is_none()))?;
+        // What the write takes on disk, about: its keys and values, once in the log and
+        // once more when checkpointed (both compressed, so this is on the safe side).
+        let bytes: u64 =
+            ops.iter().map(|op| 2 * (op.key.len() + op.value.as_ref().map_or(0, Vec::len)) as u64 + 64).sum();
+        let _admitted = self.space.admit(ops.iter().all(|op| op.value.is_none()), bytes)?;
         for op in &mut ops {
             if let Some(v) = op.value.as_ref() {
                 // Plain into the log (compressed there as a whole batch), packed by the state

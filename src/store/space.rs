@@ -5,9 +5,14 @@
 //! [`DELETE_FLOOR`] is free. Everything resumes by itself once space comes back, without a
 //! restart. The reserve also absorbs what the state machine's checkpoints write after the
 //! log: set it to at least twice the largest checkpoint.
+//!
+//! Writes admitted but not yet durable count against the free space too: without that, a
+//! burst of concurrent writers all measured the same free space, all passed, and together
+//! could run the log's append into ENOSPC.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::StoreError;
@@ -21,15 +26,32 @@ const TRUST_PLENTY: Duration = Duration::from_millis(100);
 
 /// The free space of one directory's file system, measured at most every
 /// [`TRUST_PLENTY`] while plentiful and on every write when short.
+#[derive(Debug)]
 pub struct SpaceGuard {
     dir: PathBuf,
     reserve: u64,
     last: Mutex<Option<(Instant, u64)>>,
+    /// Bytes of writes admitted and not yet durable.
+    in_flight: AtomicU64,
+}
+
+/// An admitted write's claim on the free space, given back when dropped (the write is
+/// durable or failed).
+#[derive(Debug)]
+pub struct Admitted<'a> {
+    guard: &'a SpaceGuard,
+    bytes: u64,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.guard.in_flight.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl SpaceGuard {
     pub fn new(dir: &Path, reserve: u64) -> SpaceGuard {
-        SpaceGuard { dir: dir.to_path_buf(), reserve, last: Mutex::new(None) }
+        SpaceGuard { dir: dir.to_path_buf(), reserve, last: Mutex::new(None), in_flight: AtomicU64::new(0) }
     }
 
     /// Bytes an unprivileged writer may still use on the store's file system.
@@ -53,15 +75,18 @@ impl SpaceGuard {
         free
     }
 
-    /// Refuses a write while free space is under the reserve ([`DELETE_FLOOR`] for writes
-    /// that only delete, which is how space is freed).
-    pub fn admit(&self, only_deletes: bool) -> Result<(), StoreError> {
+    /// Admits a write of about `bytes` unless the free space, less what admitted writes
+    /// still hold, would fall under the reserve ([`DELETE_FLOOR`] for writes that only
+    /// delete, which is how space is freed).
+    pub fn admit(&self, only_deletes: bool, bytes: u64) -> Result<Admitted<'_>, StoreError> {
         let free = self.available();
         let floor = if only_deletes { DELETE_FLOOR.min(self.reserve) } else { self.reserve };
-        if free >= floor {
-            return Ok(());
+        let held = self.in_flight.fetch_add(bytes, Ordering::Relaxed);
+        let admitted = Admitted { guard: self, bytes };
+        if free.saturating_sub(held).saturating_sub(bytes) >= floor {
+            return Ok(admitted);
         }
-        Err(StoreError::NoSpace { dir: self.dir.clone(), available: free, reserve: self.reserve })
+        Err(StoreError::NoSpace { dir: self.dir.clone(), available: free.saturating_sub(held), reserve: self.reserve })
     }
 
     /// Whether writes are admitted now (for `/readyz`).
@@ -80,15 +105,32 @@ mod tests {
         let free = SpaceGuard::new(&dir, 1).available();
         assert!(free > 0 && free < u64::MAX);
         let roomy = SpaceGuard::new(&dir, 1);
-        assert!(roomy.admit(false).is_ok() && roomy.writable());
+        assert!(roomy.admit(false, 0).is_ok() && roomy.writable());
         // A reserve larger than the disk: nothing but deletes, and not even those past it.
         let full = SpaceGuard::new(&dir, free.saturating_mul(2).max(1));
-        let e = full.admit(false).unwrap_err();
+        let e = full.admit(false, 0).unwrap_err();
         assert!(matches!(e, StoreError::NoSpace { .. }));
         assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
         assert!(!full.writable());
         let tight = SpaceGuard::new(&dir, free + free / 8);
-        assert!(tight.admit(false).is_err() && tight.admit(true).is_ok(), "deletes still free space");
-        assert!(full.admit(true).is_ok() == (free >= DELETE_FLOOR));
+        assert!(tight.admit(false, 0).is_err() && tight.admit(true, 0).is_ok(), "deletes still free space");
+        assert!(full.admit(true, 0).is_ok() == (free >= DELETE_FLOOR));
+    }
+
+    #[test]
+    fn writes_in_flight_hold_their_space_until_done() {
+        let dir = std::env::temp_dir();
+        let free = SpaceGuard::new(&dir, 1).available();
+        // Room for about two writes of a third of the free space above the reserve.
+        let reserve = free / 4;
+        let third = (free - reserve) / 3;
+        let g = SpaceGuard::new(&dir, reserve);
+        let a = g.admit(false, third).expect("first");
+        let b = g.admit(false, third).expect("second");
+        assert!(g.admit(false, 2 * third).is_err(), "the third would pass the reserve while two are in flight");
+        assert!(g.admit(false, third / 2).is_ok(), "a smaller one still fits");
+        drop((a, b));
+        assert!(g.admit(false, 2 * third).is_ok(), "durable writes give their claim back");
+        assert_eq!(g.in_flight.load(Ordering::Relaxed), 0, "a refused write holds nothing");
     }
 }
