@@ -288,3 +288,45 @@ async fn sigterm_stops_the_server_promptly_even_with_watches_open() {
     server.spawn();
     assert_eq!(server.client().get(&format!("{CM}/before-stop")).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_append_that_fails_restarts_the_raft_core_in_process() {
+    let trigger = std::env::temp_dir().join(format!("bramble-fail-append-{}", std::process::id()));
+    let mut server =
+        TestServer::start_with_env(&[], &[("BRAMBLE_TEST_FAIL_LOG_APPEND", trigger.to_str().expect("utf-8 path"))]);
+    let client = server.client();
+    assert_eq!(client.post(CM, &configmap("before", &[])).await.status, 201);
+    // The next append fails half written, as on a card that filled after the space check.
+    std::fs::write(&trigger, b"").expect("arm the failure");
+    let failed = client.post(CM, &configmap("during", &[])).await;
+    assert!(failed.status >= 500, "{}: {}", failed.status, String::from_utf8_lossy(&failed.body));
+    assert!(!trigger.exists(), "the failure was injected");
+    // Reads go on meanwhile.
+    assert_eq!(client.get(&format!("{CM}/before")).await.status, 200);
+    // Writes come back without a restart of the process.
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let r = client.post(CM, &configmap(&format!("after-{n}"), &[])).await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "writes did not resume: {}", server.log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let child = server.child.as_mut().expect("running");
+    assert!(child.try_wait().expect("wait").is_none(), "the server process exited");
+    let log = server.log();
+    assert!(log.contains("Raft core stopped") && log.contains("running again"), "{log}");
+    // The unacknowledged write was cut with the torn tail; everything acknowledged stays,
+    // also across a power cut.
+    assert_eq!(client.get(&format!("{CM}/during")).await.status, 404);
+    drop(client);
+    server.kill9();
+    server.spawn();
+    let client = server.client();
+    assert_eq!(client.get(&format!("{CM}/before")).await.status, 200);
+    assert_eq!(client.get(&format!("{CM}/after-{n}")).await.status, 200);
+    assert_eq!(client.get(&format!("{CM}/during")).await.status, 404);
+}

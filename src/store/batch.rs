@@ -36,8 +36,9 @@ fn txn_bytes(t: &Txn) -> usize {
 }
 
 impl Batcher {
-    /// Starts the task that feeds `raft`; it ends when every `Batcher` is dropped.
-    pub fn start(raft: Raft<TypeConfig>) -> Batcher {
+    /// Starts the task that feeds the Raft node `raft` holds (the one in use, replaced
+    /// when the supervisor restarts it); it ends when every `Batcher` is dropped.
+    pub fn start(raft: tokio::sync::watch::Receiver<Raft<TypeConfig>>) -> Batcher {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Txn, Waiter)>();
         tokio::spawn(async move {
             let mut last_batch = 0usize;
@@ -67,7 +68,8 @@ impl Batcher {
                 }
                 last_batch = queued.len();
                 let (txns, waiters): (Vec<Txn>, Vec<Waiter>) = queued.into_iter().unzip();
-                match raft.client_write(TxnBatch { txns }).await {
+                let current = raft.borrow().clone();
+                match current.client_write(TxnBatch { txns }).await {
                     Ok(resp) if resp.data.len() == waiters.len() => {
                         for (w, r) in waiters.into_iter().zip(resp.data) {
                             let _ = w.send(Ok(r));

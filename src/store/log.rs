@@ -330,6 +330,22 @@ impl LogStore {
     }
 }
 
+/// Test hook, in debug builds only: when the file named by `BRAMBLE_TEST_FAIL_LOG_APPEND`
+/// exists, the next append removes it and fails with ENOSPC after writing a torn first record,
+/// as a card that filled between the space check and the write would. It is how the tests
+/// reach the Raft supervisor (`supervise.rs`) without filling a disk to the byte.
+#[cfg(debug_assertions)]
+fn injected_failure() -> Option<io::Error> {
+    let trigger = std::env::var_os("BRAMBLE_TEST_FAIL_LOG_APPEND")?;
+    std::fs::remove_file(trigger).ok()?;
+    Some(io::Error::from_raw_os_error(libc::ENOSPC))
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_failure() -> Option<io::Error> {
+    None
+}
+
 /// Runs a blocking disk call from async code: on the multi-threaded runtime other tasks move
 /// to another worker meanwhile.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -512,6 +528,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let end = inner.end;
         if let Some(pad) = padding_at(end + buf.len() as u64) {
             buf.extend_from_slice(&pad);
+        }
+        if let Some(e) = injected_failure() {
+            // The first record's header and a few bytes on disk, as a write cut short by a
+            // full card would leave it.
+            let torn = buf.len().min(HEADER_LEN as usize + 4);
+            inner.file.write_all_at(&buf[..torn], end).map_err(|e| StorageIOError::write_logs(&e))?;
+            return Err(StorageIOError::write_logs(&e).into());
         }
         inner.file.write_all_at(&buf, end).map_err(|e| StorageIOError::write_logs(&e))?;
         inner.end += buf.len() as u64;

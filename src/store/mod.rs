@@ -16,6 +16,7 @@ mod log;
 mod raft;
 mod space;
 mod state;
+mod supervise;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -106,8 +107,12 @@ pub struct StoreOptions {
 
 /// The open store.
 pub struct Store {
-    raft: Raft<TypeConfig>,
+    /// The Raft node in use: replaced by the supervisor when its core stops on a storage
+    /// error (`supervise.rs`).
+    raft: tokio::sync::watch::Sender<Raft<TypeConfig>>,
     batcher: Batcher,
+    /// Tells the supervisor the store is stopping (a Raft that ends then is not restarted).
+    stopping: tokio::sync::watch::Sender<bool>,
     shared: Arc<Shared>,
     cipher: SecretCipher,
     sealed_prefixes: Vec<String>,
@@ -116,51 +121,44 @@ pub struct Store {
     _raft_thread: tokio::sync::oneshot::Sender<()>,
 }
 
-type Started = Result<(Raft<TypeConfig>, Batcher), StoreError>;
-
-/// Starts Raft (its core, log and state machine tasks) and the group-commit batcher on a
-/// runtime of their own, on their own thread. Every write waits for that path: append,
-/// fsync, apply. Sharing the request workers, each of its steps queued behind requests
-/// being parsed and validated; on its own thread the OS runs it as soon as it wakes, and
-/// batches turn over sooner. Returns the started handles, and the sender whose drop ends
-/// the thread.
-fn start_raft_thread(
-    id: u64,
-    advertise: String,
-    snapshot_entries: u64,
-    log: log::LogStore,
-    sm: StateMachine,
-) -> Result<(tokio::sync::oneshot::Receiver<Started>, tokio::sync::oneshot::Sender<()>), StoreError> {
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Started>();
+/// Starts a runtime of its own, on its own thread, for Raft (its core, log and state machine
+/// tasks), the group-commit batcher and the Raft supervisor. Every write waits for that
+/// path: append, fsync, apply. Sharing the request workers, each of its steps queued behind
+/// requests being parsed and validated; on its own thread the OS runs it as soon as it
+/// wakes, and batches turn over sooner. Returns the runtime's handle, and the sender whose
+/// drop ends the thread.
+fn start_raft_runtime() -> Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>), StoreError> {
+    let (handle_tx, handle_rx) = std::sync::mpsc::channel::<Result<tokio::runtime::Handle, std::io::Error>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("store-raft-main".into())
         .spawn(move || {
             // One worker; the log's fsync moves it aside with `block_in_place`, so applies
             // go on meanwhile.
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .thread_name("store-raft")
                 .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = started_tx.send(Err(StoreError::Io("starting the Raft runtime".into(), e)));
-                    return;
+                .build();
+            match runtime {
+                Ok(runtime) => {
+                    if handle_tx.send(Ok(runtime.handle().clone())).is_ok() {
+                        // Runs until the store drops `stop_tx` (an Err then, as intended).
+                        let _ = runtime.block_on(stop_rx);
+                    }
                 }
-            };
-            runtime.block_on(async move {
-                let started = raft::start(id, &advertise, snapshot_entries, log, sm).await.map(|raft| {
-                    let batcher = Batcher::start(raft.clone());
-                    (raft, batcher)
-                });
-                let _ = started_tx.send(started);
-                let _ = stop_rx.await;
-            });
+                Err(e) => {
+                    // The opener waits on this channel; if it is gone there is no one to tell.
+                    let _ = handle_tx.send(Err(e));
+                }
+            }
         })
         .map_err(|e| StoreError::Io("starting the Raft thread".into(), e))?;
-    Ok((started_rx, stop_tx))
+    match handle_rx.recv() {
+        Ok(Ok(handle)) => Ok((handle, stop_tx)),
+        Ok(Err(e)) => Err(StoreError::Io("starting the Raft runtime".into(), e)),
+        Err(_) => Err(StoreError::Raft("the Raft thread stopped while starting".into())),
+    }
 }
 
 /// Makes the store's directories 0700 and its files 0600 (etcd's modes): the Raft log and
@@ -227,14 +225,31 @@ impl Store {
             Err(e) => return Err(e),
         };
         let sm = StateMachine { shared: shared.clone() };
-        let (started, raft_thread) =
-            start_raft_thread(opts.node_id, opts.advertise.clone(), opts.snapshot_entries, log, sm)?;
-        let (raft, batcher) =
-            started.await.map_err(|_| StoreError::Raft("the Raft thread stopped while starting".into()))??;
+        let (runtime, raft_thread) = start_raft_runtime()?;
+        let start = supervise::RaftStart {
+            dir: opts.dir.join("raft"),
+            id: opts.node_id,
+            advertise: opts.advertise.clone(),
+            snapshot_entries: opts.snapshot_entries,
+            shared: shared.clone(),
+        };
+        let first = start.clone();
+        let raft = runtime
+            .spawn(async move { raft::start(first.id, &first.advertise, first.snapshot_entries, log, sm).await })
+            .await
+            .map_err(|_| StoreError::Raft("the Raft thread stopped while starting".into()))??;
+        let (raft, rafts) = tokio::sync::watch::channel(raft);
+        let batcher = {
+            let _on_raft_runtime = runtime.enter();
+            Batcher::start(rafts.clone())
+        };
+        let (stopping, stop_seen) = tokio::sync::watch::channel(false);
+        runtime.spawn(supervise::supervise(start, raft.clone(), stop_seen));
         let space = space::SpaceGuard::new(&opts.dir, opts.reserve_bytes);
         Ok(Store {
             raft,
             batcher,
+            stopping,
             shared,
             cipher,
             sealed_prefixes: opts.sealed_prefixes,
@@ -365,16 +380,29 @@ impl Store {
     /// where it is true, so following leadership costs no writes (a Lease renewed every
     /// few seconds would be a flash write each time).
     pub fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
-        let mut metrics = self.raft.metrics();
+        let mut rafts = self.raft.subscribe();
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             loop {
-                let leads = {
-                    let m = metrics.borrow_and_update();
-                    m.current_leader == Some(m.id)
-                };
-                tx.send_if_modified(|v| std::mem::replace(v, leads) != leads);
-                if metrics.changed().await.is_err() || tx.is_closed() {
+                let mut metrics = rafts.borrow_and_update().metrics();
+                loop {
+                    let leads = {
+                        let m = metrics.borrow_and_update();
+                        m.current_leader == Some(m.id) && m.running_state.is_ok()
+                    };
+                    tx.send_if_modified(|v| std::mem::replace(v, leads) != leads);
+                    if tx.is_closed() {
+                        return;
+                    }
+                    tokio::select! {
+                        r = metrics.changed() => if r.is_err() { break },
+                        r = rafts.changed() => if r.is_err() { return } else { break },
+                    }
+                }
+                // This Raft ended or was replaced: not leading until the next one says so.
+                tx.send_if_modified(|v| std::mem::replace(v, false));
+                if !rafts.has_changed().unwrap_or(false) && rafts.changed().await.is_err() {
+                    // The store is gone: closing `tx` tells the followers.
                     return;
                 }
             }
@@ -389,7 +417,9 @@ impl Store {
 
     /// Stops Raft and makes the state machine durable so the next start replays nothing.
     pub async fn shutdown(&self) {
-        if let Err(e) = self.raft.shutdown().await {
+        self.stopping.send_replace(true);
+        let raft = self.raft.borrow().clone();
+        if let Err(e) = raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
         let shared = self.shared.clone();

@@ -23,6 +23,7 @@ pub struct TestServer {
     pub port: u16,
     pub child: Option<Child>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -31,10 +32,20 @@ fn free_port() -> u16 {
 
 impl TestServer {
     pub fn start(extra: &[&str]) -> TestServer {
+        TestServer::start_with_env(extra, &[])
+    }
+
+    /// [`TestServer::start`] with environment variables for the server (test hooks).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestServer {
         let dir = std::env::temp_dir().join(format!("bramble-it-{}-{}", std::process::id(), uuid_like()));
         std::fs::create_dir_all(&dir).expect("test dir");
-        let mut s =
-            TestServer { dir, port: free_port(), child: None, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut s = TestServer {
+            dir,
+            port: free_port(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
         s.spawn();
         s
     }
@@ -46,7 +57,7 @@ impl TestServer {
         std::fs::create_dir_all(&dir).expect("test dir");
         let status = Command::new("cp").arg("-a").arg(from.data_dir()).arg(dir.join("data")).status().expect("run cp");
         assert!(status.success(), "copying the data dir");
-        TestServer { dir, port: free_port(), child: None, extra: from.extra.clone() }
+        TestServer { dir, port: free_port(), child: None, extra: from.extra.clone(), env: from.env.clone() }
     }
 
     /// Starts the server and waits until it serves; `Err` with its exit status and log when
@@ -66,6 +77,7 @@ impl TestServer {
             .arg(self.kubeconfig())
             .arg("--disable-agent")
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
