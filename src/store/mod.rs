@@ -116,7 +116,7 @@ pub struct Store {
     shared: Arc<Shared>,
     cipher: SecretCipher,
     sealed_prefixes: Vec<String>,
-    space: space::SpaceGuard,
+    space: Arc<space::SpaceGuard>,
     /// Dropped with the store, which ends the thread Raft runs on.
     _raft_thread: tokio::sync::oneshot::Sender<()>,
 }
@@ -196,6 +196,8 @@ impl Store {
             tracing::warn!(problem = %why, "the state machine was rebuilt from the snapshot and the Raft log; the damaged copy is in db.damaged");
         }
         let shared = Arc::new(opened.shared);
+        let space = Arc::new(space::SpaceGuard::new(&opts.dir, opts.reserve_bytes));
+        shared.guard_space(space.clone());
         state::spawn_checkpointer(&shared);
         let log = log::LogStore::open(&opts.dir.join("raft"))
             .map_err(|e| StoreError::Io(format!("opening raft log in {}", opts.dir.display()), e))?;
@@ -245,7 +247,6 @@ impl Store {
         };
         let (stopping, stop_seen) = tokio::sync::watch::channel(false);
         runtime.spawn(supervise::supervise(start, raft.clone(), stop_seen));
-        let space = space::SpaceGuard::new(&opts.dir, opts.reserve_bytes);
         Ok(Store {
             raft,
             batcher,

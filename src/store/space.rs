@@ -8,7 +8,10 @@
 //!
 //! Writes admitted but not yet durable count against the free space too: without that, a
 //! burst of concurrent writers all measured the same free space, all passed, and together
-//! could run the log's append into ENOSPC.
+//! could run the log's append into ENOSPC. So does what the next checkpoint will write into
+//! sled (twice: chunks and index), and a checkpoint waits while the disk has no room for
+//! it: sled that meets ENOSPC fails every later read and write, while the overlay it would
+//! have written stays readable in memory and in the log.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -33,6 +36,8 @@ pub struct SpaceGuard {
     last: Mutex<Option<(Instant, u64)>>,
     /// Bytes of writes admitted and not yet durable.
     in_flight: AtomicU64,
+    /// Bytes the next checkpoint will move into sled (the overlay's size).
+    pending_checkpoint: AtomicU64,
 }
 
 /// An admitted write's claim on the free space, given back when dropped (the write is
@@ -51,7 +56,13 @@ impl Drop for Admitted<'_> {
 
 impl SpaceGuard {
     pub fn new(dir: &Path, reserve: u64) -> SpaceGuard {
-        SpaceGuard { dir: dir.to_path_buf(), reserve, last: Mutex::new(None), in_flight: AtomicU64::new(0) }
+        SpaceGuard {
+            dir: dir.to_path_buf(),
+            reserve,
+            last: Mutex::new(None),
+            in_flight: AtomicU64::new(0),
+            pending_checkpoint: AtomicU64::new(0),
+        }
     }
 
     /// Bytes an unprivileged writer may still use on the store's file system.
@@ -81,7 +92,10 @@ impl SpaceGuard {
     pub fn admit(&self, only_deletes: bool, bytes: u64) -> Result<Admitted<'_>, StoreError> {
         let free = self.available();
         let floor = if only_deletes { DELETE_FLOOR.min(self.reserve) } else { self.reserve };
-        let held = self.in_flight.fetch_add(bytes, Ordering::Relaxed);
+        let mut held = self.in_flight.fetch_add(bytes, Ordering::Relaxed);
+        if !only_deletes {
+            held = held.saturating_add(2 * self.pending_checkpoint.load(Ordering::Relaxed));
+        }
         let admitted = Admitted { guard: self, bytes };
         if free.saturating_sub(held).saturating_sub(bytes) >= floor {
             return Ok(admitted);
@@ -89,9 +103,23 @@ impl SpaceGuard {
         Err(StoreError::NoSpace { dir: self.dir.clone(), available: free.saturating_sub(held), reserve: self.reserve })
     }
 
+    /// Records how much the next checkpoint will write.
+    pub fn set_pending_checkpoint(&self, bytes: u64) {
+        self.pending_checkpoint.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether a checkpoint of `bytes` fits now (measured afresh): twice its size, what
+    /// admitted writes hold, and the delete floor.
+    pub fn room_for_checkpoint(&self, bytes: u64) -> bool {
+        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        let free = self.available();
+        free.saturating_sub(self.in_flight.load(Ordering::Relaxed)) >= 2 * bytes + DELETE_FLOOR
+    }
+
     /// Whether writes are admitted now (for `/readyz`).
     pub fn writable(&self) -> bool {
-        self.available() >= self.reserve
+        let held = self.in_flight.load(Ordering::Relaxed) + 2 * self.pending_checkpoint.load(Ordering::Relaxed);
+        self.available().saturating_sub(held) >= self.reserve
     }
 }
 

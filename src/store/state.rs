@@ -361,6 +361,8 @@ pub struct Shared {
     next_chunk: std::sync::atomic::AtomicU64,
     /// Objects in sled's index, as the next checkpoint writes to `m/count`.
     objects: std::sync::atomic::AtomicU64,
+    /// The store's free-space guard: checkpoints wait while it has no room for them.
+    space: std::sync::OnceLock<Arc<super::space::SpaceGuard>>,
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -422,6 +424,7 @@ impl Shared {
             chunks: Chunks::default(),
             next_chunk: std::sync::atomic::AtomicU64::new(0),
             objects: std::sync::atomic::AtomicU64::new(0),
+            space: std::sync::OnceLock::new(),
         };
         shared.load_chunk_use()?;
         Ok(shared)
@@ -669,9 +672,25 @@ impl Shared {
     /// [`Shared::checkpoint`], for a caller holding the sled writer's lock.
     fn checkpoint_held(&self) -> sled::Result<()> {
         let copy = self.read().copy();
-        self.write_to_sled(&copy)?;
-        self.forget_written(&mut self.write(), &copy);
+        if self.write_to_sled(&copy)? {
+            let mut overlay = self.write();
+            self.forget_written(&mut overlay, &copy);
+            self.report_pending(&overlay);
+        }
         Ok(())
+    }
+
+    /// Checkpoints wait for room on the disk guarded by `space` from now on.
+    pub fn guard_space(&self, space: Arc<super::space::SpaceGuard>) {
+        // Set once, at open; a second call would change nothing.
+        let _ = self.space.set(space);
+    }
+
+    /// Tells the space guard what the next checkpoint will write.
+    fn report_pending(&self, overlay: &Overlay) {
+        if let Some(space) = self.space.get() {
+            space.set_pending_checkpoint(overlay.bytes as u64);
+        }
     }
 
     /// Drops from the overlay what a checkpoint wrote (see [`Overlay::forget_written`]);
@@ -686,15 +705,26 @@ impl Shared {
     /// A checkpoint by a caller holding both the sled writer's and the overlay's lock.
     fn checkpoint_locked(&self, overlay: &mut Overlay) -> sled::Result<()> {
         let copy = overlay.copy();
-        self.write_to_sled(&copy)?;
-        self.forget_written(overlay, &copy);
+        if self.write_to_sled(&copy)? {
+            self.forget_written(overlay, &copy);
+            self.report_pending(overlay);
+        }
         Ok(())
     }
 
     /// Writes `copy` into sled as one atomic batch, with the `last_applied` it reflects.
-    fn write_to_sled(&self, copy: &OverlayCopy) -> sled::Result<()> {
+    /// `false` when it waits for room on the disk instead (nothing written; the overlay
+    /// keeps it, readable, and the log holds it).
+    fn write_to_sled(&self, copy: &OverlayCopy) -> sled::Result<bool> {
         if copy.pending.is_empty() && copy.applied.is_none() && copy.membership.is_none() && copy.revision.is_none() {
-            return Ok(());
+            return Ok(true);
+        }
+        let bytes: u64 = copy.pending.iter().map(|(k, v)| (k.len() + v.as_ref().map_or(0, |v| v.len())) as u64).sum();
+        if let Some(space) = self.space.get()
+            && !space.room_for_checkpoint(bytes)
+        {
+            tracing::warn!(bytes, "checkpoint waits for free space on the store's disk");
+            return Ok(false);
         }
         let mut batch = sled::Batch::default();
         let mut packer = Packer { next: self.next_chunk.load(Relaxed), ..Packer::default() };
@@ -759,7 +789,7 @@ impl Shared {
             // Just-written objects are the likeliest to be read next (their next update).
             self.chunks.remember(id, raw);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Moves the live values of mostly dead chunks into new chunks, and drops chunks
@@ -1215,6 +1245,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Over the bound, the checkpointer runs now; far over it, this apply checkpoints,
         // unless a checkpoint is under way (it drains the overlay; waiting for it while
         // holding the overlay would deadlock).
+        self.shared.report_pending(&overlay);
         if overlay.bytes > OVERLAY_HARD_MAX_BYTES
             && let Ok(_writer) = self.shared.sled_writer.try_lock()
         {
