@@ -84,6 +84,12 @@ impl ApiConn {
         Ok(value)
     }
 
+    /// `https://host:port` clients reach the API server at (the `kubernetes` Service's
+    /// endpoints).
+    pub fn advertise(&self) -> String {
+        self.api.opts.advertise.clone()
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call("GET", path, None, None).await
     }

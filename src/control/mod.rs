@@ -12,6 +12,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
+pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod history;
@@ -41,6 +42,7 @@ pub struct Ctx {
     pub conn: Arc<ApiConn>,
     pub pods: Arc<Informer>,
     pub nodes: Arc<Informer>,
+    pub services: Arc<Informer>,
     pub replicasets: Arc<Informer>,
     pub deployments: Arc<Informer>,
     pub statefulsets: Arc<Informer>,
@@ -68,6 +70,7 @@ impl Ctx {
                 vec![(BY_NODE, pod_node_index), (BY_CONTROLLER, controller_index), (ORPHANS_IN, orphan_index)],
             ),
             nodes: Informer::new("/api/v1/nodes"),
+            services: Informer::new("/api/v1/services"),
             replicasets: Informer::new("/apis/apps/v1/replicasets"),
             deployments: Informer::new("/apis/apps/v1/deployments"),
             statefulsets: Informer::new("/apis/apps/v1/statefulsets"),
@@ -103,6 +106,7 @@ impl Ctx {
     fn informers(&self) -> Vec<Arc<Informer>> {
         let mut all: Vec<Arc<Informer>> = self.owned_kinds().into_iter().map(|(_, i)| i).collect();
         all.push(self.nodes.clone());
+        all.push(self.services.clone());
         all.push(self.leases.clone());
         all.push(self.pvs.clone());
         all.push(self.namespaces.clone());
@@ -201,6 +205,7 @@ fn start_all(conn: Arc<ApiConn>, opts: &ControlOptions) -> Vec<tokio::task::Join
     tasks.extend(statefulset::start(&ctx));
     tasks.extend(namespace::start(&ctx));
     tasks.extend(disruption::start(&ctx));
+    tasks.extend(endpoints::start(&ctx));
     tasks.extend(nodelifecycle::start(&ctx, opts.node_monitor_grace));
     tasks.extend(storage::start(&ctx, opts.local_storage_path.clone(), opts.default_disk.clone()));
     for inf in ctx.informers() {

@@ -526,3 +526,43 @@ def test_image_pull_secrets_for_a_private_registry(node, core, private_registry)
     delete(core, "anonymous")
     delete(core, "authed")
     core.delete_namespaced_secret("regcred", "default")
+
+
+def test_service_endpoints_follow_the_pods_they_select(node, core):
+    """Endpoints list the selected pods' addresses with named target ports resolved, not-ready
+    pods apart, and follow pods coming and going; `kubernetes` lists the API server."""
+    kube = wait_for(lambda: core.read_namespaced_endpoints("kubernetes", "default"))
+    assert kube.subsets[0].ports[0].port == int(node.port) and kube.subsets[0].addresses[0].ip
+    listed = kubectl(node, "get", "endpoints", "-A").stdout
+    assert "kubernetes" in listed and f":{node.port}" in listed, listed
+    container = {"ports": [{"name": "web", "containerPort": 8080}],
+                 "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1}}
+    for name in ("web-a", "web-b"):
+        body = pod(name, "touch /tmp/ready; httpd -f -p 8080 -h /tmp", container=container)
+        body["metadata"]["labels"] = {"app": "web"}
+        core.create_namespaced_pod("default", body)
+    late = pod("web-late", "sleep 3600", container=container)   # never ready
+    late["metadata"]["labels"] = {"app": "web"}
+    core.create_namespaced_pod("default", late)
+    core.create_namespaced_service("default", {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                                               "spec": {"selector": {"app": "web"},
+                                                        "ports": [{"name": "http", "port": 80, "targetPort": "web"}]}})
+    ips = {phase(core, n, "Running").status.pod_ip for n in ("web-a", "web-b")}
+    late_ip = phase(core, "web-late", "Running").status.pod_ip
+
+    def addresses():
+        ep = core.read_namespaced_endpoints("web", "default")
+        ready = {a.ip for s in ep.subsets or [] for a in s.addresses or []}
+        not_ready = {a.ip for s in ep.subsets or [] for a in s.not_ready_addresses or []}
+        return ready, not_ready, ep
+    ready, not_ready, ep = wait_for(lambda: (r := addresses())[0] == ips and r, timeout=30)
+    assert not_ready == {late_ip}
+    assert ep.subsets[0].ports[0].port == 8080 and ep.subsets[0].ports[0].name == "http"
+    b_ip = core.read_namespaced_pod("web-b", "default").status.pod_ip
+    delete(core, "web-a")
+    wait_for(lambda: addresses()[0] == {b_ip}, timeout=30)
+    core.delete_namespaced_service("web", "default")
+    wait_for(lambda: not any(e.metadata.name == "web" for e in core.list_namespaced_endpoints("default").items),
+             timeout=30)
+    delete(core, "web-b")
+    delete(core, "web-late")
