@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::conn::{is_conflict, revision};
 use super::queue::WorkQueue;
-use super::{Ctx, Writes, controller_of, deleting, epoch_secs, now_secs, owner_ref, s};
+use super::{Ctx, Writes, controller_of, deleting, epoch_secs, now_secs, owner_ref, rfc3339, s};
 use crate::cron::Schedule;
 
 const COMPONENT: &str = "cronjob-controller";
@@ -206,10 +206,6 @@ pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
         ctx,
         |ctx, writes, key| async move { reconcile(&ctx, &writes, &key).await },
     )
-}
-
-fn rfc3339(t: i64) -> String {
-    jiff::Timestamp::from_second(t).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
 }
 
 fn job_ref(job: &Value) -> Value {

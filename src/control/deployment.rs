@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::conn::{is_already_exists, is_conflict, revision};
 use super::queue::WorkQueue;
-use super::{Ctx, Writes, controller_of, deleting, epoch_secs, int, int_or_percent, now_secs, owner_ref, s};
+use super::{Ctx, Writes, controller_of, deleting, epoch_secs, int, int_or_percent, now_secs, owner_ref, rfc3339, s};
 use crate::api::selector::LabelSelector;
 
 const COMPONENT: &str = "deployment-controller";
@@ -180,10 +180,6 @@ pub enum Plan {
     /// Renumber an old ReplicaSet and stop; the next reconcile rolls to it.
     Rollback(Rollback),
     Rollout(Rollout),
-}
-
-fn rfc3339(t: i64) -> String {
-    jiff::Timestamp::from_second(t).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
 }
 
 /// Decides a Deployment's next step from its spec, its recorded status and the

@@ -388,7 +388,13 @@ pub fn now_secs() -> i64 {
 }
 
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    rfc3339(now_secs())
+}
+
+/// A time in whole seconds since the epoch as an RFC 3339 UTC timestamp, as the API writes
+/// them (`2026-01-02T03:04:05Z`); empty when out of range.
+pub fn rfc3339(t: i64) -> String {
+    jiff::Timestamp::from_second(t).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
 }
 
 /// Whether a pod counts as running its workload: not finished and not being deleted.

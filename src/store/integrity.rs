@@ -27,8 +27,13 @@ pub struct Opened {
 
 /// Opens the state machine in `dir` and checks it against the log; rebuilds it from the
 /// snapshot and the log when it is damaged or behind what the log still holds.
-pub fn open_state(dir: &Path, cache_bytes: u64, watch_events: usize, watch_bytes: usize) -> Result<Opened, StoreError> {
-    let log = log::inspect(&dir.join("raft")).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+pub fn open_state(
+    dir: &Path,
+    log: &LogSummary,
+    cache_bytes: u64,
+    watch_events: usize,
+    watch_bytes: usize,
+) -> Result<Opened, StoreError> {
     let fresh = log.last.is_none() && !dir.join("snapshot.bin").exists();
     let problem = if !dir.join("db").exists() && !fresh {
         // Not even opened: sled would create an empty database, a change to a store that
@@ -36,7 +41,7 @@ pub fn open_state(dir: &Path, cache_bytes: u64, watch_events: usize, watch_bytes
         format!("{} is missing", dir.join("db").display())
     } else {
         match open_and_verify(dir, cache_bytes, watch_events, watch_bytes) {
-            Ok((shared, summary)) => match consistent(dir, &log, &summary) {
+            Ok((shared, summary)) => match consistent(dir, log, &summary) {
                 Ok(()) => return Ok(Opened { shared, rebuilt: None }),
                 Err(why) => why,
             },
@@ -46,7 +51,7 @@ pub fn open_state(dir: &Path, cache_bytes: u64, watch_events: usize, watch_bytes
     let snapshot = SnapshotFile::read(dir).map_err(|e| {
         StoreError::Corrupt(format!("{problem}; the snapshot it would be rebuilt from is damaged too ({e})"))
     })?;
-    rebuildable(&log, snapshot.as_ref()).map_err(|why| StoreError::Corrupt(format!("{problem}; {why}")))?;
+    rebuildable(log, snapshot.as_ref()).map_err(|why| StoreError::Corrupt(format!("{problem}; {why}")))?;
     tracing::warn!(problem = %problem, "the state machine is damaged: rebuilding it from the snapshot and the Raft log");
     let db = dir.join("db");
     let damaged = dir.join("db.damaged");
@@ -62,7 +67,7 @@ pub fn open_state(dir: &Path, cache_bytes: u64, watch_events: usize, watch_bytes
     }
     let (shared, summary) = open_and_verify(dir, cache_bytes, watch_events, watch_bytes)
         .map_err(|e| StoreError::Corrupt(format!("{problem}; the rebuilt state machine is damaged too: {e}")))?;
-    consistent(dir, &log, &summary)
+    consistent(dir, log, &summary)
         .map_err(|e| StoreError::Corrupt(format!("{problem}; the rebuilt state machine does not fit the log: {e}")))?;
     Ok(Opened { shared, rebuilt: Some(problem) })
 }

@@ -323,6 +323,18 @@ impl LogStore {
         })
     }
 
+    /// What the log holds, as [`inspect`] reports it (the torn tail is cut already).
+    pub fn summary(&self) -> LogSummary {
+        let inner = self.lock();
+        let purged = inner.meta.last_purged.map(|p| p.index);
+        LogSummary {
+            first: inner.positions.keys().next().copied(),
+            last: inner.last_log_id.map(|l| l.index),
+            purged,
+            torn_bytes: 0,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, LogInner> {
         // A poisoned lock means a panic mid-write; the file is still consistent (the torn tail
         // is cut at next open), so carry on with the data.

@@ -30,7 +30,7 @@ pub use watch::WatchHub;
 use batch::Batcher;
 use crypt::SecretCipher;
 use raft::TypeConfig;
-use state::{Shared, StateMachine, Txn};
+use state::{Shared, Txn};
 
 /// Everything that can go wrong below the API.
 #[derive(Debug, thiserror::Error)]
@@ -191,7 +191,12 @@ impl Store {
             .map_err(|e| StoreError::Io(format!("creating {}", opts.dir.display()), e))?;
         restrict_modes(&opts.dir)?;
         let fresh = !opts.dir.join("raft").exists();
-        let opened = integrity::open_state(&opts.dir, opts.cache_bytes, opts.watch_events, opts.watch_bytes)?;
+        // The log first: reading it once gives both what Raft needs and what the state
+        // machine is checked against.
+        let log = log::LogStore::open(&opts.dir.join("raft"))
+            .map_err(|e| StoreError::Io(format!("opening raft log in {}", opts.dir.display()), e))?;
+        let opened =
+            integrity::open_state(&opts.dir, &log.summary(), opts.cache_bytes, opts.watch_events, opts.watch_bytes)?;
         if let Some(why) = &opened.rebuilt {
             tracing::warn!(problem = %why, "the state machine was rebuilt from the snapshot and the Raft log; the damaged copy is in db.damaged");
         }
@@ -199,8 +204,6 @@ impl Store {
         let space = Arc::new(space::SpaceGuard::new(&opts.dir, opts.reserve_bytes));
         shared.guard_space(space.clone());
         state::spawn_checkpointer(&shared);
-        let log = log::LogStore::open(&opts.dir.join("raft"))
-            .map_err(|e| StoreError::Io(format!("opening raft log in {}", opts.dir.display()), e))?;
         let key_path = opts.dir.join("encryption.key");
         let cipher = match SecretCipher::load(&key_path, fresh) {
             Ok(c) => c,
@@ -226,7 +229,6 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        let sm = StateMachine { shared: shared.clone() };
         let (runtime, raft_thread) = start_raft_runtime()?;
         let start = supervise::RaftStart {
             dir: opts.dir.join("raft"),
@@ -237,7 +239,7 @@ impl Store {
         };
         let first = start.clone();
         let raft = runtime
-            .spawn(async move { raft::start(first.id, &first.advertise, first.snapshot_entries, log, sm).await })
+            .spawn(async move { first.start_with(log).await })
             .await
             .map_err(|_| StoreError::Raft("the Raft thread stopped while starting".into()))??;
         let (raft, rafts) = tokio::sync::watch::channel(raft);

@@ -29,15 +29,20 @@ pub struct RaftStart {
 }
 
 impl RaftStart {
-    /// A new Raft node over the log on disk and the running state machine.
+    /// A Raft node over `log` and the running state machine.
+    pub async fn start_with(&self, log: LogStore) -> Result<Raft<TypeConfig>, StoreError> {
+        let sm = StateMachine { shared: self.shared.clone() };
+        raft::start(self.id, &self.advertise, self.snapshot_entries, log, sm).await
+    }
+
+    /// A new Raft node over the log reopened from disk.
     async fn start(&self) -> Result<Raft<TypeConfig>, StoreError> {
         let dir = self.dir.clone();
         let log = tokio::task::spawn_blocking(move || LogStore::open(&dir))
             .await
             .map_err(|e| StoreError::Raft(format!("reopening the log: {e}")))?
             .map_err(|e| StoreError::Io(format!("reopening the raft log in {}", self.dir.display()), e))?;
-        let sm = StateMachine { shared: self.shared.clone() };
-        raft::start(self.id, &self.advertise, self.snapshot_entries, log, sm).await
+        self.start_with(log).await
     }
 }
 
