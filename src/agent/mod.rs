@@ -11,6 +11,7 @@
 pub mod facts;
 pub mod join;
 pub mod kubelet;
+pub mod net;
 pub mod pods;
 pub mod registries;
 pub mod spdy;
@@ -228,7 +229,7 @@ async fn renew_lease(client: &Client, opts: &AgentOptions) -> anyhow::Result<()>
 /// The node's pod network from the range the server gave its Node; pods fall back to
 /// loopback only (and say so in the log) when there is none.
 async fn pod_network(client: &Client, opts: &AgentOptions) -> Option<pods::Network> {
-    use crate::runtime::network::{Ipam, PodCidr, ensure_bridge};
+    use crate::agent::net::bridge::{Ipam, PodCidr, ensure_bridge};
     let node = client.get(&format!("/api/v1/nodes/{}", opts.node_name)).await.ok()?;
     let Some(cidr) = node["spec"]["podCIDR"].as_str().and_then(PodCidr::parse) else {
         tracing::warn!(node = %opts.node_name, "the Node has no spec.podCIDR: pods get no network");

@@ -10,8 +10,36 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::conn::{ApiConn, revision};
-use crate::client::Lines;
+use super::conn::{ApiConn, ResponseBody, revision};
+use crate::client::{Client, Lines};
+
+/// Where an informer lists and watches: the API in this process (the controllers), or a
+/// server over HTTPS (a node's agent).
+pub trait Source: Send + Sync + 'static {
+    /// GET `path` as JSON.
+    fn list(&self, path: &str) -> impl std::future::Future<Output = anyhow::Result<Value>> + Send;
+    /// Opens the watch at `path`.
+    fn watch(&self, path: &str) -> impl std::future::Future<Output = anyhow::Result<ResponseBody>> + Send;
+}
+
+impl Source for ApiConn {
+    async fn list(&self, path: &str) -> anyhow::Result<Value> {
+        self.get(path).await
+    }
+    async fn watch(&self, path: &str) -> anyhow::Result<ResponseBody> {
+        self.stream(path).await
+    }
+}
+
+impl Source for Client {
+    async fn list(&self, path: &str) -> anyhow::Result<Value> {
+        self.get(path).await
+    }
+    async fn watch(&self, path: &str) -> anyhow::Result<ResponseBody> {
+        use http_body_util::BodyExt;
+        Ok(self.stream(path, "application/json").await?.boxed())
+    }
+}
 
 /// Called with (old, new) for every change: `None` old for an addition, `None` new for a
 /// deletion.
@@ -274,13 +302,13 @@ impl Informer {
     }
 
     /// Keeps the cache current until the task is dropped.
-    pub async fn run(self: Arc<Self>, conn: Arc<ApiConn>) {
+    pub async fn run<S: Source>(self: Arc<Self>, conn: Arc<S>) {
         let mut failures = 0u32;
         loop {
             if failures > 0 {
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
             }
-            let list = match conn.get(&self.path).await {
+            let list = match conn.list(&self.path).await {
                 Ok(l) => l,
                 Err(e) => {
                     failures += 1;
@@ -296,7 +324,7 @@ impl Informer {
             self.replace(items, rev);
             loop {
                 let path = format!("{}?watch=true&allowWatchBookmarks=true&resourceVersion={rev}", self.path);
-                let body = match conn.stream(&path).await {
+                let body = match conn.watch(&path).await {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::debug!(path = %self.path, error = %format!("{e:#}"), "informer watch");

@@ -15,7 +15,6 @@
 pub mod cgroup;
 pub mod crilog;
 pub mod exec;
-pub mod network;
 pub mod podns;
 pub mod seccomp;
 pub mod shim;

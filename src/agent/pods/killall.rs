@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::run::RunInfo;
 use super::volumes;
-use crate::runtime::{Layout, cgroup, network, podns};
+use crate::agent::net::bridge as network;
+use crate::runtime::{Layout, cgroup, podns};
 
 /// Kills and removes every pod under `data_dir`; returns how many pods were removed.
 pub fn killall(data_dir: &Path, log_dir: &Path) -> usize {

@@ -45,8 +45,8 @@ pub struct Ctx {
 
 /// The node's pod range and its address allocator.
 pub struct Network {
-    pub cidr: crate::runtime::network::PodCidr,
-    pub ipam: crate::runtime::network::Ipam,
+    pub cidr: crate::agent::net::bridge::PodCidr,
+    pub ipam: crate::agent::net::bridge::Ipam,
 }
 
 /// Records an Event about `pod` (in the background: events never hold a pod up).

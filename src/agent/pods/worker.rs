@@ -447,7 +447,7 @@ impl Worker {
             // Netlink answers at once; a hang means a wedged kernel, not a slow one.
             tokio::time::timeout(
                 HOST_STEP,
-                crate::runtime::network::attach(&ns_dir.join("net"), &self.uid, ip, net.cidr),
+                crate::agent::net::bridge::attach(&ns_dir.join("net"), &self.uid, ip, net.cidr),
             )
             .await
             .map_err(|_| anyhow::anyhow!("setting up the pod's network took over {}s", HOST_STEP.as_secs()))??;
