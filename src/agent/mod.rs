@@ -44,6 +44,8 @@ pub struct RuntimeOptions {
     pub kubelet_port: u16,
     /// Most processes one container may have; 0 for no limit.
     pub pod_max_pids: i64,
+    /// The node's network: overlay, proxy, DNS.
+    pub net: net::NetOptions,
 }
 
 /// What the agent needs to know.
@@ -281,7 +283,23 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
         .and_then(|x| x["address"].as_str())
         .unwrap_or("127.0.0.1")
         .to_string();
+    // Configuration is checked before anything on the host changes.
+    let insecure_registries = registries::insecure(&opts.runtime.private_registry)?;
     let network = pod_network(&client, &opts).await;
+    let net = match &network {
+        Some(n) => Some(
+            net::start(
+                Arc::new(Client::from_kubeconfig(Some(&opts.kubeconfig), None).context("the agent's API credentials")?),
+                &opts.node_name,
+                n.cidr,
+                opts.runtime.net.clone(),
+                stop.clone(),
+            )
+            .await
+            .context("starting the node network (Services, cluster DNS, the overlay)")?,
+        ),
+        None => None,
+    };
     // `bramble killall` finds the node's volatile directories by this name.
     let _ = std::fs::write(opts.data_dir.join("agent").join("node-name"), &opts.node_name);
     let layout = crate::runtime::Layout::new(&opts.data_dir, &opts.node_name, &opts.runtime.pod_log_dir);
@@ -299,12 +317,13 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
         node: opts.node_name.clone(),
         layout,
         images_root: crate::images::ImageStore::open(&opts.data_dir)?.root,
-        insecure_registries: registries::insecure(&opts.runtime.private_registry)?,
+        insecure_registries,
         pids_limit: (opts.runtime.pod_max_pids > 0).then_some(opts.runtime.pod_max_pids),
         no_swap: crate::runtime::cgroup::swap_limitable(),
         allocatable: last_status["allocatable"].clone(),
         host_ip,
         network,
+        net,
     });
     tokio::spawn(pods::run(ctx.clone(), stop.clone()));
     let kubelet = kubelet::serve(ctx, &opts, stop.clone()).await.context("starting the node's HTTPS endpoint")?;

@@ -30,8 +30,8 @@ macro_rules! typed_kinds {
 }
 
 use k8s_openapi::api::{
-    apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core, networking::v1 as net,
-    policy::v1 as policy, storage::v1 as storage,
+    apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core, discovery::v1 as discovery,
+    networking::v1 as net, policy::v1 as policy, storage::v1 as storage,
 };
 
 typed_kinds! {
@@ -43,6 +43,7 @@ typed_kinds! {
     "ControllerRevision" => apps::ControllerRevision, "Job" => batch::Job, "CronJob" => batch::CronJob,
     "Lease" => coord::Lease, "StorageClass" => storage::StorageClass, "Ingress" => net::Ingress,
     "PodDisruptionBudget" => policy::PodDisruptionBudget, "Eviction" => policy::Eviction,
+    "EndpointSlice" => discovery::EndpointSlice,
     "Scale" => k8s_openapi::api::autoscaling::v1::Scale, "Binding" => core::Binding,
 }
 
@@ -323,6 +324,12 @@ pub fn apply_defaults(kind: &str, o: &mut Value) {
         }
         "Node" => {
             default(o, "status", json!({}));
+        }
+        "EndpointSlice" => {
+            for p in each(o, "ports") {
+                default(p, "name", json!(""));
+                default(p, "protocol", json!("TCP"));
+            }
         }
         _ => {}
     }
@@ -749,10 +756,101 @@ pub fn validate(kind: &str, o: &Value) -> Vec<Cause> {
                 c.push(Cause::too_long("data", fields::MAX_CONFIG_BYTES));
             }
         }
+        "EndpointSlice" => validate_endpoint_slice(o, &mut c),
         "Namespace" => {}
         _ => {}
     }
     c
+}
+
+/// Upstream's `field.TooMany`.
+fn too_many(field: impl Into<String>, n: usize, max: usize) -> Cause {
+    Cause {
+        field: field.into(),
+        reason: "FieldValueTooMany",
+        message: format!("Too many: {n}: must have at most {max} items"),
+    }
+}
+
+/// The address types an EndpointSlice may carry.
+const ADDRESS_TYPES: [&str; 3] = ["FQDN", "IPv4", "IPv6"];
+
+/// Upstream's EndpointSlice validation: a known `addressType`, 1 to 100 addresses of that
+/// type per endpoint (at most 1000 endpoints), DNS-label hostnames, and unique, DNS-label
+/// port names with a known protocol (at most 100 ports).
+fn validate_endpoint_slice(o: &Value, c: &mut Vec<Cause>) {
+    let address_type = str_at(o, "/addressType");
+    if address_type.is_empty() {
+        c.push(Cause {
+            field: "addressType".into(),
+            reason: "FieldValueRequired",
+            message: "Required value: must be one of \"FQDN\", \"IPv4\", \"IPv6\"".into(),
+        });
+    } else if !ADDRESS_TYPES.contains(&address_type) {
+        c.push(Cause::unsupported("addressType", address_type, &ADDRESS_TYPES));
+    }
+    let endpoints = o.get("endpoints").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    if endpoints.len() > 1000 {
+        c.push(too_many("endpoints", endpoints.len(), 1000));
+    }
+    for (i, ep) in endpoints.iter().enumerate() {
+        let base = format!("endpoints[{i}]");
+        let addresses = ep.get("addresses").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        if addresses.is_empty() {
+            c.push(Cause {
+                field: format!("{base}.addresses"),
+                reason: "FieldValueRequired",
+                message: "Required value: must contain at least 1 address".into(),
+            });
+        } else if addresses.len() > 100 {
+            c.push(too_many(format!("{base}.addresses"), addresses.len(), 100));
+        }
+        for (j, a) in addresses.iter().enumerate() {
+            let a = a.as_str().unwrap_or_default();
+            let why = match address_type {
+                "IPv4" if a.parse::<std::net::Ipv4Addr>().is_err() => "must be a valid IPv4 address",
+                "IPv6" if a.parse::<std::net::Ipv6Addr>().is_err() => "must be a valid IPv6 address",
+                "FQDN" if !is_dns1123_subdomain(a) => SUBDOMAIN_MSG,
+                _ => continue,
+            };
+            c.push(Cause::invalid(format!("{base}.addresses[{j}]"), a, why));
+        }
+        if let Some(h) = ep.get("hostname").and_then(Value::as_str)
+            && !is_dns1123_label(h)
+        {
+            c.push(Cause::invalid(format!("{base}.hostname"), h, LABEL_MSG));
+        }
+        if let Some(n) = ep.get("nodeName").and_then(Value::as_str)
+            && !is_dns1123_subdomain(n)
+        {
+            c.push(Cause::invalid(format!("{base}.nodeName"), n, SUBDOMAIN_MSG));
+        }
+    }
+    let ports = o.get("ports").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    if ports.len() > 100 {
+        c.push(too_many("ports", ports.len(), 100));
+    }
+    let mut names = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let name = str_at(p, "/name");
+        if !name.is_empty() && !is_dns1123_label(name) {
+            c.push(Cause::invalid(format!("ports[{i}].name"), name, LABEL_MSG));
+        }
+        if names.contains(&name) {
+            c.push(Cause::duplicate(format!("ports[{i}].name"), name));
+        }
+        names.push(name);
+        let protocol = str_at(p, "/protocol");
+        let protocols = ["SCTP", "TCP", "UDP"];
+        if !protocols.contains(&protocol) {
+            c.push(Cause::unsupported(format!("ports[{i}].protocol"), protocol, &protocols));
+        }
+        if let Some(n) = p.get("port").and_then(Value::as_i64)
+            && !(0..=65535).contains(&n)
+        {
+            c.push(Cause::invalid(format!("ports[{i}].port"), n, "must be between 0 and 65535, inclusive"));
+        }
+    }
 }
 
 /// Fields that may not change on update, per kind, as JSON pointers with their display path.
@@ -782,6 +880,7 @@ pub fn immutable_fields(kind: &str) -> &'static [(&'static str, &'static str)] {
             ("/reclaimPolicy", "reclaimPolicy"),
             ("/volumeBindingMode", "volumeBindingMode"),
         ],
+        "EndpointSlice" => &[("/addressType", "addressType")],
         "Secret" | "ConfigMap" => &[],
         _ => &[],
     }
@@ -936,6 +1035,38 @@ mod tests {
                 "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}, "requests": {"memory": "1e6"}},
                 "volumeMounts": [{"name": "cm", "mountPath": "/m", "subPath": "conf"}]}]}});
         assert!(validate("Pod", &fine).is_empty(), "{:?}", validate("Pod", &fine));
+    }
+
+    #[test]
+    fn endpoint_slices_need_an_address_type_and_addresses() {
+        let mut slice = json!({"metadata": {"name": "web-abcde"}, "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.42.0.5"], "conditions": {"ready": true}}],
+            "ports": [{"port": 80}]});
+        let (mut slice_typed, unknown) = decode("EndpointSlice", slice.clone()).unwrap();
+        assert!(unknown.is_empty());
+        apply_defaults("EndpointSlice", &mut slice_typed);
+        assert_eq!(slice_typed["ports"], json!([{"name": "", "port": 80, "protocol": "TCP"}]), "upstream defaults");
+        assert!(validate("EndpointSlice", &slice_typed).is_empty(), "{:?}", validate("EndpointSlice", &slice_typed));
+
+        let (missing, _) = decode("EndpointSlice", json!({"metadata": {"name": "x"}, "endpoints": []})).unwrap();
+        let causes = validate("EndpointSlice", &missing);
+        assert_eq!(causes.len(), 1);
+        assert_eq!((causes[0].field.as_str(), causes[0].reason), ("addressType", "FieldValueRequired"));
+        slice["addressType"] = json!("IPv5");
+        slice["endpoints"] =
+            json!([{"addresses": []}, {"addresses": ["not-an-ip"]}, {"addresses": ["10.0.0.1"], "hostname": "A_B"}]);
+        slice["ports"] =
+            json!([{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "http", "port": 81, "protocol": "ICMP"}]);
+        let fields: Vec<String> = validate("EndpointSlice", &slice).into_iter().map(|c| c.field).collect();
+        assert_eq!(
+            fields,
+            ["addressType", "endpoints[0].addresses", "endpoints[2].hostname", "ports[1].name", "ports[1].protocol"]
+        );
+        slice["addressType"] = json!("IPv4");
+        let fields: Vec<String> = validate("EndpointSlice", &slice).into_iter().map(|c| c.field).collect();
+        assert!(fields.contains(&"endpoints[1].addresses[0]".to_string()), "{fields:?}");
+        let old = json!({"addressType": "IPv4"});
+        assert_eq!(validate_update("EndpointSlice", &old, &json!({"addressType": "IPv6"}))[0].field, "addressType");
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct ApiOptions {
     pub cluster_cidr: (Ipv4Addr, u8),
     /// NodePort range, inclusive.
     pub node_port_range: (u16, u16),
+    /// The `kube-dns` Service's ClusterIP (`--cluster-dns`).
+    pub cluster_dns: Ipv4Addr,
     /// `https://host:port` clients should use.
     pub advertise: String,
     /// Agent admission (`/cacerts`, `/v1-bramble/node-credentials`).
@@ -99,6 +101,12 @@ pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
     let ip: Ipv4Addr = ip.parse().ok()?;
     let mask = u32::MAX.checked_shl(32 - bits as u32).unwrap_or(0);
     Some((Ipv4Addr::from(u32::from(ip) & mask), bits))
+}
+
+/// Whether `ip` lies in `cidr`.
+pub fn in_cidr(ip: Ipv4Addr, cidr: (Ipv4Addr, u8)) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(cidr.1)).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(cidr.0) & mask
 }
 
 fn warning_header(resp: &mut Response<Body>, warnings: &[String]) {
@@ -157,6 +165,19 @@ impl Api {
         let t = Target { res: svc, namespace: Some("default".into()), name: None, sub: None };
         let body = json!({"metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}});
+        match self.create(&t, &Query::default(), body).await {
+            Ok(_) => {}
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+        // The cluster DNS, as kubectl shows it in k3s and kubeadm clusters. Every node
+        // answers on its ClusterIP itself (agent::net::dns), so it has no selector.
+        let t = Target { res: svc, namespace: Some("kube-system".into()), name: None, sub: None };
+        let body = json!({"metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns",
+                "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "CoreDNS"}},
+            "spec": {"clusterIP": self.opts.cluster_dns.to_string(), "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}});
         match self.create(&t, &Query::default(), body).await {
             Ok(_) => Ok(()),
             Err(e) if e.code == 409 => Ok(()),

@@ -19,6 +19,7 @@ fn def_name(r: &Resource) -> String {
         "coordination.k8s.io" => "coordination",
         "storage.k8s.io" => "storage",
         "networking.k8s.io" => "networking",
+        "discovery.k8s.io" => "discovery",
         g => g,
     };
     format!("io.k8s.api.{pkg}.{}.{}", r.version, r.kind)
@@ -43,21 +44,24 @@ fn definitions(resources: &[&Resource], v3: bool) -> Map<String, Value> {
             d.insert("x-kubernetes-group-version-kind".into(), json!([gvk(r)]));
         }
     }
-    for def in defs.values_mut() {
-        annotate_lists(def);
+    for (name, def) in defs.iter_mut() {
+        annotate_lists(def, patch::atomic_lists(name));
     }
     defs
 }
 
-/// Marks list properties that merge by key, as upstream's `patchMergeKey`/`listMapKeys`.
-fn annotate_lists(def: &mut Value) {
+/// Marks list properties that merge by key, as upstream's `patchMergeKey`/`listMapKeys`,
+/// and those of `atomic` as replaced whole (`x-kubernetes-list-type: atomic`).
+fn annotate_lists(def: &mut Value, atomic: &[&str]) {
     let Some(props) = def.get_mut("properties").and_then(Value::as_object_mut) else { return };
     for (name, prop) in props.iter_mut() {
         let Some(p) = prop.as_object_mut() else { continue };
         if p.get("type").and_then(Value::as_str) != Some("array") {
             continue;
         }
-        if let Some(key) = patch::merge_key(name) {
+        if atomic.contains(&name.as_str()) {
+            p.insert("x-kubernetes-list-type".into(), json!("atomic"));
+        } else if let Some(key) = patch::merge_key(name) {
             p.insert("x-kubernetes-patch-merge-key".into(), json!(key));
             p.insert("x-kubernetes-patch-strategy".into(), json!("merge"));
             p.insert("x-kubernetes-list-type".into(), json!("map"));
@@ -192,6 +196,11 @@ mod tests {
         let patch_params =
             doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"]["parameters"].to_string();
         assert!(patch_params.contains("fieldValidation"));
+        let doc = serve(&["v3", "apis", "discovery.k8s.io", "v1"]).unwrap();
+        let slice = &doc["components"]["schemas"]["io.k8s.api.discovery.v1.EndpointSlice"];
+        assert_eq!(slice["x-kubernetes-group-version-kind"][0]["kind"], "EndpointSlice");
+        assert_eq!(slice["properties"]["ports"]["x-kubernetes-list-type"], "atomic");
+        assert!(slice["properties"]["ports"].get("x-kubernetes-patch-merge-key").is_none());
     }
 
     #[test]

@@ -61,6 +61,16 @@ pub fn merge_key(field: &str) -> Option<&'static str> {
     })
 }
 
+/// Lists of the definition `definition` (an OpenAPI name) that a strategic merge replaces
+/// whole although a list of that name elsewhere merges by key: an EndpointSlice's `ports`
+/// (upstream's `listType=atomic`), which are not a container's.
+pub fn atomic_lists(definition: &str) -> &'static [&'static str] {
+    match definition {
+        "io.k8s.api.discovery.v1.EndpointSlice" => &["ports"],
+        _ => &[],
+    }
+}
+
 /// Lists that merge as sets of primitives (strategic `merge` strategy without a key).
 fn is_primitive_set(field: &str) -> bool {
     field == "finalizers"
@@ -84,6 +94,20 @@ pub fn apply(kind: PatchType, target: &Value, patch: &Value, service_ports: bool
                 return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
             };
             let mut doc = target.clone();
+            if target.get("kind").and_then(Value::as_str) == Some("EndpointSlice")
+                && let Some(ports) = p.get("ports").and_then(Value::as_array)
+            {
+                // Replaced whole (see `atomic_lists`), not merged by a container port's key.
+                let ports: Vec<Value> = ports.iter().filter(|x| !is_directive(x)).cloned().collect();
+                let mut rest = p.clone();
+                rest.remove("ports");
+                rest.remove("$setElementOrder/ports");
+                strategic_map(&mut doc, &rest, service_ports)?;
+                if let Some(d) = doc.as_object_mut() {
+                    d.insert("ports".into(), Value::Array(ports));
+                }
+                return Ok(doc);
+            }
             strategic_map(&mut doc, p, service_ports)?;
             Ok(doc)
         }
@@ -364,6 +388,17 @@ mod tests {
         assert_eq!(apply(PatchType::Json, &deployment(), &p, false).unwrap()["spec"]["replicas"], 3);
         let bad = json!([{"op": "test", "path": "/spec/replicas", "value": 9}]);
         assert_eq!(apply(PatchType::Json, &deployment(), &bad, false).unwrap_err().code, 422);
+    }
+
+    #[test]
+    fn endpoint_slice_ports_are_replaced_whole() {
+        let slice = json!({"kind": "EndpointSlice", "addressType": "IPv4", "ports": [{"name": "", "port": 80, "protocol": "TCP"}]});
+        let p = json!({"ports": [{"port": 443}], "metadata": {"labels": {"a": "b"}}});
+        let out = apply(PatchType::Strategic, &slice, &p, false).unwrap();
+        assert_eq!(out["ports"], json!([{"port": 443}]));
+        assert_eq!(out["metadata"]["labels"]["a"], "b");
+        let out = apply(PatchType::Apply, &slice, &json!({"ports": null}), false).unwrap();
+        assert!(out.get("ports").is_none());
     }
 
     #[test]

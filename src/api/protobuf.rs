@@ -124,6 +124,7 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ApiError> {
         "coordination.k8s.io" => "coordination",
         "storage.k8s.io" => "storage",
         "networking.k8s.io" => "networking",
+        "discovery.k8s.io" => "discovery",
         g => g,
     };
     // Options kinds (DeleteOptions, ...) are meta/v1 types, whatever group sends them.

@@ -202,6 +202,18 @@ pub static RESOURCES: &[Resource] = &[
         scale = false
     ),
     res!(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "endpointslice",
+        "EndpointSlice",
+        ns = true,
+        short = [],
+        cat = &[],
+        status = false,
+        scale = false
+    ),
+    res!(
         "storage.k8s.io",
         "v1",
         "storageclasses",

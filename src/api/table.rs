@@ -108,6 +108,24 @@ pub fn pod_status(o: &Value) -> String {
     reason
 }
 
+/// Upstream's `listWithMoreString`: the first three items, then `+ N more...`; `<unset>`
+/// for none.
+fn first_of(items: impl Iterator<Item = String>) -> String {
+    const SHOWN: usize = 3;
+    let (mut shown, mut count) = (Vec::new(), 0usize);
+    for item in items {
+        if shown.len() < SHOWN {
+            shown.push(item);
+        }
+        count += 1;
+    }
+    match count {
+        0 => "<unset>".into(),
+        n if n > SHOWN => format!("{} + {} more...", shown.join(","), n - SHOWN),
+        _ => shown.join(","),
+    }
+}
+
 type Col = (&'static str, &'static str, u8);
 type RowFn = fn(&Value) -> Vec<Value>;
 
@@ -276,6 +294,38 @@ fn columns(plural: &str) -> (Vec<Col>, RowFn) {
                 json!(age(o, "/metadata/creationTimestamp")),
             ]
         }),
+        "endpointslices" => (
+            vec![
+                ("Name", "string", 0),
+                ("AddressType", "string", 0),
+                ("Ports", "string", 0),
+                ("Endpoints", "string", 0),
+                ("Age", "string", 0),
+            ],
+            |o| {
+                let ports = o.get("ports").and_then(Value::as_array).into_iter().flatten().map(|p| {
+                    match (p.get("port").and_then(Value::as_i64), p.get("name").and_then(Value::as_str)) {
+                        (Some(port), _) => port.to_string(),
+                        (None, Some(name)) => name.to_string(),
+                        (None, None) => "*".to_string(),
+                    }
+                });
+                let addresses = o
+                    .get("endpoints")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|e| e.get("addresses").and_then(Value::as_array).into_iter().flatten())
+                    .map(|a| a.as_str().unwrap_or("").to_string());
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(s(o, "/addressType")),
+                    json!(first_of(ports)),
+                    json!(first_of(addresses)),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                ]
+            },
+        ),
         "configmaps" => (vec![("Name", "string", 0), ("Data", "string", 0), ("Age", "string", 0)], |o| {
             let count = o.get("data").and_then(Value::as_object).map_or(0, |m| m.len())
                 + o.get("binaryData").and_then(Value::as_object).map_or(0, |m| m.len());
@@ -732,6 +782,28 @@ mod tests {
         assert_eq!(cells[5], "10.42.0.5");
         assert_eq!(t["columnDefinitions"][5]["priority"], 1);
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn endpoint_slice_rows_print_like_kubectl() {
+        let ep = |ip: &str| json!({"addresses": [ip]});
+        let slice = json!({"metadata": {"name": "web-abcde", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443}],
+            "endpoints": [ep("10.42.0.1"), ep("10.42.0.2"), ep("10.42.0.3"), ep("10.42.0.4"), ep("10.42.0.5")]});
+        let placeholder = json!({"metadata": {"name": "empty-xyz12"}, "addressType": "IPv4", "endpoints": []});
+        let named = json!({"metadata": {"name": "n"}, "addressType": "IPv4",
+            "ports": [{"name": "a"}, {}, {"port": 1}, {"port": 2}], "endpoints": [ep("10.42.0.9")]});
+        let t = table("endpointslices", &[slice, placeholder, named], IncludeObject::None, json!({}));
+        let cols: Vec<&str> =
+            t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(cols, ["Name", "AddressType", "Ports", "Endpoints", "Age"]);
+        let cells = |i: usize| t["rows"][i]["cells"].clone();
+        assert_eq!(cells(0)[1], "IPv4");
+        assert_eq!(cells(0)[2], "80,443");
+        assert_eq!(cells(0)[3], "10.42.0.1,10.42.0.2,10.42.0.3 + 2 more...");
+        assert_eq!((cells(1)[2].clone(), cells(1)[3].clone()), (json!("<unset>"), json!("<unset>")));
+        assert_eq!(cells(2)[2], "a,*,1 + 1 more...");
+        assert_eq!(cells(2)[3], "10.42.0.9");
     }
 
     #[test]

@@ -130,6 +130,10 @@ pub struct ServerArgs {
     /// Pod address range (a /24 per node).
     #[arg(long, default_value = "10.42.0.0/16")]
     pub cluster_cidr: String,
+    /// The cluster DNS address: the `kube-dns` Service's ClusterIP (default: the tenth
+    /// address of `--service-cidr`, 10.43.0.10 as k3s).
+    #[arg(long)]
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
     /// NodePort range.
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: String,
@@ -215,6 +219,25 @@ pub struct RuntimeArgs {
     /// Most processes one container may have (`pids` cgroup); 0 for no limit.
     #[arg(long, default_value_t = 4096)]
     pub pod_max_pids: i64,
+    /// How pods on different nodes reach each other: `vxlan` (any network), `host-gw`
+    /// (plain routes; nodes on one L2 segment, or kernels without vxlan) or `none`.
+    #[arg(long, default_value = "vxlan")]
+    pub flannel_backend: crate::agent::net::overlay::Backend,
+    /// The address other nodes reach this one at (default: the address of the default
+    /// route's interface).
+    #[arg(long)]
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// The interface whose address is this node's (instead of the default route's).
+    #[arg(long)]
+    pub flannel_iface: Option<String>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The resolver configuration pods with `dnsPolicy: Default` get and the cluster DNS
+    /// forwards to (default: `/etc/resolv.conf`, or systemd-resolved's upstreams when that
+    /// names only its loopback stub).
+    #[arg(long)]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl From<RuntimeArgs> for crate::agent::RuntimeOptions {
@@ -224,6 +247,13 @@ impl From<RuntimeArgs> for crate::agent::RuntimeOptions {
             private_registry: a.private_registry,
             kubelet_port: a.kubelet_port,
             pod_max_pids: a.pod_max_pids,
+            net: crate::agent::net::NetOptions {
+                backend: a.flannel_backend,
+                node_ip: a.node_ip,
+                iface: a.flannel_iface,
+                cluster_domain: a.cluster_domain,
+                resolv_conf: a.resolv_conf,
+            },
         }
     }
 }

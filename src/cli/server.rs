@@ -95,6 +95,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             format!("--service-node-port-range {:?} is not a range such as 30000-32767", args.service_node_port_range)
         })?;
     let node_name = args.node_name.clone().unwrap_or_else(host_name);
+    let cluster_dns = args.cluster_dns.unwrap_or(Ipv4Addr::from(u32::from(service_cidr.0) + 10));
+    if !api::in_cidr(cluster_dns, service_cidr) {
+        bail!("--cluster-dns {cluster_dns} is outside --service-cidr {}", args.service_cidr);
+    }
 
     let mut sans = vec![
         "localhost".to_string(),
@@ -172,6 +176,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             service_cidr,
             cluster_cidr,
             node_port_range: node_ports,
+            cluster_dns,
             advertise: advertise.clone(),
             join: Some(api::join::Join::new(secret, Arc::clone(&pki))),
             pod_security_default: args.pod_security_default,

@@ -4,7 +4,8 @@
 //! pod (a named port is looked up in that pod's containers). The `kubernetes` Service in
 //! `default` has no selector: its endpoints are the API server's address, as upstream's
 //! API server keeps them. A Service without a selector otherwise is left to its owner, as
-//! upstream; a deleted Service's Endpoints are deleted.
+//! upstream; a deleted Service's Endpoints are deleted. The EndpointSlices beside them are
+//! `endpointslices.rs`'s, which shares this file's port resolution and selector reading.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +22,26 @@ const COMPONENT: &str = "endpoint-controller";
 /// One service port resolved for one pod: (name, port number, protocol).
 type Resolved = (String, i64, String);
 
+/// The port number one service port (`spec.ports[]`) lands on in `pod`: its numeric
+/// `targetPort`, the container port a named one names (same protocol), or `port` when it
+/// has none; `None` when a named port is not one of the pod's (upstream's `FindPort`).
+/// The EndpointSlice controller resolves ports the same way.
+pub(crate) fn target_port(service_port: &Value, pod: &Value) -> Option<i64> {
+    let protocol = service_port["protocol"].as_str().unwrap_or("TCP");
+    let target = &service_port["targetPort"];
+    match (target.as_i64(), target.as_str()) {
+        (Some(n), _) => Some(n),
+        (None, Some(named)) => pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+            .find(|cp| cp["name"] == named && cp["protocol"].as_str().unwrap_or("TCP") == protocol)
+            .and_then(|cp| cp["containerPort"].as_i64()),
+        _ => service_port["port"].as_i64(),
+    }
+}
+
 /// The ports of `service` as they land on `pod`; `None` when a named `targetPort` is not
 /// one of the pod's container ports (upstream leaves such a pod out of that subset).
 fn resolve_ports(service: &Value, pod: &Value) -> Option<Vec<Resolved>> {
@@ -28,25 +49,33 @@ fn resolve_ports(service: &Value, pod: &Value) -> Option<Vec<Resolved>> {
     for p in service["spec"]["ports"].as_array().into_iter().flatten() {
         let name = p["name"].as_str().unwrap_or("").to_string();
         let protocol = p["protocol"].as_str().unwrap_or("TCP").to_string();
-        let target = &p["targetPort"];
-        let number = match (target.as_i64(), target.as_str()) {
-            (Some(n), _) => n,
-            (None, Some(named)) => pod["spec"]["containers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
-                .find(|cp| cp["name"] == named && cp["protocol"].as_str().unwrap_or("TCP") == protocol)
-                .and_then(|cp| cp["containerPort"].as_i64())?,
-            _ => p["port"].as_i64()?,
-        };
-        out.push((name, number, protocol));
+        out.push((name, target_port(p, pod)?, protocol));
     }
     Some(out)
 }
 
 fn ready(pod: &Value) -> bool {
-    pod["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
+    super::pod_ready_since(pod).is_some()
+}
+
+/// The pod selector of a Service; `None` when it has none (its endpoints are its owner's
+/// to keep).
+pub(crate) fn selector_of(service: &Value) -> Option<LabelSelector> {
+    let selector = &service["spec"]["selector"];
+    selector
+        .as_object()
+        .is_some_and(|m| !m.is_empty())
+        .then(|| LabelSelector::from_object(&json!({"matchLabels": selector})))
+}
+
+/// The keys of the Services in `pod`'s namespace that select it.
+pub(crate) fn services_selecting(services: &super::informer::Informer, pod: &Value) -> Vec<String> {
+    services
+        .list_in(s(pod, "/metadata/namespace"))
+        .into_iter()
+        .filter(|svc| selector_of(svc).is_some_and(|sel| sel.matches_object(pod)))
+        .map(|svc| super::informer::key_of(&svc))
+        .collect()
 }
 
 /// The `subsets` of the Endpoints of `service` over `pods` (already those it selects):
@@ -106,17 +135,21 @@ pub fn subsets(service: &Value, pods: &[Arc<Value>]) -> Vec<Value> {
         .collect()
 }
 
-/// The endpoints of the `kubernetes` Service: the API server's address and port.
-fn api_server_subsets(advertise: &str) -> Vec<Value> {
+/// The API server's address and port from `https://host:port`; `None` when the host is a
+/// name, not an address (endpoints hold addresses).
+pub(crate) fn api_server_address(advertise: &str) -> Option<(std::net::IpAddr, i64)> {
     let rest = advertise.trim_start_matches("https://");
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (h.trim_matches(|c| c == '[' || c == ']'), p.parse::<i64>().unwrap_or(6443)),
         None => (rest, 6443),
     };
-    if host.parse::<std::net::IpAddr>().is_err() {
-        return Vec::new();
-    }
-    vec![json!({"addresses": [{"ip": host}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]})]
+    Some((host.parse().ok()?, port))
+}
+
+/// The endpoints of the `kubernetes` Service: the API server's address and port.
+fn api_server_subsets(advertise: &str) -> Vec<Value> {
+    let Some((ip, port)) = api_server_address(advertise) else { return Vec::new() };
+    vec![json!({"addresses": [{"ip": ip.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]})]
 }
 
 /// Registers the handlers and starts the worker.
@@ -132,13 +165,8 @@ pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
     let services = ctx.services.clone();
     ctx.pods.on_change(Box::new(move |old, new| {
         for pod in [old, new].into_iter().flatten() {
-            for svc in services.list_in(s(pod, "/metadata/namespace")) {
-                let sel = &svc["spec"]["selector"];
-                if sel.as_object().is_some_and(|m| !m.is_empty())
-                    && LabelSelector::from_object(&json!({"matchLabels": sel})).matches_object(pod)
-                {
-                    q.add(&super::informer::key_of(&svc));
-                }
+            for key in services_selecting(&services, pod) {
+                q.add(&key);
             }
         }
     }));
@@ -156,11 +184,9 @@ async fn reconcile(ctx: &Ctx, key: &str) -> anyhow::Result<Option<Duration>> {
         ctx.conn.delete(&path, &json!({})).await?;
         return Ok(None);
     };
-    let selector = &svc["spec"]["selector"];
     let want = if ns == "default" && name == "kubernetes" {
         api_server_subsets(&ctx.conn.advertise())
-    } else if selector.as_object().is_some_and(|m| !m.is_empty()) {
-        let sel = LabelSelector::from_object(&json!({"matchLabels": selector}));
+    } else if let Some(sel) = selector_of(&svc) {
         let pods: Vec<Arc<Value>> = ctx.pods.list_in(ns).into_iter().filter(|p| sel.matches_object(p)).collect();
         subsets(&svc, &pods)
     } else {

@@ -323,7 +323,8 @@ impl Informer {
             };
             self.replace(items, rev);
             loop {
-                let path = format!("{}?watch=true&allowWatchBookmarks=true&resourceVersion={rev}", self.path);
+                let sep = if self.path.contains('?') { '&' } else { '?' };
+                let path = format!("{}{sep}watch=true&allowWatchBookmarks=true&resourceVersion={rev}", self.path);
                 let body = match conn.watch(&path).await {
                     Ok(b) => b,
                     Err(e) => {

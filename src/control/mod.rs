@@ -13,6 +13,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
+pub mod endpointslices;
 pub mod events;
 pub mod gc;
 pub mod history;
@@ -43,6 +44,7 @@ pub struct Ctx {
     pub pods: Arc<Informer>,
     pub nodes: Arc<Informer>,
     pub services: Arc<Informer>,
+    pub endpointslices: Arc<Informer>,
     pub replicasets: Arc<Informer>,
     pub deployments: Arc<Informer>,
     pub statefulsets: Arc<Informer>,
@@ -71,6 +73,7 @@ impl Ctx {
             ),
             nodes: Informer::new("/api/v1/nodes"),
             services: Informer::new("/api/v1/services"),
+            endpointslices: Informer::new("/apis/discovery.k8s.io/v1/endpointslices"),
             replicasets: Informer::new("/apis/apps/v1/replicasets"),
             deployments: Informer::new("/apis/apps/v1/deployments"),
             statefulsets: Informer::new("/apis/apps/v1/statefulsets"),
@@ -100,13 +103,15 @@ impl Ctx {
             ("CronJob", self.cronjobs.clone()),
             ("ControllerRevision", self.controllerrevisions.clone()),
             ("PersistentVolumeClaim", self.pvcs.clone()),
+            // Services own their EndpointSlices.
+            ("Service", self.services.clone()),
+            ("EndpointSlice", self.endpointslices.clone()),
         ]
     }
 
     fn informers(&self) -> Vec<Arc<Informer>> {
         let mut all: Vec<Arc<Informer>> = self.owned_kinds().into_iter().map(|(_, i)| i).collect();
         all.push(self.nodes.clone());
-        all.push(self.services.clone());
         all.push(self.leases.clone());
         all.push(self.pvs.clone());
         all.push(self.namespaces.clone());
@@ -206,6 +211,7 @@ fn start_all(conn: Arc<ApiConn>, opts: &ControlOptions) -> Vec<tokio::task::Join
     tasks.extend(namespace::start(&ctx));
     tasks.extend(disruption::start(&ctx));
     tasks.extend(endpoints::start(&ctx));
+    tasks.extend(endpointslices::start(&ctx));
     tasks.extend(nodelifecycle::start(&ctx, opts.node_monitor_grace));
     tasks.extend(storage::start(&ctx, opts.local_storage_path.clone(), opts.default_disk.clone()));
     for inf in ctx.informers() {

@@ -10,7 +10,8 @@ import tarfile
 ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(platform.machine(), platform.machine())
 APPLETS = ["sh", "sleep", "echo", "cat", "ls", "env", "id", "hostname", "wget", "nc", "httpd", "true", "false",
            "mkdir", "touch", "grep", "head", "dd", "ps", "kill", "date", "test", "printf", "seq", "tail", "yes",
-           "mount", "ip", "ifconfig", "ping", "stat", "readlink", "wc", "tr", "sed", "awk", "whoami", "pwd"]
+           "mount", "ip", "ifconfig", "ping", "stat", "readlink", "wc", "tr", "sed", "awk", "whoami", "pwd",
+           "chmod", "nslookup"]
 
 
 def layer():

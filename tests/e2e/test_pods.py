@@ -566,3 +566,63 @@ def test_service_endpoints_follow_the_pods_they_select(node, core):
              timeout=30)
     delete(core, "web-b")
     delete(core, "web-late")
+
+
+def test_service_endpoint_slices_follow_the_pods_they_select(node, core):
+    """A Service's EndpointSlices list the selected pods with the named target port
+    resolved, ready and not-ready ones with their conditions, as kubectl and the Python
+    client read them; the `kubernetes` Service has its own slice; deleting the Service
+    removes its slices."""
+    discovery = client.DiscoveryV1Api(core.api_client)
+    kube = wait_for(lambda: discovery.read_namespaced_endpoint_slice("kubernetes", "default"))
+    assert kube.address_type == "IPv4" and kube.ports[0].port == int(node.port), kube
+    assert kube.metadata.labels == {"kubernetes.io/service-name": "kubernetes"}
+    rows = [line.split() for line in kubectl(node, "get", "endpointslices", "-A").stdout.splitlines()]
+    assert rows[0][:5] == ["NAMESPACE", "NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS"], rows
+    assert ["default", "kubernetes", "IPv4", str(node.port), kube.endpoints[0].addresses[0]] in [r[:5] for r in rows], rows
+
+    container = {"ports": [{"name": "web", "containerPort": 8080}],
+                 "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1}}
+    for name, command in (("sliced-a", "touch /tmp/ready; sleep 3600"), ("sliced-b", "touch /tmp/ready; sleep 3600"),
+                          ("sliced-late", "sleep 3600")):   # never ready
+        body = pod(name, command, container=container)
+        body["metadata"]["labels"] = {"app": "sliced"}
+        core.create_namespaced_pod("default", body)
+    core.create_namespaced_service("default", {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sliced"},
+                                               "spec": {"selector": {"app": "sliced"},
+                                                        "ports": [{"name": "http", "port": 80, "targetPort": "web"}]}})
+    ip = {n: phase(core, n, "Running").status.pod_ip for n in ("sliced-a", "sliced-b", "sliced-late")}
+    selector = "kubernetes.io/service-name=sliced"
+
+    def slices():
+        return discovery.list_namespaced_endpoint_slice("default", label_selector=selector).items
+
+    def readiness():
+        return {ep.addresses[0]: ep.conditions.ready for s in slices() for ep in s.endpoints or []}
+    want = {ip["sliced-a"]: True, ip["sliced-b"]: True, ip["sliced-late"]: False}
+    wait_for(lambda: readiness() == want, timeout=30)
+    [s] = slices()
+    assert s.address_type == "IPv4"
+    assert s.metadata.name.startswith("sliced-") and len(s.metadata.name) == len("sliced-") + 5, s.metadata.name
+    assert s.metadata.labels["endpointslice.kubernetes.io/managed-by"] == "endpointslice-controller.k8s.io"
+    [owner] = s.metadata.owner_references
+    assert (owner.kind, owner.name, owner.controller, owner.block_owner_deletion) == ("Service", "sliced", True, True)
+    assert [(p.name, p.port, p.protocol) for p in s.ports] == [("http", 8080, "TCP")]
+    by_pod = {ep.target_ref.name: ep for ep in s.endpoints}
+    late, a = by_pod["sliced-late"], by_pod["sliced-a"]
+    assert (late.conditions.ready, late.conditions.serving, late.conditions.terminating) == (False, False, False)
+    assert (a.conditions.ready, a.conditions.serving, a.conditions.terminating) == (True, True, False)
+    assert a.node_name == "pods-1" and a.target_ref.kind == "Pod" and a.addresses == [ip["sliced-a"]]
+
+    rows = [line.split() for line in kubectl(node, "get", "endpointslices", "-l", selector).stdout.splitlines()]
+    assert rows[0] == ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"], rows
+    assert rows[1][:3] == [s.metadata.name, "IPv4", "8080"], rows
+    assert set(rows[1][3].split(",")) == set(ip.values()), rows
+
+    delete(core, "sliced-a")
+    wait_for(lambda: readiness() == {ip["sliced-b"]: True, ip["sliced-late"]: False}, timeout=30)
+    core.delete_namespaced_service("sliced", "default")
+    wait_for(lambda: not slices(), timeout=30)
+    assert "sliced" not in kubectl(node, "get", "endpointslices", "-l", selector).stdout
+    delete(core, "sliced-b")
+    delete(core, "sliced-late")

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use futures_util::TryStreamExt;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// The node's bridge.
 pub const BRIDGE: &str = "bramble0";
@@ -219,6 +219,15 @@ pub async fn attach(ns_file: &Path, uid: &str, ip: Ipv4Addr, cidr: PodCidr) -> a
         .execute()
         .await
         .with_context(|| format!("plugging {host_if} into {BRIDGE}"))?;
+    // Hairpin: a pod reaching itself through its Service is DNATed back to the port the
+    // frame came in on (with br_netfilter the bridge does that itself), which a bridge
+    // refuses unless the port allows it (the CNI bridge plugin's `hairpinMode`).
+    handle
+        .link()
+        .set_port(LinkBridgePort::new(port).hairpin(true).build())
+        .execute()
+        .await
+        .with_context(|| format!("turning on hairpin mode on {host_if}"))?;
     Ok(())
 }
 

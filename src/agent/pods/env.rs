@@ -86,6 +86,7 @@ pub async fn resolve(
     pod: &Value,
     container: &Value,
     image_env: &[String],
+    service_env: &[(String, String)],
     node_allocatable: &Value,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
@@ -95,6 +96,8 @@ pub async fn resolve(
         env.insert(0, ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
     }
     env.push(("HOSTNAME".into(), pod["metadata"]["name"].as_str().unwrap_or("").to_string()));
+    // The Services' variables come before the container's own, which may use and override them.
+    env.extend(service_env.iter().cloned());
     for from in container["envFrom"].as_array().into_iter().flatten() {
         let prefix = from["prefix"].as_str().unwrap_or("");
         let (kind, r, secret) = if from["configMapRef"].is_object() {

@@ -94,11 +94,14 @@ pub fn killall(data_dir: &Path, log_dir: &Path) -> usize {
             let _ = std::fs::remove_dir(parent);
         }
     }
-    // The bridge goes with the pods, as k3s-killall removes cni0.
-    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build()
-        && let Err(e) = rt.block_on(network::remove_bridge())
-    {
-        eprintln!("bramble killall: {e:#}");
+    // The bridge goes with the pods, as k3s-killall removes cni0; the service rules and the
+    // overlay with them, as it flushes kube-proxy's and flannel's.
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        for result in [rt.block_on(network::remove_bridge()), rt.block_on(crate::agent::net::teardown())] {
+            if let Err(e) = result {
+                eprintln!("bramble killall: {e:#}");
+            }
+        }
     }
     removed
 }

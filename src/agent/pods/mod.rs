@@ -41,6 +41,8 @@ pub struct Ctx {
     pub host_ip: String,
     /// The pod network, when the node has a pod range.
     pub network: Option<Network>,
+    /// The node's Services and cluster DNS, when the node network runs.
+    pub net: Option<Arc<crate::agent::net::NodeNet>>,
 }
 
 /// The node's pod range and its address allocator.

@@ -167,6 +167,28 @@ async fn attempt(probe: &Value, container: &Value, pod_ip: &str, target: &Target
     }
 }
 
+/// Runs a lifecycle hook (`preStop`) of a container once, as the kubelet does: `exec`,
+/// `httpGet` or `sleep`, bounded by `timeout` (what is left of the grace period). A preStop
+/// hook is how a server keeps answering while the Service stops sending it traffic.
+pub async fn hook(
+    handler: &Value,
+    container: &Value,
+    pod_ip: &str,
+    target: &Target,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(seconds) = handler["sleep"]["seconds"].as_u64() {
+        tokio::time::sleep(Duration::from_secs(seconds).min(timeout)).await;
+        return Ok(());
+    }
+    let mut as_probe = handler.clone();
+    as_probe["timeoutSeconds"] = serde_json::json!(timeout.as_secs().max(1));
+    match tokio::time::timeout(timeout, attempt(&as_probe, container, pod_ip, target)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("the hook did not finish within {}s", timeout.as_secs())),
+    }
+}
+
 /// Runs one probe of one container run until the worker goes away, reporting verdicts.
 pub async fn run(
     kind: Kind,

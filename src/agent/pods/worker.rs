@@ -469,7 +469,14 @@ impl Worker {
         }
         std::fs::write(dir.join("hosts"), hosts)?;
         std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let host_resolv =
+            crate::agent::net::podconf::host_resolv_conf(self.ctx.net.as_ref().and_then(|n| n.resolv_conf.as_deref()));
+        let resolv = match &self.ctx.net {
+            Some(net) => {
+                crate::agent::net::podconf::resolv_conf(&self.pod, &host_resolv, net.dns_ip(), &net.cluster_domain)
+            }
+            None => crate::agent::net::podconf::resolv_conf(&self.pod, &host_resolv, None, ""),
+        };
         std::fs::write(dir.join("resolv.conf"), resolv)?;
         Ok(())
     }
@@ -497,7 +504,11 @@ impl Worker {
         let mut pod_for_env = self.pod.clone();
         pod_for_env["status"]["hostIP"] = json!(self.ctx.host_ip);
         pod_for_env["status"]["podIP"] = json!(self.pod_ip());
-        let env = env::resolve(&self.ctx.client, &pod_for_env, c, &image_env, &self.ctx.allocatable)
+        let service_env = match &self.ctx.net {
+            Some(net) => crate::agent::net::podconf::service_env(&self.pod, &net.services.list()),
+            None => Vec::new(),
+        };
+        let env = env::resolve(&self.ctx.client, &pod_for_env, c, &image_env, &service_env, &self.ctx.allocatable)
             .await
             .map_err(|env::ConfigError(m)| ("CreateContainerConfigError".to_string(), m))?;
         let pod_dir = self.ctx.layout.pod_dir(&self.uid);
@@ -626,6 +637,8 @@ impl Worker {
             .filter(|(_, c)| c.latest().is_some_and(Run::running))
             .map(|(n, _)| n.clone())
             .collect();
+        let deadline = Instant::now() + Duration::from_secs(grace);
+        self.pre_stop(&running, Duration::from_secs(grace)).await;
         for name in &running {
             let init = self.pod["spec"]["initContainers"].as_array().into_iter().flatten().any(|c| c["name"] == **name);
             self.event("Normal", "Killing", format!("Stopping container {name}"), Some(self.field_path(name, init)));
@@ -633,7 +646,6 @@ impl Worker {
                 r.signal(libc::SIGTERM);
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(grace);
         let mut killed = false;
         loop {
             for c in self.containers.values_mut() {
@@ -677,6 +689,41 @@ impl Worker {
             }
         }
         tracing::info!(pod = %self.name(), "pod removed from the node");
+    }
+
+    /// Runs the `preStop` hooks of the `running` containers side by side, within the grace
+    /// period (which they share with the stop that follows, as upstream).
+    async fn pre_stop(&self, running: &[String], grace: Duration) {
+        let pod_ip = self.pod_ip();
+        let mut hooks = Vec::new();
+        for name in running {
+            let Some(spec) =
+                self.pod["spec"]["containers"].as_array().and_then(|cs| cs.iter().find(|c| c["name"] == **name))
+            else {
+                continue;
+            };
+            let handler = &spec["lifecycle"]["preStop"];
+            let Some(r) = self.containers.get(name).and_then(Container::latest) else { continue };
+            if !handler.is_object() {
+                continue;
+            }
+            let target = super::exec::Target {
+                id: r.info.id.clone(),
+                bundle: r.dir.clone(),
+                root: self.ctx.layout.runtime_root(),
+            };
+            let (handler, spec, pod_ip, name) = (handler.clone(), spec.clone(), pod_ip.clone(), name.clone());
+            hooks.push(async move {
+                let result = super::probes::hook(&handler, &spec, &pod_ip, &target, grace).await;
+                (name, result)
+            });
+        }
+        for (name, result) in futures_util::future::join_all(hooks).await {
+            if let Err(message) = result {
+                let field = self.field_path(&name, false);
+                self.event("Warning", "FailedPreStopHook", format!("PreStopHook failed: {message}"), Some(field));
+            }
+        }
     }
 
     /// Removes every mount, directory, namespace, cgroup and log the pod had.
