@@ -70,7 +70,11 @@ fn host_ipv4s() -> Vec<String> {
         let ifa = unsafe { &*cur };
         let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
         let loopback = ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
-        if up && !loopback && !ifa.ifa_addr.is_null() {
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
+        // The pod network's own devices (the bridge, the overlay) are not the node's address.
+        let pod_network = name.starts_with("bramble");
+        if up && !loopback && !pod_network && !ifa.ifa_addr.is_null() {
             // SAFETY: ifa_addr is non-null; its family says which sockaddr it is.
             let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
             if family == libc::AF_INET {

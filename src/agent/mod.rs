@@ -293,6 +293,7 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
                 &opts.node_name,
                 n.cidr,
                 opts.runtime.net.clone(),
+                host_ip.parse().ok(),
                 stop.clone(),
             )
             .await

@@ -78,6 +78,7 @@ pub async fn start(
     node: &str,
     cidr: PodCidr,
     opts: NetOptions,
+    fallback_ip: Option<Ipv4Addr>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<NodeNet>> {
     nft::check().await?;
@@ -90,7 +91,7 @@ pub async fn start(
             "br_netfilter is not loaded: traffic between pods of this node through a Service is masqueraded"
         );
     }
-    let (node_ip, iface) = overlay::node_ip(opts.node_ip, opts.iface.as_deref()).await?;
+    let (node_ip, iface) = find_node_ip(&opts, fallback_ip).await?;
     let mac = overlay::setup(opts.backend, node_ip, &iface, (cidr.net, cidr.bits))
         .await
         .with_context(|| format!("setting up the {:?} overlay on {iface} ({node_ip})", opts.backend))?;
@@ -137,6 +138,7 @@ pub async fn start(
         opts: opts.clone(),
         node_ip,
         iface,
+        fallback_ip,
         nodes,
         services: services.clone(),
         slices,
@@ -148,6 +150,20 @@ pub async fn start(
     };
     tokio::spawn(sync.run(changed, stop));
     Ok(Arc::new(NodeNet { services, cluster_domain: opts.cluster_domain, resolv_conf: opts.resolv_conf }))
+}
+
+/// The node's overlay address: as the flags say, else the default route's interface's, else
+/// (a board with no default route, on an isolated LAN) `fallback`, the address the Node
+/// reports.
+async fn find_node_ip(opts: &NetOptions, fallback: Option<Ipv4Addr>) -> anyhow::Result<(Ipv4Addr, String)> {
+    match overlay::node_ip(opts.node_ip, opts.iface.as_deref()).await {
+        Ok(found) => Ok(found),
+        Err(e) if opts.node_ip.is_none() && opts.iface.is_none() => match fallback {
+            Some(ip) => overlay::node_ip(Some(ip), None).await,
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    }
 }
 
 /// Publishes where other nodes reach this one, for their overlay.
@@ -185,6 +201,7 @@ struct Sync {
     opts: NetOptions,
     node_ip: Ipv4Addr,
     iface: String,
+    fallback_ip: Option<Ipv4Addr>,
     nodes: Arc<Informer>,
     services: Arc<Informer>,
     slices: Arc<Informer>,
@@ -242,7 +259,7 @@ impl Sync {
     /// Follows a change of the node's address (a new DHCP lease): the overlay device and the
     /// Node's annotations move with it, without a restart.
     async fn follow_address(&mut self) {
-        let (ip, iface) = match overlay::node_ip(self.opts.node_ip, self.opts.iface.as_deref()).await {
+        let (ip, iface) = match find_node_ip(&self.opts, self.fallback_ip).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "looking up the node's address");
