@@ -428,11 +428,12 @@ def test_cluster_dns_answers_from_the_watch_caches_and_forwards_the_rest(cluster
     assert dns_query(dns.spec.cluster_ip, "missing.other.example", "A")[0] == 3
     # Pods resolve through their resolv.conf: short names, the search path, the upstream.
     cluster.pod("resolver", cluster.names[1],
-                "cat /etc/resolv.conf; nslookup web; nslookup api.test.example; env | sort; "
+                "cat /etc/resolv.conf; ip link show eth0; nslookup web; nslookup api.test.example; env | sort; "
                 "while ! wget -q -O - http://web/cgi-bin/who; do sleep 1; done; sleep 3600")
     text = wait_for(lambda: "192.0.2.77" in (t := log_of(cluster, "resolver")) and " web-" in t and t, timeout=30)
     assert "nameserver 10.43.0.10" in text and "search default.svc.cluster.local svc.cluster.local cluster.local lan.example" in text
     assert "options ndots:5" in text and svc.spec.cluster_ip in text
+    assert "mtu 1450" in text, "pods' MTU leaves room for the vxlan header"
     assert f"WEB_SERVICE_HOST={svc.spec.cluster_ip}" in text and "WEB_PORT_80_TCP_PORT=80" in text
     assert "KUBERNETES_SERVICE_HOST=10.43.0.1" in text
     for name in ("db", "ext"):

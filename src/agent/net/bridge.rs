@@ -159,7 +159,7 @@ pub fn host_veth(uid: &str) -> String {
 
 /// Inside the pod's namespace: creates the veth pair, configures `eth0`, and sends the
 /// other end to the host namespace `host_ns`.
-async fn inside(ip: Ipv4Addr, cidr: PodCidr, host_if: &str, host_ns: i32) -> anyhow::Result<()> {
+async fn inside(ip: Ipv4Addr, cidr: PodCidr, mtu: u32, host_if: &str, host_ns: i32) -> anyhow::Result<()> {
     let handle = connect().await?;
     if link_index(&handle, "eth0").await?.is_some() {
         return Ok(());
@@ -167,13 +167,18 @@ async fn inside(ip: Ipv4Addr, cidr: PodCidr, host_if: &str, host_ns: i32) -> any
     handle.link().add(LinkVeth::new("eth0", host_if).build()).execute().await.context("creating the veth pair")?;
     let eth0 = link_index(&handle, "eth0").await?.context("eth0 vanished")?;
     handle.address().add(eth0, ip.into(), cidr.bits).execute().await.context("addressing eth0")?;
-    handle.link().set(LinkUnspec::new_with_index(eth0).up().build()).execute().await.context("bringing eth0 up")?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(eth0).mtu(mtu).up().build())
+        .execute()
+        .await
+        .context("bringing eth0 up")?;
     let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(cidr.gateway()).build();
     handle.route().add(route).execute().await.context("adding the default route")?;
     let peer = link_index(&handle, host_if).await?.context("the host end vanished")?;
     handle
         .link()
-        .set(LinkUnspec::new_with_index(peer).setns_by_fd(host_ns).build())
+        .set(LinkUnspec::new_with_index(peer).mtu(mtu).setns_by_fd(host_ns).build())
         .execute()
         .await
         .context("moving the host end out of the pod")?;
@@ -181,8 +186,8 @@ async fn inside(ip: Ipv4Addr, cidr: PodCidr, host_if: &str, host_ns: i32) -> any
 }
 
 /// Gives the pod whose network namespace is bound at `ns_file` its `eth0` with `ip`, and
-/// plugs the host end into the bridge.
-pub async fn attach(ns_file: &Path, uid: &str, ip: Ipv4Addr, cidr: PodCidr) -> anyhow::Result<()> {
+/// plugs the host end into the bridge; both ends get `mtu`.
+pub async fn attach(ns_file: &Path, uid: &str, ip: Ipv4Addr, cidr: PodCidr, mtu: u32) -> anyhow::Result<()> {
     let host_if = host_veth(uid);
     let ns_file = ns_file.to_path_buf();
     let name = host_if.clone();
@@ -198,7 +203,7 @@ pub async fn attach(ns_file: &Path, uid: &str, ip: Ipv4Addr, cidr: PodCidr) -> a
                     return Err(std::io::Error::last_os_error()).context("entering the pod's network namespace");
                 }
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                rt.block_on(inside(ip, cidr, &name, host.as_raw_fd()))
+                rt.block_on(inside(ip, cidr, mtu, &name, host.as_raw_fd()))
             })
             .join()
             .map_err(|_| anyhow::anyhow!("the network thread panicked"))?

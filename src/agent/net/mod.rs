@@ -47,6 +47,9 @@ pub struct NodeNet {
     pub cluster_domain: String,
     /// `--resolv-conf`.
     pub resolv_conf: Option<std::path::PathBuf>,
+    /// Pods' `eth0` MTU: what fits the overlay (flannel gives pods the vxlan device's MTU,
+    /// so nothing depends on path-MTU discovery across nodes).
+    pub pod_mtu: u32,
 }
 
 impl NodeNet {
@@ -92,10 +95,10 @@ pub async fn start(
         );
     }
     let (node_ip, iface) = find_node_ip(&opts, fallback_ip).await?;
-    let mac = overlay::setup(opts.backend, node_ip, &iface, (cidr.net, cidr.bits))
+    let made = overlay::setup(opts.backend, node_ip, &iface, (cidr.net, cidr.bits))
         .await
         .with_context(|| format!("setting up the {:?} overlay on {iface} ({node_ip})", opts.backend))?;
-    annotate(&client, node, opts.backend, node_ip, mac).await?;
+    annotate(&client, node, opts.backend, node_ip, made.mac).await?;
     tracing::info!(%node_ip, %iface, backend = ?opts.backend, "node network ready");
 
     let changed = Arc::new(Notify::new());
@@ -149,7 +152,12 @@ pub async fn start(
         applier: nft::Applier::default(),
     };
     tokio::spawn(sync.run(changed, stop));
-    Ok(Arc::new(NodeNet { services, cluster_domain: opts.cluster_domain, resolv_conf: opts.resolv_conf }))
+    Ok(Arc::new(NodeNet {
+        services,
+        cluster_domain: opts.cluster_domain,
+        resolv_conf: opts.resolv_conf,
+        pod_mtu: made.pod_mtu,
+    }))
 }
 
 /// The node's overlay address: as the flags say, else the default route's interface's, else
@@ -271,8 +279,8 @@ impl Sync {
         }
         tracing::info!(old = %self.node_ip, new = %ip, %iface, "the node's address changed");
         let result = async {
-            let mac = overlay::setup(self.opts.backend, ip, &iface, (self.cidr.net, self.cidr.bits)).await?;
-            annotate(&self.client, &self.node, self.opts.backend, ip, mac).await
+            let made = overlay::setup(self.opts.backend, ip, &iface, (self.cidr.net, self.cidr.bits)).await?;
+            annotate(&self.client, &self.node, self.opts.backend, ip, made.mac).await
         }
         .await;
         match result {

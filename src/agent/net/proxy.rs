@@ -6,8 +6,9 @@
 //!
 //! Paths a packet takes:
 //! - to a ClusterIP (or an `externalIP`): `services` finds the service port in
-//!   `service-ips`; sources outside the pod ranges are marked for masquerade (so replies
-//!   come back through this node), then one endpoint is picked and DNATed to;
+//!   `service-ips`, one endpoint is picked and DNATed to; sources outside the pod ranges
+//!   going to another node's endpoint are marked for masquerade (so replies come back
+//!   through this node);
 //! - to a NodePort on any local address (and `127.0.0.1`): `service-nodeports`, the same,
 //!   except that `externalTrafficPolicy: Local` keeps the client's address and only uses
 //!   this node's endpoints (none: dropped);
@@ -446,6 +447,15 @@ pub fn render(inputs: &Inputs) -> Script {
             w.chain(&chain, None);
             // Hairpin: a pod reaching itself through its Service.
             w.rule(&chain, format!("ip saddr {} jump mark-for-masquerade", e.ip));
+            if !e.local {
+                // The reply must come back through this node to be un-NATed: from another
+                // node's pod it would otherwise go straight (or masqueraded) to the client.
+                // Kept off for endpoints here, whose replies return anyway: masquerading
+                // every connection from the node would limit it to the NAT's port space
+                // per endpoint (about 500 new connections a second with conntrack's 120 s
+                // TIME_WAIT).
+                w.rule(&chain, "ip saddr != @pod-ranges jump mark-for-masquerade");
+            }
             if let Some(timeout) = sp.affinity {
                 let set = aff_set(e);
                 // Kept across syncs (never flushed): clients stay with their endpoint.
@@ -486,7 +496,6 @@ pub fn render(inputs: &Inputs) -> Script {
         // From inside: the cluster IP.
         let cip_chain = format!("cip-{hash}-{id}");
         w.chain(&cip_chain, None);
-        w.rule(&cip_chain, "ip saddr != @pod-ranges jump mark-for-masquerade");
         if cluster_usable {
             w.rule(&cip_chain, format!("goto {}", if sp.internal_local { &local_chain } else { &svc_chain }));
         } else {
@@ -506,11 +515,12 @@ pub fn render(inputs: &Inputs) -> Script {
             // Pods and the node itself may use any endpoint; the rest keep their address
             // and go only to this node's endpoints.
             w.rule(&ext_chain, format!("ip saddr @pod-ranges goto {svc_chain}"));
-            w.rule(&ext_chain, "fib saddr type local jump mark-for-masquerade");
             w.rule(&ext_chain, format!("fib saddr type local goto {svc_chain}"));
             w.rule(&ext_chain, format!("goto {local_chain}"));
         } else {
-            w.rule(&ext_chain, "jump mark-for-masquerade");
+            // Clients outside the node and its pods: masqueraded, as upstream, so the
+            // reply comes back through this node wherever the endpoint is.
+            w.rule(&ext_chain, "ip saddr != @pod-ranges fib saddr type != local jump mark-for-masquerade");
             w.rule(&ext_chain, format!("goto {svc_chain}"));
         }
         for ip in &sp.external_ips {

@@ -447,7 +447,13 @@ impl Worker {
             // Netlink answers at once; a hang means a wedged kernel, not a slow one.
             tokio::time::timeout(
                 HOST_STEP,
-                crate::agent::net::bridge::attach(&ns_dir.join("net"), &self.uid, ip, net.cidr),
+                crate::agent::net::bridge::attach(
+                    &ns_dir.join("net"),
+                    &self.uid,
+                    ip,
+                    net.cidr,
+                    self.ctx.net.as_ref().map_or(1500, |n| n.pod_mtu),
+                ),
             )
             .await
             .map_err(|_| anyhow::anyhow!("setting up the pod's network took over {}s", HOST_STEP.as_secs()))??;

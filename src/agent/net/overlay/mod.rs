@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use super::bridge::PodCidr;
 
-pub use netlink::{Netlink, node_ip, setup, teardown};
+pub use netlink::{Netlink, Setup, node_ip, setup, teardown};
 
 /// The vxlan device (flannel's is `flannel.1`; ours has its own name so both can be told
 /// apart on a machine that ran k3s before).

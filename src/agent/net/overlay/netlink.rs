@@ -313,8 +313,15 @@ async fn set_address(handle: &Handle, index: u32, ip: Ipv4Addr) -> anyhow::Resul
     Ok(())
 }
 
-/// Makes the node's overlay device for `backend` and returns its VTEP MAC (to publish in
-/// the Node): for vxlan, [`VXLAN_DEVICE`] over `iface` from `node_ip`, created or kept
+/// What [`setup`] made: the VTEP MAC to publish in the Node (vxlan only), and the MTU pods
+/// must use so that what they send still fits a packet on the wire once encapsulated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setup {
+    pub mac: Option<[u8; 6]>,
+    pub pod_mtu: u32,
+}
+
+/// Makes the node's overlay device for `backend` and says what it made ([`Setup`]): for vxlan, [`VXLAN_DEVICE`] over `iface` from `node_ip`, created or kept
 /// (recreated when its parameters differ, e.g. the node's address changed), with the `.0`
 /// of `pod_cidr`. For host-gw and none there is no device (one left by an earlier vxlan
 /// run is removed) and no MAC.
@@ -323,17 +330,9 @@ pub async fn setup(
     node_ip: Ipv4Addr,
     iface: &str,
     pod_cidr: (Ipv4Addr, u8),
-) -> anyhow::Result<Option<[u8; 6]>> {
+) -> anyhow::Result<Setup> {
     let handle = connect().await?;
     let existing = link_by_name(&handle, VXLAN_DEVICE).await?;
-    if backend != Backend::Vxlan {
-        if let Some(dev) = existing {
-            tracing::info!(device = VXLAN_DEVICE, %backend, "removing the vxlan device of an earlier backend");
-            handle.link().del(dev.header.index).execute().await.with_context(|| format!("deleting {VXLAN_DEVICE}"))?;
-        }
-        return Ok(None);
-    }
-
     let under = link_by_name(&handle, iface).await?.with_context(|| format!("there is no interface {iface}"))?;
     let under_mtu = under
         .attributes
@@ -343,6 +342,14 @@ pub async fn setup(
             _ => None,
         })
         .with_context(|| format!("{iface} reports no MTU"))?;
+    if backend != Backend::Vxlan {
+        if let Some(dev) = existing {
+            tracing::info!(device = VXLAN_DEVICE, %backend, "removing the vxlan device of an earlier backend");
+            handle.link().del(dev.header.index).execute().await.with_context(|| format!("deleting {VXLAN_DEVICE}"))?;
+        }
+        return Ok(Setup { mac: None, pod_mtu: under_mtu });
+    }
+
     let mtu = under_mtu.checked_sub(VXLAN_OVERHEAD).filter(|m| *m >= 68).with_context(|| {
         format!("{iface}'s MTU {under_mtu} leaves no room for vxlan: use --flannel-backend=host-gw")
     })?;
@@ -383,7 +390,8 @@ pub async fn setup(
         );
     }
     let dev = link_by_name(&handle, VXLAN_DEVICE).await?.with_context(|| format!("{VXLAN_DEVICE} vanished"))?;
-    mac_of(&dev).with_context(|| format!("{VXLAN_DEVICE} has no MAC address")).map(Some)
+    let mac = mac_of(&dev).with_context(|| format!("{VXLAN_DEVICE} has no MAC address"))?;
+    Ok(Setup { mac: Some(mac), pod_mtu: mtu })
 }
 
 /// Removes the overlay (for `bramble killall`): our routes, then the vxlan device with its
@@ -753,8 +761,10 @@ mod tests {
                 let (found, iface) = node_ip(Some(me), None).await?;
                 let (by_iface, _) = node_ip(None, Some("ov0")).await?;
                 anyhow::ensure!(by_iface == me, "--flannel-iface ov0 gave {by_iface}");
-                let mac = setup(Backend::Vxlan, me, &iface, (pods, 24)).await?;
+                let first = setup(Backend::Vxlan, me, &iface, (pods, 24)).await?;
                 let again = setup(Backend::Vxlan, me, &iface, (pods, 24)).await?;
+                anyhow::ensure!(first.pod_mtu == 1450, "pods get the uplink's MTU less vxlan's 50: {first:?}");
+                let (mac, again) = (first.mac, again.mac);
                 let tx_csum = ethtool_value(VXLAN_DEVICE, ETHTOOL_GTXCSUM, 0)?;
                 Ok((found, iface, mac, again, tx_csum))
             })
@@ -805,7 +815,7 @@ mod tests {
         ip(&["-n", a, "addr", "add", "10.250.77.11/24", "dev", "ov0"]);
         let (new_ip, pods_a) = (Ipv4Addr::new(10, 250, 77, 11), nodes[0].pods);
         let (mac, config) = in_netns(a, move || async move {
-            let mac = setup(Backend::Vxlan, new_ip, "ov0", (pods_a, 24)).await?;
+            let mac = setup(Backend::Vxlan, new_ip, "ov0", (pods_a, 24)).await?.mac;
             let dev = link_by_name(&connect().await?, VXLAN_DEVICE).await?.context("the device is gone")?;
             Ok((mac, VxlanConfig::of(&dev)))
         })
@@ -819,7 +829,9 @@ mod tests {
         for n in &nodes {
             let (me, name, pods, nodes) = (n.ip, n.name, n.pods, annotated.clone());
             let (mac, changes) = in_netns(n.ns, move || async move {
-                let mac = setup(Backend::HostGw, me, "ov0", (pods, 24)).await?;
+                let made = setup(Backend::HostGw, me, "ov0", (pods, 24)).await?;
+                anyhow::ensure!(made.pod_mtu == 1500, "host-gw pods get the uplink's MTU: {made:?}");
+                let mac = made.mac;
                 let want = desired(Backend::HostGw, &peers(&nodes, name));
                 Ok((mac, reconcile(&Netlink::default(), &want).await?))
             })
