@@ -28,7 +28,7 @@ from pathlib import Path
 # The API groups the server serves, plus the apimachinery packages they use.
 API_PACKAGES = [
     "core/v1", "apps/v1", "batch/v1", "coordination/v1", "storage/v1",
-    "networking/v1", "policy/v1", "autoscaling/v1",
+    "networking/v1", "policy/v1", "autoscaling/v1", "discovery/v1",
 ]
 MACHINERY_PACKAGES = [
     "pkg/apis/meta/v1", "pkg/runtime", "pkg/util/intstr", "pkg/api/resource",

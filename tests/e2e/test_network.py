@@ -382,15 +382,9 @@ def test_host_port_reaches_the_pod(cluster):
     try:
         body = get_eventually(f"http://{cluster.node_ip}:18080/cgi-bin/who")
     except AssertionError:
-        print("DEBUG", cluster.core.read_namespaced_pod("hp", "default").status.pod_ip)
-        print(in_ns(cluster.ns, "nft", "list", "table", "ip", "bramble").stdout[-3000:])
-        print(in_ns(cluster.ns, "ip", "neigh").stdout)
-        try:
-            print(get(f"http://{cluster.core.read_namespaced_pod('hp', 'default').status.pod_ip}:8080/cgi-bin/who"))
-        except OSError as e:
-            print("direct", e)
-        print(cluster.logs())
-        raise
+        pod_ip = cluster.core.read_namespaced_pod("hp", "default").status.pod_ip
+        rules = in_ns(cluster.ns, "nft", "list", "chain", "ip", "bramble", "hostports").stdout
+        raise AssertionError(f"hostPort 18080 -> {pod_ip}:8080 never answered; rules:\n{rules}\n{cluster.logs()}")
     assert body.split()[1] == "hp"
     cluster.delete_pods("hp")
 
