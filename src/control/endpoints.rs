@@ -152,9 +152,9 @@ fn api_server_subsets(advertise: &str) -> Vec<Value> {
     vec![json!({"addresses": [{"ip": ip.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]})]
 }
 
-/// Registers the handlers and starts the worker.
-pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
-    let queue = WorkQueue::new();
+/// Queues a Service's key when it changes and when a pod it selects comes, changes or
+/// goes: what both the Endpoints and the EndpointSlice controllers follow.
+pub(crate) fn queue_services_and_their_pods(ctx: &Ctx, queue: &Arc<WorkQueue>) {
     let q = queue.clone();
     ctx.services.on_change(Box::new(move |old, new| {
         if let Some(svc) = new.or(old) {
@@ -170,6 +170,12 @@ pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         }
     }));
+}
+
+/// Registers the handlers and starts the worker.
+pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
+    let queue = WorkQueue::new();
+    queue_services_and_their_pods(ctx, &queue);
     let ctx = ctx.clone();
     super::workers(COMPONENT, queue, 1, move |key| {
         let ctx = ctx.clone();

@@ -23,7 +23,6 @@ use serde_json::{Map, Value, json};
 
 use super::conn::{is_not_found, revision};
 use super::endpoints::{api_server_address, selector_of, services_selecting, target_port};
-use super::informer::key_of;
 use super::queue::WorkQueue;
 use super::{BY_NODE, Ctx, Writes, owner_ref, s};
 
@@ -377,21 +376,7 @@ fn zone(ctx: &Ctx, node: &str) -> Option<String> {
 /// Registers the handlers and starts the worker.
 pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
     let queue = WorkQueue::new();
-    let q = queue.clone();
-    ctx.services.on_change(Box::new(move |old, new| {
-        if let Some(svc) = new.or(old) {
-            q.add(&key_of(svc));
-        }
-    }));
-    let q = queue.clone();
-    let services = ctx.services.clone();
-    ctx.pods.on_change(Box::new(move |old, new| {
-        for pod in [old, new].into_iter().flatten() {
-            for key in services_selecting(&services, pod) {
-                q.add(&key);
-            }
-        }
-    }));
+    super::endpoints::queue_services_and_their_pods(ctx, &queue);
     // A slice changed or deleted by someone else is put back.
     let q = queue.clone();
     ctx.endpointslices.on_change(Box::new(move |old, new| {
