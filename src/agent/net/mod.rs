@@ -150,6 +150,7 @@ pub async fn start(
         bridge_netfilter,
         zone: zone_tx,
         applier: nft::Applier::default(),
+        overlay_applied: None,
     };
     tokio::spawn(sync.run(changed, stop));
     Ok(Arc::new(NodeNet {
@@ -218,6 +219,9 @@ struct Sync {
     bridge_netfilter: bool,
     zone: watch::Sender<Arc<dns::Zone>>,
     applier: nft::Applier,
+    /// The overlay state last reconciled: a pod or Service change leaves it as it is, and
+    /// then costs no netlink dumps.
+    overlay_applied: Option<overlay::Desired>,
 }
 
 impl Sync {
@@ -229,7 +233,10 @@ impl Sync {
             tokio::select! {
                 _ = changed.notified() => tokio::time::sleep(COALESCE).await,
                 _ = address_check.tick() => self.follow_address().await,
-                _ = resync.tick() => self.applier = nft::Applier::default(),
+                _ = resync.tick() => {
+                    self.applier = nft::Applier::default();
+                    self.overlay_applied = None;
+                }
                 _ = stop.changed() => return,
             }
         }
@@ -257,9 +264,16 @@ impl Sync {
         }
         let peers = overlay::peers(&nodes, &self.node);
         let desired = overlay::desired(self.opts.backend, &peers);
+        if self.overlay_applied.as_ref() == Some(&desired) {
+            return;
+        }
         match overlay::reconcile(&overlay::Netlink::default(), &desired).await {
-            Ok(changes) if changes.any() => tracing::info!(?changes, "overlay routes updated"),
-            Ok(_) => {}
+            Ok(changes) => {
+                if changes.any() {
+                    tracing::info!(?changes, "overlay routes updated");
+                }
+                self.overlay_applied = Some(desired);
+            }
             Err(e) => tracing::error!(error = %format!("{e:#}"), "updating the overlay routes"),
         }
     }
@@ -284,7 +298,11 @@ impl Sync {
         }
         .await;
         match result {
-            Ok(()) => (self.node_ip, self.iface) = (ip, iface),
+            Ok(()) => {
+                (self.node_ip, self.iface) = (ip, iface);
+                // A device made again holds none of the peers' entries.
+                self.overlay_applied = None;
+            }
             Err(e) => tracing::error!(error = %format!("{e:#}"), "moving the overlay to the new address"),
         }
     }
