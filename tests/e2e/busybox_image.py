@@ -40,9 +40,9 @@ def layer():
     return buf.getvalue()
 
 
-def docker_archive(path, tags=("bramble.test/busybox:1",), cmd=("sh",)):
-    """Writes the image as a docker-archive at `path`."""
-    lay = layer()
+def docker_archive(path, tags=("bramble.test/busybox:1",), cmd=("sh",), lay=None):
+    """Writes the image (busybox's layer unless `lay` is given) as a docker-archive at `path`."""
+    lay = lay if lay is not None else layer()
     config = json.dumps({"architecture": ARCH, "os": "linux",
                          "config": {"Cmd": list(cmd), "Env": ["PATH=/bin"], "WorkingDir": "/"},
                          "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(lay).hexdigest()}"]}}).encode()

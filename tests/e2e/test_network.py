@@ -7,6 +7,7 @@ nftables tables) is removed even when a test fails."""
 import ipaddress
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -453,33 +454,46 @@ def test_endpoints_follow_a_rolling_update_without_a_failed_request(cluster):
     wait_for(lambda: (d := apps.read_namespaced_deployment("roll", "default")).status.ready_replicas == 2, timeout=90)
     get_eventually(f"http://{svc.spec.cluster_ip}/cgi-bin/who")
     old = {p.metadata.name for p in cluster.core.list_namespaced_pod("default", label_selector="app=roll").items}
+    bridges = bridge_macs(cluster)
     container["env"][0]["value"] = "2"
     apps.patch_namespaced_deployment("roll", "default", {"spec": {"template": {"spec": {"containers": [container]}}}})
     failures, ok, deadline = [], 0, time.time() + 120
+    seen, timeline = {}, []
     while time.time() < deadline:
         try:
-            # 5 s: a SYN lost and sent again after 1 s (busybox httpd, seen about once in
-            # a few thousand connections here, to pods' own addresses too) is not a
-            # failure; a request sent to an endpoint that is gone never answers at all.
+            # 5 s: a request sent to an endpoint that is gone never answers at all.
             get(f"http://{svc.spec.cluster_ip}/cgi-bin/who", timeout=5)
             ok += 1
         except OSError as e:
             body = e.read().decode(errors="replace")[:80] if hasattr(e, "read") else ""
             failures.append(f"{time.time():.2f} {e!r} {body}")
         pods = cluster.core.list_namespaced_pod("default", label_selector="app=roll").items
+        for p in pods:
+            ready = any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
+            state = (p.status.pod_ip, p.spec.node_name, ready, bool(p.metadata.deletion_timestamp), p.status.phase)
+            if seen.get(p.metadata.name) != state:
+                seen[p.metadata.name] = state
+                timeline.append(f"{time.time():.2f} {p.metadata.name} {state}")
         names = {p.metadata.name for p in pods}
         if not names & old and sum(1 for p in pods if p.status.phase == "Running") == 2 and len(pods) == 2:
             break
     assert not names & old, "the rollout finished"
-    # Known defect, not yet found: about one request in 3,000 during a rollout gets no
-    # answer within 5 s (a SYN that met a stale NAT mapping, or a rule update later than
-    # the preStop). Endpoints not being followed at all fails hundreds; refused and reset
-    # connections are never allowed.
-    assert len(failures) <= max(1, (ok + len(failures)) // 1000), \
-        f"{len(failures)} failed of {ok + len(failures)}: {failures[:3]}"
-    assert all("timed out" in f for f in failures), failures
+    print(f"rollout: {ok} requests answered, {len(failures)} failed")
+    # What the pods did, for reading a failure against.
+    story = "\n".join(timeline)
+    assert not failures, f"{len(failures)} failed of {ok + len(failures)}: {failures[:3]}\n{story}"
+    # The old pods' veths are gone; the bridges kept their addresses (a bridge left to
+    # itself takes its lowest port's, and pods' gateway entries then go stale).
+    assert bridge_macs(cluster) == bridges
     apps.delete_namespaced_deployment("roll", "default")
     cluster.core.delete_namespaced_service("roll", "default")
+
+
+def bridge_macs(cluster):
+    """The pod bridges' MAC addresses, on the server's node and the worker's."""
+    cmd = ["ip", "-o", "link", "show", "bramble0"]
+    outs = [subprocess.run(cmd, capture_output=True, text=True).stdout, in_ns(cluster.ns, *cmd).stdout]
+    return [re.search(r"link/ether (\S+)", out).group(1) for out in outs]
 
 
 def routes_in(ns=None):
@@ -500,3 +514,4 @@ def test_a_deleted_node_takes_its_routes_with_it(cluster):
     wait_for(lambda: worker_cidr not in routes_in(), timeout=10)
     fdb = subprocess.run(["bridge", "fdb", "show", "dev", "bramble.vxlan"], capture_output=True, text=True).stdout
     assert cluster.node_ip not in fdb
+

@@ -79,18 +79,29 @@ pub async fn ensure_bridge(cidr: PodCidr) -> anyhow::Result<()> {
     };
     exists_ok(handle.address().add(index, cidr.gateway().into(), cidr.bits).execute().await)
         .with_context(|| format!("giving {BRIDGE} the address {}/{}", cidr.gateway(), cidr.bits))?;
+    // A fixed address: left alone, a bridge takes the lowest of its ports' addresses and
+    // changes it whenever a pod's veth comes or goes, and every pod's cached gateway
+    // address then leads nowhere until its neighbour entry is probed again (seconds of
+    // lost replies on a node where pods come and go).
     handle
         .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
+        .set(LinkUnspec::new_with_index(index).address(bridge_mac(cidr).to_vec()).up().build())
         .execute()
         .await
-        .with_context(|| format!("bringing {BRIDGE} up"))?;
+        .with_context(|| format!("giving {BRIDGE} its address and bringing it up"))?;
     std::fs::OpenOptions::new()
         .write(true)
         .open("/proc/sys/net/ipv4/ip_forward")
         .and_then(|mut f| f.write_all(b"1"))
         .context("turning on IPv4 forwarding")?;
     Ok(())
+}
+
+/// The bridge's MAC address, made from its gateway address: locally administered, unicast,
+/// and the same across restarts, so pods keep a valid gateway entry through an agent restart.
+pub fn bridge_mac(cidr: PodCidr) -> [u8; 6] {
+    let [a, b, c, d] = cidr.gateway().octets();
+    [0x0e, 0xb8, a, b, c, d]
 }
 
 /// Deletes the bridge (when the node is wiped: `bramble killall`).
@@ -101,6 +112,10 @@ pub async fn remove_bridge() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The file naming the address handed out last (the CNI host-local plugin's
+/// `last_reserved_ip`); not an address, so `lookup` never mistakes it for a holder.
+const LAST_RESERVED: &str = "last_reserved_ip";
 
 /// The host-local address allocator of one node.
 pub struct Ipam {
@@ -114,18 +129,26 @@ impl Ipam {
         Ipam { dir: dir.to_path_buf(), cidr }
     }
 
-    /// The address of pod `uid`: the one it already holds, or the first free one.
+    /// The address of pod `uid`: the one it already holds, or the next free one after the
+    /// last one handed out (round robin, as the CNI host-local plugin): an address just
+    /// freed is not given again at once, so neighbour caches, conntrack entries and clients
+    /// still holding it meet no new pod.
     pub fn allocate(&self, uid: &str) -> anyhow::Result<Ipv4Addr> {
         if let Some(ip) = self.lookup(uid) {
             return Ok(ip);
         }
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         let base = u32::from(self.cidr.net);
-        for host in 2..self.cidr.size() - 1 {
+        let (first, last) = (2, self.cidr.size() - 2);
+        let after =
+            self.last_reserved().map(|ip| u32::from(ip).wrapping_sub(base)).filter(|h| (first..=last).contains(h));
+        let start = after.map_or(first, |h| if h == last { first } else { h + 1 });
+        for host in (start..=last).chain(first..start) {
             let ip = Ipv4Addr::from(base + host);
             match std::fs::OpenOptions::new().write(true).create_new(true).open(self.dir.join(ip.to_string())) {
                 Ok(mut f) => {
                     f.write_all(uid.as_bytes()).context("recording an address")?;
+                    self.remember(ip)?;
                     return Ok(ip);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -133,6 +156,18 @@ impl Ipam {
             }
         }
         bail!("no free address left in the node's pod range {}/{}", self.cidr.net, self.cidr.bits)
+    }
+
+    fn last_reserved(&self) -> Option<Ipv4Addr> {
+        std::fs::read_to_string(self.dir.join(LAST_RESERVED)).ok()?.trim().parse().ok()
+    }
+
+    fn remember(&self, ip: Ipv4Addr) -> anyhow::Result<()> {
+        // Written whole then renamed: a torn file would only restart the scan at the
+        // bottom, but a rename costs nothing here.
+        let tmp = self.dir.join(format!("{LAST_RESERVED}.tmp"));
+        std::fs::write(&tmp, ip.to_string()).context("recording the last address handed out")?;
+        std::fs::rename(&tmp, self.dir.join(LAST_RESERVED)).context("recording the last address handed out")
     }
 
     /// The address pod `uid` holds, if any.
@@ -145,8 +180,11 @@ impl Ipam {
 
     /// Frees what pod `uid` holds.
     pub fn release(&self, uid: &str) {
-        if let Some(ip) = self.lookup(uid) {
-            let _ = std::fs::remove_file(self.dir.join(ip.to_string()));
+        if let Some(ip) = self.lookup(uid)
+            && let Err(e) = std::fs::remove_file(self.dir.join(ip.to_string()))
+        {
+            // The address stays taken until the node is wiped; the pod is gone anyway.
+            tracing::warn!(%ip, error = %e, "could not free a pod's address");
         }
     }
 }
@@ -249,8 +287,42 @@ mod tests {
         assert_eq!(ipam.allocate("pod-a").unwrap(), a, "the same pod keeps its address");
         assert_eq!(ipam.allocate("pod-b").unwrap(), Ipv4Addr::new(10, 42, 7, 3));
         ipam.release("pod-a");
-        assert_eq!(ipam.allocate("pod-c").unwrap(), a, "a released address is reused");
+        assert_eq!(
+            ipam.allocate("pod-c").unwrap(),
+            Ipv4Addr::new(10, 42, 7, 4),
+            "a just-released address waits its turn"
+        );
+        assert_eq!(ipam.lookup("pod-c"), Some(Ipv4Addr::new(10, 42, 7, 4)));
         assert_eq!(host_veth("5ec60aa8-891d-4419"), "veth5ec60aa889");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_bridge_mac_is_local_unicast_and_follows_the_gateway() {
+        let mac = bridge_mac(PodCidr::parse("10.42.3.0/24").unwrap());
+        assert_eq!(mac, [0x0e, 0xb8, 10, 42, 3, 1]);
+        assert_eq!(mac[0] & 0b11, 0b10, "locally administered, not multicast");
+    }
+
+    #[test]
+    fn allocation_wraps_around_to_the_freed_addresses() {
+        let dir = std::env::temp_dir().join(format!("bramble-ipam-wrap-{}", std::process::id()));
+        // A /29: hosts .2 to .6 are pods' (.0 the network, .1 the gateway, .7 broadcast).
+        let ipam = Ipam::new(&dir, PodCidr::parse("10.42.9.0/29").unwrap());
+        let got: Vec<_> = (0..5).map(|i| ipam.allocate(&format!("p{i}")).unwrap().octets()[3]).collect();
+        assert_eq!(got, [2, 3, 4, 5, 6]);
+        assert!(ipam.allocate("p5").is_err(), "the range is full");
+        ipam.release("p1");
+        ipam.release("p3");
+        assert_eq!(ipam.allocate("p6").unwrap(), Ipv4Addr::new(10, 42, 9, 3), "wrapped to the first free");
+        assert_eq!(ipam.allocate("p7").unwrap(), Ipv4Addr::new(10, 42, 9, 5));
+        std::fs::write(dir.join(LAST_RESERVED), "garbage").unwrap();
+        ipam.release("p0");
+        assert_eq!(
+            ipam.allocate("p8").unwrap(),
+            Ipv4Addr::new(10, 42, 9, 2),
+            "an unreadable record restarts at the bottom"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

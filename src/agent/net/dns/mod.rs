@@ -16,8 +16,9 @@
 mod forward;
 mod zone;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -44,6 +45,9 @@ const CLASSIC_UDP_BYTES: usize = 512;
 const UDP_RECV_BYTES: usize = 4096;
 /// Forwarded UDP queries waiting for an upstream at once; beyond, clients get SERVFAIL.
 const MAX_UDP_FORWARDS: usize = 1024;
+/// Encoded UDP answers kept per zone snapshot; past this the cache starts over (a client
+/// asking ever-new names cannot make it grow).
+const MAX_CACHED_ANSWERS: usize = 2048;
 /// TCP clients served at once; beyond, new connections are closed.
 const MAX_TCP_CONNECTIONS: usize = 256;
 /// A TCP connection with no complete query for this long is closed.
@@ -210,6 +214,47 @@ fn respond(zone: &Zone, bytes: &[u8], transport: Transport) -> Decision {
     Decision::Local(encode(&resp, limit))
 }
 
+/// The UDP answers already encoded from one zone snapshot. An answer depends only on the
+/// zone and the query's bytes after its ID (the question's case, EDNS and its size
+/// included), so a repeated query is answered by copying bytes and patching the ID:
+/// parsing and encoding cost several times what the lookup does, and pods ask the same
+/// few names over and over (a resolver's search list makes it five per lookup).
+#[derive(Default)]
+struct AnswerCache {
+    zone: Weak<Zone>,
+    answers: HashMap<Box<[u8]>, Box<[u8]>>,
+}
+
+impl AnswerCache {
+    /// What to do with `bytes` received over UDP, answered from `zone`.
+    fn respond(&mut self, zone: &Arc<Zone>, bytes: &[u8]) -> Decision {
+        // The weak handle keeps the old snapshot's allocation, so its address cannot be
+        // reused by a newer one while we compare.
+        if !std::ptr::eq(self.zone.as_ptr(), Arc::as_ptr(zone)) {
+            self.zone = Arc::downgrade(zone);
+            self.answers.clear();
+        }
+        if bytes.len() < 12 {
+            return Decision::Drop;
+        }
+        if let Some(cached) = self.answers.get(&bytes[2..]) {
+            let mut wire = cached.to_vec();
+            wire[..2].copy_from_slice(&bytes[..2]);
+            return Decision::Local(wire);
+        }
+        let decision = respond(zone, bytes, Transport::Udp);
+        if let Decision::Local(wire) = &decision
+            && wire.len() >= 12
+        {
+            if self.answers.len() >= MAX_CACHED_ANSWERS {
+                self.answers.clear();
+            }
+            self.answers.insert(bytes[2..].into(), wire.as_slice().into());
+        }
+        decision
+    }
+}
+
 /// The sockets DNS is served on, bound before serving so that a port already in use is
 /// reported to the caller at once.
 #[derive(Debug)]
@@ -258,6 +303,7 @@ pub async fn serve(listeners: Listeners, zone: watch::Receiver<Arc<Zone>>, upstr
     let tcp_connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; UDP_RECV_BYTES];
+    let mut cache = AnswerCache::default();
 
     loop {
         tokio::select! {
@@ -271,7 +317,7 @@ pub async fn serve(listeners: Listeners, zone: watch::Receiver<Arc<Zone>>, upstr
                     }
                 };
                 let current = zone.borrow().clone();
-                match respond(&current, &buf[..len], Transport::Udp) {
+                match cache.respond(&current, &buf[..len]) {
                     Decision::Local(wire) => {
                         if let Err(e) = udp.send_to(&wire, peer).await {
                             debug!(%peer, error = %e, "sending a DNS answer");
@@ -950,6 +996,34 @@ mod tests {
         let addr = listeners.local_addr().unwrap();
         tasks.spawn(serve(listeners, zone, upstreams));
         addr
+    }
+
+    #[test]
+    fn cached_udp_answers_equal_fresh_ones_but_for_the_id() {
+        let zone = Arc::new(fixture());
+        let mut cache = AnswerCache::default();
+        let fresh = |bytes: &[u8]| match respond(&zone, bytes, Transport::Udp) {
+            Decision::Local(wire) => wire,
+            _ => panic!("a local answer expected"),
+        };
+        for name in
+            ["web.default.svc.cluster.local.", "WeB.DeFault.svc.cluster.local.", "nope.default.svc.cluster.local."]
+        {
+            let mut q = query(name, RecordType::A);
+            for id in [1u16, 0xbeef, 7] {
+                q[..2].copy_from_slice(&id.to_be_bytes());
+                let Decision::Local(wire) = cache.respond(&zone, &q) else { panic!("a local answer expected") };
+                assert_eq!(wire, fresh(&q), "{name} with id {id}");
+            }
+        }
+        assert_eq!(cache.answers.len(), 3, "one entry per distinct question");
+        assert!(matches!(cache.respond(&zone, &[0u8; 11]), Decision::Drop));
+        // A new snapshot starts the cache over.
+        let other = Arc::new(Zone::build(ZONE, &[], &[]));
+        let q = query("web.default.svc.cluster.local.", RecordType::A);
+        let Decision::Local(wire) = cache.respond(&other, &q) else { panic!("a local answer expected") };
+        assert_eq!(Message::from_vec(&wire).unwrap().response_code, ResponseCode::NXDomain);
+        assert_eq!(cache.answers.len(), 1);
     }
 
     #[tokio::test]
