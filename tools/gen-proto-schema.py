@@ -10,7 +10,9 @@ carries it, JSON leaves it out when zero, so the decoder drops its zero value
 (pointer fields such as `replicas: 0` keep theirs). "inline" marks an embedded
 struct (`VolumeSource` in `Volume`, `ProbeHandler` in `Probe`) whose fields JSON puts
 in the parent. Both come from the Go
-struct tags in the packages' `*.go` files beside each `generated.proto`.
+struct tags in the packages' `*.go` files beside each `generated.proto`, as does the
+JSON name where it differs from the protobuf one (`uID` is `uid` in
+BoundObjectReference).
 
 Usage, with checkouts of k8s.io/api and k8s.io/apimachinery at the release the
 server reports in /version (v0.33.x for Kubernetes 1.33):
@@ -29,6 +31,7 @@ from pathlib import Path
 API_PACKAGES = [
     "core/v1", "apps/v1", "batch/v1", "coordination/v1", "storage/v1",
     "networking/v1", "policy/v1", "autoscaling/v1", "discovery/v1",
+    "authentication/v1", "authentication/v1beta1", "authorization/v1", "rbac/v1",
 ]
 MACHINERY_PACKAGES = [
     "pkg/apis/meta/v1", "pkg/runtime", "pkg/util/intstr", "pkg/api/resource",
@@ -43,12 +46,14 @@ MESSAGE = re.compile(r"^message\s+(\w+)\s*\{")
 STRUCT = re.compile(r"^type\s+(\w+)\s+struct\s*\{")
 GO_INLINE = re.compile(r'^\s*[\w.]+\s+`json:",inline"\s+protobuf:"\w+,\d+,opt,name=(\w+)')
 GO_FIELD = re.compile(r'^\s*\w+\s+(\S+)\s+`json:"[^",]*,omitempty"\s+protobuf:"\w+,\d+,opt,name=(\w+)')
+GO_NAMES = re.compile(r'`json:"([^",]*)[^"]*"\s+protobuf:"[^"]*\bname=(\w+)')
 
 
 def go_tags(directory):
     """(struct, protobuf field name) pairs of non-pointer scalar fields tagged omitempty, and
-    of embedded structs whose fields JSON inlines into the parent (`json:",inline"`)."""
-    found, inline = set(), set()
+    of embedded structs whose fields JSON inlines into the parent (`json:",inline"`); and the
+    JSON names of fields whose protobuf name differs, keyed by such pairs."""
+    found, inline, renamed = set(), set(), {}
     for go in sorted(directory.glob("*.go")):
         if go.name.endswith("_test.go"):
             continue
@@ -64,7 +69,9 @@ def go_tags(directory):
                 go_type, name = m.groups()
                 if not go_type.startswith(("*", "[", "map[")):
                     found.add((struct, name))
-    return found, inline
+            if struct and (m := GO_NAMES.search(line)) and m.group(1) not in ("", "-", m.group(2)):
+                renamed[(struct, m.group(2))] = m.group(1)
+    return found, inline, renamed
 
 
 def qualify(ty, package):
@@ -76,7 +83,7 @@ def qualify(ty, package):
 
 
 def parse(path, out):
-    omit, inline = go_tags(path.parent)
+    omit, inline, renamed = go_tags(path.parent)
     package, message = None, None
     for line in path.read_text().splitlines():
         line = line.split("//", 1)[0]
@@ -89,6 +96,7 @@ def parse(path, out):
             message = None
         elif message and (m := MAP.match(line)):
             k, v, name, num = m.groups()
+            name = renamed.get((message.rsplit(".", 1)[1], name), name)
             out[message].append([int(num), name, "map", f"{qualify(k, package)},{qualify(v, package)}"])
         elif message and (m := FIELD.match(line)):
             label, ty, name, num = m.groups()
@@ -100,6 +108,7 @@ def parse(path, out):
                 kind = "inline"
             else:
                 kind = "opt"
+            name = renamed.get((message.rsplit(".", 1)[1], name), name)
             out[message].append([int(num), name, kind, qualify(ty, package)])
 
 

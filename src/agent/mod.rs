@@ -325,6 +325,7 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
         host_ip,
         network,
         net,
+        tokens: pods::sa_tokens::TokenCache::default(),
     });
     tokio::spawn(pods::run(ctx.clone(), stop.clone()));
     let kubelet = kubelet::serve(ctx, &opts, stop.clone()).await.context("starting the node's HTTPS endpoint")?;

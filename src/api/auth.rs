@@ -138,6 +138,9 @@ pub fn node_rule(me: &str, a: &Attributes) -> Result<NodeCheck, &'static str> {
         ("", "persistentvolumes", None, _) if read => Ok(Nothing),
         ("", "persistentvolumes", None, "patch") if a.name.is_some() => Ok(BoundToNode),
         ("", "services" | "endpoints", None, _) if read => Ok(Nothing),
+        // Tokens for the projected volumes of its pods: the TokenRequest handler checks
+        // that the token is bound to a pod on this node that runs as that account.
+        ("", "serviceaccounts", Some("token"), "create") if a.name.is_some() => Ok(Nothing),
         ("discovery.k8s.io", "endpointslices", None, _) if read => Ok(Nothing),
         _ => Err("nodes may not use this resource"),
     }

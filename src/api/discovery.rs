@@ -74,6 +74,10 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         if r.scale {
             list.push(json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
         }
+        if r.kind == "ServiceAccount" {
+            list.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+                "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
+        }
         if r.kind == "Pod" {
             for (sub, kind, verbs, g, v) in [
                 ("binding", "Binding", vec!["create"], "", "v1"),
@@ -91,6 +95,10 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 list.push(e);
             }
         }
+    }
+    for r in super::resources::REVIEWS.iter().filter(|r| r.group == group && r.version == version) {
+        list.push(json!({"name": r.plural, "singularName": r.kind.to_lowercase(), "namespaced": r.namespaced,
+                         "kind": r.kind, "verbs": ["create"]}));
     }
     if list.is_empty() {
         return None;

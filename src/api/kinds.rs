@@ -31,7 +31,7 @@ macro_rules! typed_kinds {
 
 use k8s_openapi::api::{
     apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core, discovery::v1 as discovery,
-    networking::v1 as net, policy::v1 as policy, storage::v1 as storage,
+    networking::v1 as net, policy::v1 as policy, rbac::v1 as rbac, storage::v1 as storage,
 };
 
 typed_kinds! {
@@ -44,6 +44,8 @@ typed_kinds! {
     "Lease" => coord::Lease, "StorageClass" => storage::StorageClass, "Ingress" => net::Ingress,
     "PodDisruptionBudget" => policy::PodDisruptionBudget, "Eviction" => policy::Eviction,
     "EndpointSlice" => discovery::EndpointSlice,
+    "Role" => rbac::Role, "ClusterRole" => rbac::ClusterRole, "RoleBinding" => rbac::RoleBinding,
+    "ClusterRoleBinding" => rbac::ClusterRoleBinding,
     "Scale" => k8s_openapi::api::autoscaling::v1::Scale, "Binding" => core::Binding,
 }
 
@@ -403,8 +405,28 @@ const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case a
 const DNS1035_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 
 /// Validates the object name rule of `kind`.
+/// Why `name` cannot be one path segment (upstream's `IsValidPathSegmentName`, plus no
+/// control characters and at most 253 bytes, which the store's keys and logs rely on).
+fn path_segment_refusal(name: &str) -> Option<&'static str> {
+    match name {
+        "" => Some("name or generateName is required"),
+        "." => Some("may not be '.'"),
+        ".." => Some("may not be '..'"),
+        _ if name.contains('/') => Some("may not contain '/'"),
+        _ if name.contains('%') => Some("may not contain '%'"),
+        _ if name.chars().any(char::is_control) => Some("may not contain control characters"),
+        _ if name.len() > 253 => Some("must be no more than 253 characters"),
+        _ => None,
+    }
+}
+
 pub fn validate_name(kind: &str, name: &str, causes: &mut Vec<Cause>) {
     let (ok, msg) = match kind {
+        // Upstream's `ValidateRBACName` (a path segment): `system:` names are the defaults'.
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => match path_segment_refusal(name) {
+            Some(why) => (false, why),
+            None => (true, ""),
+        },
         "Namespace" => (is_dns1123_label(name), LABEL_MSG),
         "Service" => (is_dns1035_label(name), DNS1035_MSG),
         _ => (is_dns1123_subdomain(name), SUBDOMAIN_MSG),
@@ -881,6 +903,7 @@ pub fn immutable_fields(kind: &str) -> &'static [(&'static str, &'static str)] {
             ("/volumeBindingMode", "volumeBindingMode"),
         ],
         "EndpointSlice" => &[("/addressType", "addressType")],
+        "RoleBinding" | "ClusterRoleBinding" => &[("/roleRef", "roleRef")],
         "Secret" | "ConfigMap" => &[],
         _ => &[],
     }
@@ -1067,6 +1090,23 @@ mod tests {
         assert!(fields.contains(&"endpoints[1].addresses[0]".to_string()), "{fields:?}");
         let old = json!({"addressType": "IPv4"});
         assert_eq!(validate_update("EndpointSlice", &old, &json!({"addressType": "IPv6"}))[0].field, "addressType");
+    }
+
+    #[test]
+    fn rbac_names_are_path_segments() {
+        for good in ["system:aggregate-to-admin", "Mixed_Case:x", "a.b"] {
+            let mut c = Vec::new();
+            validate_name("ClusterRole", good, &mut c);
+            assert!(c.is_empty(), "{good}: {c:?}");
+        }
+        for bad in ["", ".", "..", "a/b", "a%2fb", "a\nb", &"x".repeat(254)] {
+            let mut c = Vec::new();
+            validate_name("RoleBinding", &bad.replace("\\n", "\n"), &mut c);
+            assert_eq!(c.len(), 1, "{bad:?}");
+        }
+        let old = json!({"roleRef": {"kind": "Role", "name": "a"}});
+        let new = json!({"roleRef": {"kind": "Role", "name": "b"}});
+        assert_eq!(validate_update("RoleBinding", &old, &new)[0].field, "roleRef");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Owns request handling only; objects live in the [`Store`]. Called by the HTTPS server in
 //! [`server`], and by the in-process control loops through the same `handle`.
 
+pub mod access;
 mod admission;
 mod alloc;
 mod apply;
@@ -27,7 +28,10 @@ mod patch;
 pub mod pod_security;
 mod protobuf;
 mod raw_object;
+pub mod rbac;
 pub mod resources;
+mod sa_admission;
+pub mod sa_token;
 pub mod selector;
 pub mod server;
 mod slots;
@@ -60,7 +64,8 @@ pub struct ApiOptions {
     pub node_port_range: (u16, u16),
     /// The `kube-dns` Service's ClusterIP (`--cluster-dns`).
     pub cluster_dns: Ipv4Addr,
-    /// `https://host:port` clients should use.
+    /// `host:port` where pods and other nodes reach the API: the `kubernetes` Service's
+    /// endpoint and discovery's server address.
     pub advertise: String,
     /// Agent admission (`/cacerts`, `/v1-bramble/node-credentials`).
     pub join: Option<join::Join>,
@@ -80,6 +85,8 @@ pub struct Api {
     store: Store,
     pub opts: ApiOptions,
     tokens: Tokens,
+    /// ServiceAccount tokens and RBAC.
+    access: access::Access,
     /// Serializes evictions (see `evict`).
     evictions: tokio::sync::Mutex<()>,
     /// Signs `continue` tokens (made at start: tokens do not outlive the process).
@@ -125,7 +132,7 @@ impl Api {
         self.store.shutdown().await;
     }
 
-    pub fn new(store: Store, opts: ApiOptions, tokens: Tokens) -> Arc<Api> {
+    pub fn new(store: Store, opts: ApiOptions, tokens: Tokens, access: access::Access) -> Arc<Api> {
         let continue_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
             .unwrap_or_else(|_| {
                 // Without kernel randomness, a key from the clock still keeps tokens from
@@ -140,6 +147,7 @@ impl Api {
             store,
             opts,
             tokens,
+            access,
             evictions: tokio::sync::Mutex::new(()),
             continue_key,
             inflight: slots::Slots::default(),
@@ -179,10 +187,11 @@ impl Api {
                 {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
                 {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}});
         match self.create(&t, &Query::default(), body).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.code == 409 => Ok(()),
-            Err(e) => Err(e),
+            Ok(_) => {}
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e),
         }
+        self.bootstrap_rbac().await
     }
 
     /// Counts a request of `user` in flight, or refuses it with 429 past
@@ -251,10 +260,12 @@ impl Api {
             }
             _ => {}
         }
-        let user = cert_user
-            .or_else(|| self.tokens.user(req.headers().get("authorization").and_then(|v| v.to_str().ok())))
-            .ok_or_else(ApiError::unauthorized)?;
-        let user = auth::impersonated(user, req.headers())?;
+        let user = self.authenticate(cert_user, req.headers())?;
+        let user = access::implied_groups(auth::impersonated(user, req.headers())?);
+        if let Some(doc) = self.oidc_document(&path) {
+            self.authorize_path(&user, "get", &path)?;
+            return Ok(json_response(200, &doc));
+        }
         if let Some(verb) = path.strip_prefix("/v1-bramble/secrets-encrypt/") {
             return Ok(json_response(200, &self.secrets_encrypt(&user, verb, req.method().as_str()).await?));
         }
@@ -264,6 +275,15 @@ impl Api {
         {
             let (ns, name, sub) = (ns.to_string(), name.to_string(), sub.to_string());
             return self.pod_stream(&user, &ns, &name, &sub, req).await;
+        }
+        if matches!(
+            segs.as_slice(),
+            ["api"] | ["apis"] | ["api", "v1"] | ["apis", _] | ["apis", _, _] | ["openapi", ..]
+        ) {
+            self.authorize_path(&user, "get", &path)?;
+        }
+        if let Some((review, ns)) = review_target(&segs) {
+            return self.answer_review(&user, review, ns, req).await;
         }
         match segs.as_slice() {
             ["api"] => return Ok(json_response(200, &discovery::core_versions(&self.opts.advertise))),
@@ -311,6 +331,7 @@ impl Api {
         if let Some(me) = auth::node_name(&user) {
             q.0.insert(objects::NODE_QUERY_KEY.into(), me.to_string());
         }
+        access::user_into_query(&user, &mut q);
         if q.get("fieldManager").is_none_or(str::is_empty) {
             let agent = req.headers().get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("unknown");
             let name = agent.split('/').next().unwrap_or("unknown").trim();
@@ -330,15 +351,21 @@ impl Api {
             _ => return Err(ApiError::method_not_allowed(format!("{method} is not supported on {path}"))),
         };
         let _slot = if verb == "watch" { None } else { Some(self.inflight_slot(&user.name)?) };
+        // A namespace is its own namespace to authorization (upstream's rule), so a
+        // namespace's `admin` or `view` may read it.
+        let namespace = match (target.res.kind, &target.name) {
+            ("Namespace", Some(name)) => Some(name.as_str()),
+            _ => target.namespace.as_deref(),
+        };
         let attrs = auth::Attributes {
             verb,
             group,
             resource: target.res.plural,
             sub: target.sub.as_deref(),
-            namespace: target.namespace.as_deref(),
+            namespace,
             name: target.name.as_deref(),
         };
-        let node_check = auth::authorize(&user, &attrs)?;
+        let node_check = self.authorize(&user, &attrs)?;
         self.check_node_object(&user, &attrs, &target, node_check)?;
         let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let as_table = table::wants_table(&accept);
@@ -422,6 +449,9 @@ impl Api {
             ("update", Some("finalize")) if res.kind == "Namespace" => {
                 Ok(json_response(200, &self.finalize(&target, &q, body_value(true)?).await?))
             }
+            ("create", Some("token")) if res.kind == "ServiceAccount" => {
+                Ok(json_response(201, &self.token_request(&user, &target, body_value(true)?)?))
+            }
             ("create", Some("binding")) if res.kind == "Pod" => {
                 Ok(json_response(201, &self.bind(&target, body_value(true)?).await?))
             }
@@ -438,6 +468,35 @@ impl Api {
             }
             _ => Err(ApiError::method_not_allowed(format!("{} is not supported on {path}", parts.method))),
         }
+    }
+
+    /// `POST` of a review: authorized as a create of it, then answered (201, as upstream).
+    async fn answer_review(
+        &self,
+        user: &User,
+        review: &'static resources::Review,
+        ns: Option<String>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Body>, ApiError> {
+        if req.method() != hyper::Method::POST {
+            return Err(ApiError::method_not_allowed(format!(
+                "{} is not supported on {}: reviews are only created",
+                req.method(),
+                review.plural
+            )));
+        }
+        let attrs = auth::Attributes {
+            verb: "create",
+            group: review.group,
+            resource: review.plural,
+            sub: None,
+            namespace: ns.as_deref(),
+            name: None,
+        };
+        self.authorize(user, &attrs)?;
+        let (parts, body) = http::read_body(req).await?;
+        let body = http::decode_body(&http::content_type(&parts), &body)?;
+        Ok(json_response(201, &self.review(user, review, ns.as_deref(), &body)?))
     }
 
     /// `pods/<name>/exec|attach|portforward`: upgraded and spliced through to the node.
@@ -457,7 +516,7 @@ impl Api {
             namespace: Some(ns),
             name: Some(name),
         };
-        auth::authorize(user, &attrs)?;
+        self.authorize(user, &attrs)?;
         if !req.headers().contains_key("upgrade") {
             return Err(ApiError::bad_request(format!(
                 "Upgrade request required: {sub} streams need an Upgrade to SPDY/3.1 or WebSocket"
@@ -523,6 +582,17 @@ impl Api {
 /// Subresource names the API knows; anything else after an object's name is not found.
 const SUBRESOURCES: &[&str] =
     &["status", "scale", "finalize", "eviction", "binding", "log", "exec", "attach", "portforward", "proxy"];
+
+/// The review a path names (`/apis/<group>/<version>/[namespaces/<ns>/]<reviews>`).
+fn review_target(segs: &[&str]) -> Option<(&'static resources::Review, Option<String>)> {
+    match segs {
+        ["apis", g, v, plural] => resources::find_review(g, v, plural).filter(|r| !r.namespaced).map(|r| (r, None)),
+        ["apis", g, v, "namespaces", ns, plural] => {
+            resources::find_review(g, v, plural).filter(|r| r.namespaced).map(|r| (r, Some(ns.to_string())))
+        }
+        _ => None,
+    }
+}
 
 fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
     let own = |s: &Option<&&str>| s.map(|x| x.to_string());

@@ -133,7 +133,7 @@ pub struct Created {
     pub warnings: Vec<String>,
 }
 
-fn random_suffix(n: usize) -> String {
+pub(super) fn random_suffix(n: usize) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let bytes = *uuid::Uuid::new_v4().as_bytes();
     bytes.iter().take(n).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
@@ -376,11 +376,18 @@ impl Api {
         if res.kind == "Job" {
             generate_job_selector(&mut obj, &name);
         }
+        if res.kind == "Pod" {
+            self.admit_service_account(&t, &mut obj)?;
+        }
+        if res.kind == "Secret" {
+            self.fill_legacy_token(&t, &mut obj)?;
+        }
         match applied {
             Some(managed) => obj["metadata"]["managedFields"] = managed,
             None => apply::record_update(None, &mut obj, manager(q), &res.api_version(), ""),
         }
         self.validate_full(&t, res.kind, &obj)?;
+        self.check_escalation(q, res.kind, &obj)?;
         let labels = self.check_namespace_exists(&t)?;
         warnings.extend(self.admit_pod_security(&t, res.kind, &obj, Some(labels))?);
         let mut ops = vec![];
@@ -594,6 +601,12 @@ impl Api {
             apply::record_update(Some(&old), &mut new, manager(q), &res.api_version(), sub);
         }
         self.validate_full(t, res.kind, &new)?;
+        if old.get("rules") != new.get("rules")
+            || old.get("roleRef") != new.get("roleRef")
+            || old.get("subjects") != new.get("subjects")
+        {
+            self.check_escalation(q, res.kind, &new)?;
+        }
         if let Some(me) = q.get(NODE_QUERY_KEY)
             && let Some(why) = super::node_graph::node_write_refusal(me, res.kind, &old, &new)
         {

@@ -20,6 +20,7 @@ fn def_name(r: &Resource) -> String {
         "storage.k8s.io" => "storage",
         "networking.k8s.io" => "networking",
         "discovery.k8s.io" => "discovery",
+        "rbac.authorization.k8s.io" => "rbac",
         g => g,
     };
     format!("io.k8s.api.{pkg}.{}.{}", r.version, r.kind)

@@ -286,7 +286,7 @@ fn sorted(set: &BTreeSet<String>) -> Vec<String> {
 /// Go's `strconv.Quote` (what `%q` prints): escapes quotes, backslashes and non-printable
 /// characters. Unicode printability is approximated by control, whitespace and common
 /// format characters, which covers what realistically appears in annotation values.
-fn go_quote(s: &str) -> String {
+pub(super) fn go_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

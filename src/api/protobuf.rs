@@ -125,6 +125,9 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ApiError> {
         "storage.k8s.io" => "storage",
         "networking.k8s.io" => "networking",
         "discovery.k8s.io" => "discovery",
+        "authentication.k8s.io" => "authentication",
+        "authorization.k8s.io" => "authorization",
+        "rbac.authorization.k8s.io" => "rbac",
         g => g,
     };
     // Options kinds (DeleteOptions, ...) are meta/v1 types, whatever group sends them.
@@ -430,6 +433,87 @@ mod tests {
         field_bytes(2, &source, &mut volume); // Volume.volumeSource (inline)
         let v = decode_message("k8s.io.api.core.v1.Volume", &volume, 0).unwrap();
         assert_eq!(v, json!({"name": "cache", "emptyDir": {"medium": "Memory"}}));
+    }
+
+    /// The `k8s\0` + `runtime.Unknown` envelope around an encoded object.
+    fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
+        let mut type_meta = Vec::new();
+        field_bytes(1, api_version.as_bytes(), &mut type_meta);
+        field_bytes(2, kind.as_bytes(), &mut type_meta);
+        let mut body = MAGIC.to_vec();
+        field_bytes(1, &type_meta, &mut body);
+        field_bytes(2, raw, &mut body);
+        body
+    }
+
+    /// A TokenRequest as kubectl 1.33 `create token --audience a --duration 1h
+    /// --bound-object-kind Pod --bound-object-name p --bound-object-uid u` encodes it.
+    #[test]
+    fn decodes_a_token_request() {
+        let mut meta = Vec::new();
+        field_bytes(8, &[], &mut meta); // creationTimestamp: zero, dropped
+        let mut bound = Vec::new();
+        field_bytes(1, b"Pod", &mut bound);
+        field_bytes(2, b"", &mut bound); // apiVersion: empty, dropped
+        field_bytes(3, b"p", &mut bound);
+        field_bytes(4, b"u", &mut bound); // proto name `uID`, JSON `uid`
+        let mut spec = Vec::new();
+        field_bytes(1, b"a", &mut spec);
+        field_bytes(3, &bound, &mut spec);
+        field_varint(4, 3600, &mut spec);
+        let mut tr = Vec::new();
+        field_bytes(1, &meta, &mut tr);
+        field_bytes(2, &spec, &mut tr);
+        let v = decode_body(&envelope("authentication.k8s.io/v1", "TokenRequest", &tr)).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "metadata": {},
+                "spec": {
+                    "audiences": ["a"],
+                    "expirationSeconds": 3600,
+                    "boundObjectRef": {"kind": "Pod", "name": "p", "uid": "u"},
+                },
+            })
+        );
+    }
+
+    /// A SelfSubjectAccessReview as `kubectl auth can-i get pods -n default` encodes it:
+    /// Go writes every plain string and the non-pointer status too.
+    #[test]
+    fn decodes_a_self_subject_access_review() {
+        let mut attrs = Vec::new();
+        field_bytes(1, b"default", &mut attrs);
+        field_bytes(2, b"get", &mut attrs);
+        field_bytes(3, b"", &mut attrs); // group: core, empty, dropped
+        field_bytes(4, b"", &mut attrs);
+        field_bytes(5, b"pods", &mut attrs);
+        field_bytes(6, b"", &mut attrs);
+        field_bytes(7, b"", &mut attrs);
+        let mut spec = Vec::new();
+        field_bytes(1, &attrs, &mut spec);
+        let mut status = Vec::new();
+        field_varint(1, 0, &mut status); // allowed: plain bool without omitempty, kept
+        field_bytes(2, b"", &mut status);
+        field_bytes(3, b"", &mut status);
+        field_varint(4, 0, &mut status); // denied: omitempty, dropped
+        let mut review = Vec::new();
+        field_bytes(1, &[], &mut review);
+        field_bytes(2, &spec, &mut review);
+        field_bytes(3, &status, &mut review);
+        let v = decode_body(&envelope("authorization.k8s.io/v1", "SelfSubjectAccessReview", &review)).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "metadata": {},
+                "spec": {"resourceAttributes": {"namespace": "default", "verb": "get", "resource": "pods"}},
+                "status": {"allowed": false},
+            })
+        );
     }
 
     #[test]

@@ -238,6 +238,54 @@ pub static RESOURCES: &[Resource] = &[
         scale = false
     ),
     res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        ns = false,
+        short = [],
+        cat = &[],
+        status = false,
+        scale = false
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        ns = false,
+        short = [],
+        cat = &[],
+        status = false,
+        scale = false
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        ns = true,
+        short = [],
+        cat = &[],
+        status = false,
+        scale = false
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "roles",
+        "role",
+        "Role",
+        ns = true,
+        short = [],
+        cat = &[],
+        status = false,
+        scale = false
+    ),
+    res!(
         "policy",
         "v1",
         "poddisruptionbudgets",
@@ -250,6 +298,76 @@ pub static RESOURCES: &[Resource] = &[
         scale = false
     ),
 ];
+
+/// A resource that is only ever created and answered, never stored (upstream's reviews:
+/// `kubectl auth can-i` and `kubectl auth whoami` post them).
+#[derive(Debug)]
+pub struct Review {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub plural: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+}
+
+/// Every review served, by group-version.
+pub static REVIEWS: &[Review] = &[
+    Review {
+        group: "authentication.k8s.io",
+        version: "v1",
+        plural: "selfsubjectreviews",
+        kind: "SelfSubjectReview",
+        namespaced: false,
+    },
+    Review {
+        group: "authentication.k8s.io",
+        version: "v1",
+        plural: "tokenreviews",
+        kind: "TokenReview",
+        namespaced: false,
+    },
+    // kubectl 1.27's `auth whoami` asks the beta.
+    Review {
+        group: "authentication.k8s.io",
+        version: "v1beta1",
+        plural: "selfsubjectreviews",
+        kind: "SelfSubjectReview",
+        namespaced: false,
+    },
+    Review {
+        group: "authorization.k8s.io",
+        version: "v1",
+        plural: "localsubjectaccessreviews",
+        kind: "LocalSubjectAccessReview",
+        namespaced: true,
+    },
+    Review {
+        group: "authorization.k8s.io",
+        version: "v1",
+        plural: "selfsubjectaccessreviews",
+        kind: "SelfSubjectAccessReview",
+        namespaced: false,
+    },
+    Review {
+        group: "authorization.k8s.io",
+        version: "v1",
+        plural: "selfsubjectrulesreviews",
+        kind: "SelfSubjectRulesReview",
+        namespaced: false,
+    },
+    Review {
+        group: "authorization.k8s.io",
+        version: "v1",
+        plural: "subjectaccessreviews",
+        kind: "SubjectAccessReview",
+        namespaced: false,
+    },
+];
+
+/// Finds the review served as `plural` in `group`/`version`.
+pub fn find_review(group: &str, version: &str, plural: &str) -> Option<&'static Review> {
+    REVIEWS.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+}
 
 /// The standard verbs of a top-level resource.
 pub const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
@@ -291,9 +409,9 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
 /// The group-versions served, in discovery order.
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for r in RESOURCES {
-        if !out.contains(&(r.group, r.version)) {
-            out.push((r.group, r.version));
+    for gv in RESOURCES.iter().map(|r| (r.group, r.version)).chain(REVIEWS.iter().map(|r| (r.group, r.version))) {
+        if !out.contains(&gv) {
+            out.push(gv);
         }
     }
     out

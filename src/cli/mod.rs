@@ -31,6 +31,8 @@ enum Command {
     Kubectl(crate::kubectl::KubectlArgs),
     /// Manage the keys Secrets are encrypted with at rest (k3s's verbs), through the API.
     SecretsEncrypt(SecretsEncryptArgs),
+    /// Make kubeconfigs for people: a client certificate from the cluster CA (run on a server).
+    Kubeconfig(KubeconfigArgs),
     /// Stop every container of this node and remove its pods' mounts, namespaces and cgroups.
     Killall {
         /// The node's data directory.
@@ -51,6 +53,64 @@ enum Command {
 fn parse_pod_security_level(s: &str) -> Result<crate::api::pod_security::Level, String> {
     crate::api::pod_security::Level::parse(s)
         .ok_or_else(|| format!("{s:?} is not a PodSecurity level: use privileged, baseline or restricted"))
+}
+
+/// `bramble kubeconfig` arguments.
+#[derive(clap::Args, Debug)]
+pub struct KubeconfigArgs {
+    #[command(subcommand)]
+    verb: KubeconfigVerb,
+}
+
+#[derive(Subcommand, Debug)]
+enum KubeconfigVerb {
+    /// A kubeconfig for a person: CN = the user, O = the groups. What they may do is what
+    /// RBAC grants that user or those groups (e.g. `kubectl create rolebinding ... --clusterrole=edit --user=NAME`).
+    Create {
+        /// The user name RBAC knows them by.
+        #[arg(long)]
+        user: String,
+        /// A group they belong to (repeat for several).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// How long the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// The server's data directory (the CA is in `server/tls` there).
+        #[arg(long, short = 'd', default_value = "/var/lib/bramble")]
+        data_dir: PathBuf,
+        /// The API address written into the kubeconfig (default: this machine's address, port 6443).
+        #[arg(long)]
+        server: Option<String>,
+        /// Where to write it (mode 0600; default: standard output).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Writes a person's kubeconfig (see [`KubeconfigVerb::Create`]).
+fn run_kubeconfig(args: KubeconfigArgs) -> anyhow::Result<()> {
+    let KubeconfigVerb::Create { user, groups, days, data_dir, server, output } = args.verb;
+    if user.trim().is_empty() {
+        anyhow::bail!("--user must name someone");
+    }
+    if !(1..=3650).contains(&days) {
+        anyhow::bail!("--days must be between 1 and 3650");
+    }
+    let pki = crate::pki::Pki::open_ca(&data_dir.join("server").join("tls"))?;
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let pair = pki.issue_user(&user, &groups, days)?;
+    let server = match server {
+        Some(s) => s,
+        None => format!("https://{}:6443", server::primary_ip().unwrap_or_else(|| "127.0.0.1".into())),
+    };
+    let config = crate::pki::kubeconfig(&server, &pki.ca.cert_pem, &pair);
+    match output {
+        Some(path) => crate::pki::write_private(&path, config.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{config}"),
+    }
+    Ok(())
 }
 
 /// `bramble secrets-encrypt` arguments.
@@ -108,6 +168,19 @@ pub struct ServerArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_address: String,
+    /// Address the API is reached at from pods and other nodes: the endpoint of the
+    /// `kubernetes` Service (k3s's flag). Default: the bind address, or with a wildcard
+    /// bind the address of the interface the default route leaves by.
+    #[arg(long)]
+    pub advertise_address: Option<std::net::IpAddr>,
+    /// The `iss` of ServiceAccount tokens (upstream's `--service-account-issuer`): where
+    /// OIDC clients find `/.well-known/openid-configuration`.
+    #[arg(long, default_value = crate::api::access::DEFAULT_ISSUER)]
+    pub service_account_issuer: String,
+    /// Audiences the API accepts in ServiceAccount tokens (upstream's `--api-audiences`;
+    /// default: the issuer).
+    #[arg(long, value_delimiter = ',')]
+    pub api_audiences: Vec<String>,
     /// Where to write the admin kubeconfig (mode 0600).
     #[arg(long, short = 'o', default_value = "/etc/bramble/bramble.yaml")]
     pub write_kubeconfig: PathBuf,
@@ -426,6 +499,15 @@ pub fn run() -> ExitCode {
             println!("removed {n} pods");
             return ExitCode::SUCCESS;
         }
+        Command::Kubeconfig(args) => {
+            return match run_kubeconfig(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bramble: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         other => Cli { command: other },
     };
     let rt = match &cli.command {
@@ -436,6 +518,7 @@ pub fn run() -> ExitCode {
         | Command::Image(_)
         | Command::Shim(_)
         | Command::ExecIn(_)
+        | Command::Kubeconfig(_)
         | Command::Killall { .. } => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build(),
     };
     let rt = match rt {
@@ -451,7 +534,9 @@ pub fn run() -> ExitCode {
         Command::Image(args) => rt.block_on(run_image(args)),
         Command::SecretsEncrypt(args) => rt.block_on(run_secrets_encrypt(args)),
         Command::Kubectl(args) => return ExitCode::from(crate::kubectl::run(&rt, args)),
-        Command::Shim(_) | Command::ExecIn(_) | Command::Killall { .. } => return ExitCode::FAILURE,
+        Command::Shim(_) | Command::ExecIn(_) | Command::Killall { .. } | Command::Kubeconfig(_) => {
+            return ExitCode::FAILURE;
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

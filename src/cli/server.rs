@@ -19,7 +19,7 @@ fn host_name() -> String {
 }
 
 /// The address this host uses for its default route, if it has one (no packet is sent).
-fn primary_ip() -> Option<String> {
+pub(super) fn primary_ip() -> Option<String> {
     let s = UdpSocket::bind("0.0.0.0:0").ok()?;
     s.connect("192.0.2.1:9").ok()?;
     Some(s.local_addr().ok()?.ip().to_string())
@@ -115,6 +115,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     if args.bind_address != "0.0.0.0" && args.bind_address != "::" {
         sans.push(args.bind_address.clone());
     }
+    if let Some(ip) = args.advertise_address {
+        sans.push(ip.to_string());
+    }
     sans.extend(args.tls_san.iter().cloned());
     let pki = Arc::new(Pki::load_or_create(&server_dir.join("tls"), &sans).context("preparing certificates")?);
     let admin = pki.admin().context("issuing the admin certificate")?;
@@ -144,6 +147,15 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         args.bind_address.clone()
     };
     let advertise = format!("{host}:{}", args.https_listen_port);
+    // Where pods reach the API (the `kubernetes` Service's endpoint): never the loopback
+    // address a wildcard bind is written into the kubeconfig as, which a pod's DNAT cannot
+    // reach.
+    let service_host = match args.advertise_address {
+        Some(ip) => ip.to_string(),
+        None if host != args.bind_address => primary_ip().unwrap_or_else(|| host.clone()),
+        None => host.clone(),
+    };
+    let api_advertise = format!("{service_host}:{}", args.https_listen_port);
     let kubeconfig = pki::kubeconfig(&format!("https://{advertise}"), &pki.ca.cert_pem, &admin);
     pki::write_private(&args.write_kubeconfig, kubeconfig.as_bytes(), 0o600).with_context(|| {
         format!(
@@ -170,6 +182,12 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         Some(p) => Tokens::load(p).with_context(|| format!("reading {}", p.display()))?,
         None => Tokens::default(),
     };
+    // The key that signs ServiceAccount tokens: made on first start, kept 0600 beside the CA.
+    let sa_key_path = server_dir.join("tls").join("service-account.key");
+    let sa_key = crate::api::sa_token::SigningKey::load_or_create(&sa_key_path)
+        .with_context(|| format!("preparing the service account signing key {}", sa_key_path.display()))?;
+    let access =
+        crate::api::access::Access::new(sa_key, args.service_account_issuer.clone(), args.api_audiences.clone());
     let api = Api::new(
         store,
         ApiOptions {
@@ -177,13 +195,14 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             cluster_cidr,
             node_port_range: node_ports,
             cluster_dns,
-            advertise: advertise.clone(),
+            advertise: api_advertise,
             join: Some(api::join::Join::new(secret, Arc::clone(&pki))),
             pod_security_default: args.pod_security_default,
             max_inflight_per_user: args.max_requests_inflight.max(1),
             max_watches_per_user: args.max_watches.max(1),
         },
         tokens,
+        access,
     );
     api.bootstrap().await.map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
 
@@ -205,6 +224,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             node_monitor_grace: args.node_monitor_grace_period,
             local_storage_path: args.default_local_storage_path.clone(),
             default_disk: crate::agent::facts::disk_type(&args.data_dir).unwrap_or("ssd").to_string(),
+            root_ca_pem: pki.ca.cert_pem.clone(),
         };
         tokio::spawn(crate::control::run(Arc::clone(&api), opts, store_leadership, stop_rx.clone()))
     };

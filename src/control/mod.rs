@@ -7,6 +7,7 @@
 //! reconcile comes back with back-off; one that waits for a deadline asks to be requeued
 //! after it.
 
+pub mod clusterroleaggregation;
 pub mod conn;
 pub mod cronjob;
 pub mod daemonset;
@@ -24,6 +25,7 @@ pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
 pub mod scheduler;
+pub mod serviceaccounts;
 pub mod statefulset;
 pub mod storage;
 
@@ -59,6 +61,13 @@ pub struct Ctx {
     pub storageclasses: Arc<Informer>,
     /// The nodes' heartbeat Leases (`kube-node-lease`).
     pub leases: Arc<Informer>,
+    /// Every namespace's ServiceAccounts (the serviceaccount controller keeps `default`).
+    pub serviceaccounts: Arc<Informer>,
+    /// Every ClusterRole (aggregation).
+    pub clusterroles: Arc<Informer>,
+    /// Every namespace's `kube-root-ca.crt` ConfigMap and no other ConfigMap: only those
+    /// are kept by a control loop, and a cache of all would hold users' data for nothing.
+    pub root_ca_configmaps: Arc<Informer>,
     pub events: events::Recorder,
 }
 
@@ -87,6 +96,12 @@ impl Ctx {
             pdbs: Informer::new("/apis/policy/v1/poddisruptionbudgets"),
             storageclasses: Informer::new("/apis/storage.k8s.io/v1/storageclasses"),
             leases: Informer::new("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"),
+            serviceaccounts: Informer::new("/api/v1/serviceaccounts"),
+            clusterroles: Informer::new("/apis/rbac.authorization.k8s.io/v1/clusterroles"),
+            root_ca_configmaps: Informer::new(&format!(
+                "/api/v1/configmaps?fieldSelector=metadata.name%3D{}",
+                serviceaccounts::ROOT_CA_CONFIGMAP
+            )),
         })
     }
 
@@ -117,6 +132,9 @@ impl Ctx {
         all.push(self.namespaces.clone());
         all.push(self.pdbs.clone());
         all.push(self.storageclasses.clone());
+        all.push(self.serviceaccounts.clone());
+        all.push(self.clusterroles.clone());
+        all.push(self.root_ca_configmaps.clone());
         all
     }
 }
@@ -131,6 +149,9 @@ pub struct ControlOptions {
     pub local_storage_path: String,
     /// The disk kind (`ssd`/`hdd`) whose StorageClass is the default.
     pub default_disk: String,
+    /// The cluster CA certificate (PEM) published into every namespace as
+    /// `kube-root-ca.crt`, for pods to verify the API server with (`--root-ca-file`).
+    pub root_ca_pem: String,
 }
 
 /// Who the control loops are to the API: upstream's controller-manager user. It is in
@@ -214,6 +235,8 @@ fn start_all(conn: Arc<ApiConn>, opts: &ControlOptions) -> Vec<tokio::task::Join
     tasks.extend(endpointslices::start(&ctx));
     tasks.extend(nodelifecycle::start(&ctx, opts.node_monitor_grace));
     tasks.extend(storage::start(&ctx, opts.local_storage_path.clone(), opts.default_disk.clone()));
+    tasks.extend(serviceaccounts::start(&ctx, &opts.root_ca_pem));
+    tasks.extend(clusterroleaggregation::start(&ctx));
     for inf in ctx.informers() {
         tasks.push(tokio::spawn(inf.run(ctx.conn.clone())));
     }

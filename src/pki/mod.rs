@@ -137,6 +137,23 @@ impl Pki {
         Ok(Pki { dir: dir.to_path_buf(), ca, serving })
     }
 
+    /// The CA in `dir` as a server made it, for issuing certificates from the command line
+    /// (`bramble kubeconfig create`): nothing is made or rewritten.
+    pub fn open_ca(dir: &Path) -> Result<Pki, PkiError> {
+        let ca = read_pair(&dir.join("ca.crt"), &dir.join("ca.key"))?.ok_or_else(|| {
+            PkiError::Io(
+                format!("reading the cluster CA in {} (run this on a server, as root)", dir.display()),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })?;
+        Ok(Pki { dir: dir.to_path_buf(), ca, serving: CertPair { cert_pem: String::new(), key_pem: String::new() } })
+    }
+
+    /// A person's client certificate: CN the user name, O the groups, valid for `days`.
+    pub fn issue_user(&self, user: &str, groups: &[&str], days: i64) -> Result<CertPair, PkiError> {
+        self.issue_for_days(user, groups, &[], false, days)
+    }
+
     /// Issues a certificate signed by the CA: a server certificate for `sans`, or a client
     /// certificate whose CN is the user and whose O entries are the groups.
     pub fn issue(&self, cn: &str, orgs: &[&str], sans: &[String], server: bool) -> Result<CertPair, PkiError> {

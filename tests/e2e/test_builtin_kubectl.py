@@ -158,4 +158,6 @@ def test_errors_and_delete(k, ns):
 
     out = k.run("-n", ns, "delete", "-f", "-", input=MANIFEST).stdout
     assert 'deployment.apps "front" deleted' in out and 'configmap "settings" deleted' in out
-    assert "No resources found" in k.run("-n", ns, "get", "deploy,cm,svc").stderr
+    # Every namespace keeps its kube-root-ca.crt ConfigMap, as upstream.
+    assert "No resources found" in k.run("-n", ns, "get", "deploy,svc").stderr
+    assert "settings" not in k.run("-n", ns, "get", "cm").stdout

@@ -9,6 +9,7 @@ pub mod images;
 pub mod killall;
 pub mod probes;
 pub mod run;
+pub mod sa_tokens;
 pub mod volumes;
 pub mod worker;
 
@@ -43,6 +44,8 @@ pub struct Ctx {
     pub network: Option<Network>,
     /// The node's Services and cluster DNS, when the node network runs.
     pub net: Option<Arc<crate::agent::net::NodeNet>>,
+    /// The pods' service account tokens (projected volumes).
+    pub tokens: sa_tokens::TokenCache,
 }
 
 /// The node's pod range and its address allocator.
@@ -112,6 +115,8 @@ impl Workers {
 
     fn prune(&mut self) {
         self.by_uid.retain(|_, tx| !tx.is_closed());
+        let live = self.by_uid.keys().cloned().collect();
+        self.ctx.tokens.retain_pods(&live);
     }
 }
 

@@ -216,6 +216,7 @@ fn downward_files(pod: &Value, items: &Value, default_mode: u32, allocatable: &V
 /// Sets up (or refreshes) every volume of `pod` under `pod_dir`; returns name -> host path.
 pub async fn prepare(
     client: &Client,
+    tokens: &super::sa_tokens::TokenCache,
     pod: &Value,
     pod_dir: &Path,
     allocatable: &Value,
@@ -257,9 +258,23 @@ pub async fn prepare(
             out.push((name, dir));
         } else if v["projected"].is_object() {
             let mode = mode_of(&v["projected"]["defaultMode"], 0o644);
+            let sources = v["projected"]["sources"].as_array().map(Vec::as_slice).unwrap_or_default();
+            // Tokens and secrets never touch the disk (the kubelet keeps projected
+            // volumes on tmpfs too).
+            if sources.iter().any(|s| s["secret"].is_object() || s["serviceAccountToken"].is_object()) {
+                std::fs::create_dir_all(&dir).map_err(io)?;
+                tmpfs(&dir, None)?;
+            }
             let mut files = Vec::new();
-            for s in v["projected"]["sources"].as_array().into_iter().flatten() {
-                if s["configMap"].is_object() {
+            for s in sources {
+                if let Some(token) = s.get("serviceAccountToken").filter(|t| t.is_object()) {
+                    let path = token["path"].as_str().unwrap_or("token").to_string();
+                    let jwt = tokens
+                        .token(client, pod, token)
+                        .await
+                        .map_err(|e| VolumeError(format!("volume {name}: service account token: {e:#}")))?;
+                    files.push((path, jwt.into_bytes(), mode));
+                } else if s["configMap"].is_object() {
                     files.extend(object_files(client, ns, &s["configMap"], false, mode).await?);
                 } else if s["secret"].is_object() {
                     files.extend(object_files(client, ns, &s["secret"], true, mode).await?);

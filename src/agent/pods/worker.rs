@@ -302,6 +302,7 @@ impl Worker {
         if self.volumes_at.is_none_or(|t| t.elapsed() >= VOLUME_REFRESH) {
             match volumes::prepare(
                 &self.ctx.client,
+                &self.ctx.tokens,
                 &self.pod,
                 &self.ctx.layout.pod_dir(&self.uid),
                 &self.ctx.allocatable,
