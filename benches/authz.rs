@@ -86,7 +86,7 @@ fn main() {
         cluster_bindings.len()
     );
     println!(
-        "snapshot rebuild             p50 {:8.0} us   p99 {:8.0} us",
+        "snapshot rebuild                 p50 {:8.0} us   p99 {:8.0} us",
         percentile(&build, 0.5),
         percentile(&build, 0.99)
     );
@@ -99,7 +99,7 @@ fn main() {
         let t = time_each(20_000, || {
             std::hint::black_box(snapshot.authorize(&sa, &Request::Resource(a)));
         });
-        println!("{label:28} p50 {:8.2} us   p99 {:8.2} us", percentile(&t, 0.5), percentile(&t, 0.99));
+        println!("{label:32} p50 {:8.2} us   p99 {:8.2} us", percentile(&t, 0.5), percentile(&t, 0.99));
     }
 
     let key = match SigningKey::generate() {

@@ -26,7 +26,13 @@ def node():
     s = Server(extra_args=["--node-name", NODE], agent=True, bind="0.0.0.0")
     drop_busybox(s.data_dir)
     docker_archive_kubectl(os.path.join(s.data_dir, "agent", "images", "kubectl.tar"))
-    s.start()
+    # Debug builds renew pods' tokens this often (a day otherwise): the refresh test
+    # watches a running pod's token change.
+    os.environ["BRAMBLE_TEST_TOKEN_MAX_AGE_SECONDS"] = "5"
+    try:
+        s.start()
+    finally:
+        del os.environ["BRAMBLE_TEST_TOKEN_MAX_AGE_SECONDS"]
     try:
         api = config.new_client_from_config(config_file=s.kubeconfig)
         core = client.CoreV1Api(api)
@@ -139,6 +145,18 @@ def test_a_deleted_pods_token_is_refused(node):
     assert status == 401, body
 
 
+def test_a_running_pods_token_is_renewed_in_place(node):
+    script = (f"ls -l {TOKEN_PATH}/; for i in $(seq 12); do echo tok=$(cat {TOKEN_PATH}/token); sleep 3; done; "
+              "echo done; sleep 3600")
+    run_pod(node, "team", "renewer", script)
+    out = logs_with(node, "team", "renewer", "done", timeout=120)
+    assert "token -> ..data/token" in out, out
+    tokens = list(dict.fromkeys(line[4:] for line in out.splitlines() if line.startswith("tok=")))
+    assert len(tokens) >= 2, f"the token never changed: {out}"
+    for token in tokens[-2:]:
+        assert call(node, "/api/v1/namespaces/team/pods", token)[0] == 200
+
+
 def test_forged_and_expired_tokens_are_refused(node):
     token = node.kubectl.run("create", "token", "reader", "-n", "team").stdout.strip()
     assert call(node, "/api/v1/namespaces/team/pods", token)[0] == 200
@@ -159,6 +177,15 @@ def test_forged_and_expired_tokens_are_refused(node):
     with pytest.raises(client.ApiException) as e:
         api.create_namespaced_service_account_token("reader", "team", {"spec": {"expirationSeconds": 60}})
     assert e.value.status == 422 and "may not specify a duration less than 10 minutes" in e.value.body
+    # A node asks only for the accounts of its own pods, bound to them.
+    bound = ["create", "token", "reader", "-n", "team", "--bound-object-kind", "Pod", "--bound-object-name", "client"]
+    mine = node.kubectl.run(*bound, f"--as=system:node:{NODE}", "--as-group=system:nodes", check=False)
+    assert mine.returncode == 0 and mine.stdout.count(".") == 2, mine.stderr
+    other = node.kubectl.run(*bound, "--as=system:node:intruder", "--as-group=system:nodes", check=False)
+    assert other.returncode == 1 and "only ask tokens for the service accounts of pods bound to it" in other.stderr
+    unbound = node.kubectl.run("create", "token", "reader", "-n", "team", f"--as=system:node:{NODE}",
+                               "--as-group=system:nodes", check=False)
+    assert unbound.returncode == 1 and "must bind the token to one of its pods" in unbound.stderr
     # A deleted ServiceAccount's tokens die with it.
     node.core.create_namespaced_service_account("team", {"metadata": {"name": "temp"}})
     temp = node.kubectl.run("create", "token", "temp", "-n", "team").stdout.strip()

@@ -36,8 +36,20 @@ impl Held {
     /// Whether a new token should be asked for at `now` (unix seconds).
     fn due(&self, now: i64) -> bool {
         let lifetime = (self.expires - self.issued).max(0);
-        now >= self.issued + lifetime * 8 / 10 || now >= self.issued + MAX_AGE_SECONDS
+        now >= self.issued + lifetime * 8 / 10 || now >= self.issued + max_age()
     }
+}
+
+/// The longest a token is used: a day; in debug builds `BRAMBLE_TEST_TOKEN_MAX_AGE_SECONDS`
+/// may shorten it, so a test sees a running pod's token renewed within seconds.
+#[cfg(debug_assertions)]
+fn max_age() -> i64 {
+    std::env::var("BRAMBLE_TEST_TOKEN_MAX_AGE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(MAX_AGE_SECONDS)
+}
+
+#[cfg(not(debug_assertions))]
+fn max_age() -> i64 {
+    MAX_AGE_SECONDS
 }
 
 /// The node's tokens for its pods' projected volumes.
