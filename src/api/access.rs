@@ -263,10 +263,21 @@ impl Api {
         Ok((d.allowed, d.reason))
     }
 
-    /// Creates the default ClusterRoles and ClusterRoleBindings, or adds what upstream's
-    /// added to ones that exist and were not marked `autoupdate: "false"`.
+    /// Creates the default ClusterRoles and ClusterRoleBindings (the controllers' too, and
+    /// their ServiceAccounts), or adds what upstream's added to ones that exist and were
+    /// not marked `autoupdate: "false"`.
     pub(super) async fn bootstrap_rbac(&self) -> Result<(), ApiError> {
-        for wanted in rbac::bootstrap_objects() {
+        let sa =
+            resources::find("", "v1", "serviceaccounts").ok_or_else(|| ApiError::internal("no serviceaccounts"))?;
+        for name in super::rbac_controllers::controller_accounts() {
+            let target = Target { res: sa, namespace: Some("kube-system".into()), name: None, sub: None };
+            match self.create(&target, &Query::default(), json!({"metadata": {"name": name}})).await {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for wanted in rbac::bootstrap_objects().into_iter().chain(super::rbac_controllers::objects()) {
             let kind = wanted["kind"].as_str().unwrap_or("");
             let plural = if kind == "ClusterRole" { "clusterroles" } else { "clusterrolebindings" };
             let res = resources::find("rbac.authorization.k8s.io", "v1", plural)

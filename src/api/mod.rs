@@ -29,6 +29,7 @@ pub mod pod_security;
 mod protobuf;
 mod raw_object;
 pub mod rbac;
+pub mod rbac_controllers;
 pub mod resources;
 mod sa_admission;
 pub mod sa_token;

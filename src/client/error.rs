@@ -125,6 +125,11 @@ pub fn is_not_found(e: &anyhow::Error) -> bool {
     matches!(client_error(e), Some(ClientError::NotFound(_)))
 }
 
+/// Whether `e` is a 403: authorization (or an admission rule) refused the request.
+pub fn is_forbidden(e: &anyhow::Error) -> bool {
+    client_error(e).and_then(ClientError::status).is_some_and(|s| s.code == 403)
+}
+
 /// Whether `e` is a compare-and-swap that lost (409 on a stale `resourceVersion`).
 pub fn is_conflict(e: &anyhow::Error) -> bool {
     matches!(client_error(e), Some(ClientError::Conflict(_)))

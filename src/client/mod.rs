@@ -6,7 +6,9 @@
 
 mod error;
 
-pub use error::{ClientError, is_already_exists, is_conflict, is_not_found, retry_after_header, retry_hint};
+pub use error::{
+    ClientError, is_already_exists, is_conflict, is_forbidden, is_not_found, retry_after_header, retry_hint,
+};
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};

@@ -33,6 +33,11 @@ pub fn revision(obj: &Value) -> u64 {
 }
 
 impl ApiConn {
+    /// The same API reached as `user` (each control loop acts as its own identity).
+    pub fn as_user(&self, user: User) -> ApiConn {
+        ApiConn { api: self.api.clone(), user }
+    }
+
     /// A client of `api` that authenticates as `user`.
     pub fn new(api: Arc<Api>, user: User) -> ApiConn {
         ApiConn { api, user }

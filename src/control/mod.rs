@@ -41,6 +41,7 @@ use informer::Informer;
 use queue::WorkQueue;
 
 /// What every control loop shares: the connection, the caches, the event recorder.
+#[derive(Clone)]
 pub struct Ctx {
     pub conn: Arc<ApiConn>,
     pub pods: Arc<Informer>,
@@ -154,12 +155,18 @@ pub struct ControlOptions {
     pub root_ca_pem: String,
 }
 
-/// Who the control loops are to the API: upstream's controller-manager user. It is in
-/// `system:masters`, as there are no finer roles to give it.
-fn identity() -> crate::api::auth::User {
-    crate::api::auth::User {
-        name: "system:kube-controller-manager".to_string(),
-        groups: vec!["system:masters".to_string(), "system:authenticated".to_string()],
+impl Ctx {
+    /// The same caches, with a connection and event recorder acting as `user`: each loop
+    /// writes as its own identity, with only what its role grants (upstream's
+    /// `--use-service-account-credentials`).
+    fn acting_as(&self, user: crate::api::auth::User) -> Arc<Ctx> {
+        let conn = Arc::new(self.conn.as_user(user));
+        Arc::new(Ctx { events: events::Recorder::new(conn.clone()), conn, ..self.clone() })
+    }
+
+    /// The caches with the connection of the controller whose ServiceAccount is `name`.
+    fn controller(&self, name: &str) -> Arc<Ctx> {
+        self.acting_as(crate::api::rbac_controllers::controller_user(name))
     }
 }
 
@@ -179,7 +186,8 @@ pub async fn run(
     leading: tokio::sync::watch::Receiver<bool>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), LeadershipLost> {
-    let conn = Arc::new(ApiConn::new(api, identity()));
+    // The shared caches only read; each loop writes as itself (see `Ctx::controller`).
+    let conn = Arc::new(ApiConn::new(api, crate::api::rbac_controllers::manager_user()));
     follow_leadership(leading, stop, || start_all(conn.clone(), &opts)).await
 }
 
@@ -221,22 +229,30 @@ fn start_all(conn: Arc<ApiConn>, opts: &ControlOptions) -> Vec<tokio::task::Join
     let ctx = Ctx::new(conn);
     let mut tasks = Vec::new();
     // Handlers first, so the first list reaches every loop.
-    tasks.extend(scheduler::start(&ctx));
-    tasks.extend(replicaset::start(&ctx));
-    tasks.extend(deployment::start(&ctx));
-    tasks.extend(gc::start(&ctx));
-    tasks.extend(job::start(&ctx));
-    tasks.extend(cronjob::start(&ctx));
-    tasks.extend(daemonset::start(&ctx));
-    tasks.extend(statefulset::start(&ctx));
-    tasks.extend(namespace::start(&ctx));
-    tasks.extend(disruption::start(&ctx));
-    tasks.extend(endpoints::start(&ctx));
-    tasks.extend(endpointslices::start(&ctx));
-    tasks.extend(nodelifecycle::start(&ctx, opts.node_monitor_grace));
-    tasks.extend(storage::start(&ctx, opts.local_storage_path.clone(), opts.default_disk.clone()));
-    tasks.extend(serviceaccounts::start(&ctx, &opts.root_ca_pem));
-    tasks.extend(clusterroleaggregation::start(&ctx));
+    tasks.extend(scheduler::start(&ctx.acting_as(crate::api::rbac_controllers::scheduler_user())));
+    tasks.extend(replicaset::start(&ctx.controller("replicaset-controller")));
+    tasks.extend(deployment::start(&ctx.controller("deployment-controller")));
+    tasks.extend(gc::start(&ctx.controller("generic-garbage-collector")));
+    tasks.extend(job::start(&ctx.controller("job-controller")));
+    tasks.extend(cronjob::start(&ctx.controller("cronjob-controller")));
+    tasks.extend(daemonset::start(&ctx.controller("daemon-set-controller")));
+    tasks.extend(statefulset::start(&ctx.controller("statefulset-controller")));
+    tasks.extend(namespace::start(&ctx.controller("namespace-controller")));
+    tasks.extend(disruption::start(&ctx.controller("disruption-controller")));
+    tasks.extend(endpoints::start(&ctx.controller("endpoint-controller")));
+    tasks.extend(endpointslices::start(&ctx.controller("endpointslice-controller")));
+    tasks.extend(nodelifecycle::start(&ctx.controller("node-controller"), opts.node_monitor_grace));
+    tasks.extend(storage::start(
+        &ctx.controller("persistent-volume-binder"),
+        opts.local_storage_path.clone(),
+        opts.default_disk.clone(),
+    ));
+    tasks.extend(serviceaccounts::start(
+        &ctx.controller("service-account-controller"),
+        &ctx.controller("root-ca-cert-publisher"),
+        &opts.root_ca_pem,
+    ));
+    tasks.extend(clusterroleaggregation::start(&ctx.controller("clusterrole-aggregation-controller")));
     for inf in ctx.informers() {
         tasks.push(tokio::spawn(inf.run(ctx.conn.clone())));
     }
@@ -286,7 +302,13 @@ where
                             }
                         }
                         Err(e) => {
-                            tracing::debug!(controller = name, key, error = %format!("{e:#}"), "reconcile failed");
+                            if crate::client::is_forbidden(&e) {
+                                // Each loop acts with only its role's rights: a refusal is
+                                // a role missing a permission, or a namespace going away.
+                                tracing::warn!(controller = name, key, error = %format!("{e:#}"), "reconcile refused");
+                            } else {
+                                tracing::debug!(controller = name, key, error = %format!("{e:#}"), "reconcile failed");
+                            }
                             // The error's kind sets the least wait: a 429's Retry-After, a
                             // full disk's few seconds; otherwise the doubling back-off.
                             queue.retry_at_least(&key, crate::client::retry_hint(&e).unwrap_or_default());

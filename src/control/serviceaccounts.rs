@@ -38,12 +38,12 @@ const DESCRIPTION: &str = "Contains a CA bundle that can be used to verify the k
 
 /// Registers the handlers and starts both controllers' workers; the publisher only when
 /// there is a CA to publish (`ca_pem`).
-pub fn start(ctx: &Arc<Ctx>, ca_pem: &str) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = start_service_accounts(ctx);
+pub fn start(accounts: &Arc<Ctx>, publisher: &Arc<Ctx>, ca_pem: &str) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = start_service_accounts(accounts);
     if ca_pem.is_empty() {
         tracing::warn!("no cluster CA given: {ROOT_CA_CONFIGMAP} is not published into namespaces");
     } else {
-        tasks.extend(start_root_ca_publisher(ctx, Arc::from(ca_pem)));
+        tasks.extend(start_root_ca_publisher(publisher, Arc::from(ca_pem)));
     }
     tasks
 }

@@ -511,3 +511,20 @@ def test_evictions_respect_disruption_budgets(node, api, ns):
     evict(second)
     out = kubectl(node, "-n", ns, "get", "pdb", "keep-one").stdout
     assert "keep-one" in out
+
+
+def test_no_control_loop_was_refused(node, api):
+    """Last in the module: every loop above wrote as its own ServiceAccount with only its
+    role's rights. A write RBAC refused shows as a refused reconcile in the log or as a
+    Warning event (FailedCreate...) naming the loop's user."""
+    def refused(text):
+        return "is forbidden: User" in text and ('"system:serviceaccount:kube-system:' in text
+                                                 or '"system:kube-scheduler"' in text
+                                                 or '"system:kube-controller-manager"' in text)
+    lines = [line for line in node.log().splitlines() if refused(line)]
+    assert not lines, "\n".join(lines[:5])
+    events = client.CoreV1Api(api).list_event_for_all_namespaces().items
+    bad = [f"{e.reason}: {e.message}" for e in events if refused(e.message or "")]
+    assert not bad, "\n".join(bad[:5])
+    sa = client.CoreV1Api(api).list_namespaced_service_account("kube-system").items
+    assert {"replicaset-controller", "generic-garbage-collector", "namespace-controller"} <= {s.metadata.name for s in sa}
