@@ -154,6 +154,11 @@ pub fn allocate_service(
                     .filter(|np| !chosen.contains(np))
                     .unwrap_or(0);
             }
+            // `allocateLoadBalancerNodePorts: false`: a LoadBalancer gets only the node
+            // ports it names (its traffic comes to the LoadBalancer's addresses).
+            if want == 0 && ty == "LoadBalancer" && svc["spec"]["allocateLoadBalancerNodePorts"] == false {
+                continue;
+            }
             let port = if want != 0 {
                 if want < lo as i64 || want > hi as i64 {
                     return Err(invalid(

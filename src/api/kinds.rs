@@ -293,6 +293,9 @@ pub fn apply_defaults(kind: &str, o: &mut Value) {
             if t == "NodePort" || t == "LoadBalancer" {
                 default(spec, "externalTrafficPolicy", json!("Cluster"));
             }
+            if t == "LoadBalancer" {
+                default(spec, "allocateLoadBalancerNodePorts", json!(true));
+            }
             for p in each(spec, "ports") {
                 default(p, "protocol", json!("TCP"));
                 let port = p.get("port").cloned().unwrap_or(Value::Null);

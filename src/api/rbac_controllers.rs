@@ -147,6 +147,14 @@ fn controllers() -> Vec<(&'static str, Vec<Value>)> {
             vec![rule(&[""], &["configmaps"], &["create", "get", "update"]), rule(&[""], &["namespaces"], &["get"])],
         ),
         (
+            "service-lb-controller",
+            vec![
+                rule(&[""], &["services"], READ),
+                rule(&[""], &["services/status"], &["patch", "update"]),
+                rule(&[""], &["nodes"], READ),
+            ],
+        ),
+        (
             "clusterrole-aggregation-controller",
             vec![rule(
                 &["rbac.authorization.k8s.io"],

@@ -168,6 +168,10 @@ pub struct ServerArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_address: String,
+    /// Built-in parts to leave off (k3s's flag): `servicelb`, so MetalLB or kube-vip can
+    /// serve LoadBalancer Services.
+    #[arg(long, value_parser = ["servicelb"])]
+    pub disable: Vec<String>,
     /// Address the API is reached at from pods and other nodes: the endpoint of the
     /// `kubernetes` Service (k3s's flag). Default: the bind address, or with a wildcard
     /// bind the address of the interface the default route leaves by.

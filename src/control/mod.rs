@@ -26,6 +26,7 @@ pub mod queue;
 pub mod replicaset;
 pub mod scheduler;
 pub mod serviceaccounts;
+pub mod servicelb;
 pub mod statefulset;
 pub mod storage;
 
@@ -153,6 +154,9 @@ pub struct ControlOptions {
     /// The cluster CA certificate (PEM) published into every namespace as
     /// `kube-root-ca.crt`, for pods to verify the API server with (`--root-ca-file`).
     pub root_ca_pem: String,
+    /// Whether LoadBalancer Services are served on the nodes' addresses (ServiceLB; off
+    /// with `--disable servicelb`, for MetalLB or kube-vip).
+    pub servicelb: bool,
 }
 
 impl Ctx {
@@ -253,6 +257,9 @@ fn start_all(conn: Arc<ApiConn>, opts: &ControlOptions) -> Vec<tokio::task::Join
         &opts.root_ca_pem,
     ));
     tasks.extend(clusterroleaggregation::start(&ctx.controller("clusterrole-aggregation-controller")));
+    if opts.servicelb {
+        tasks.extend(servicelb::start(&ctx.controller("service-lb-controller")));
+    }
     for inf in ctx.informers() {
         tasks.push(tokio::spawn(inf.run(ctx.conn.clone())));
     }

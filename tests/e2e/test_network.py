@@ -436,6 +436,58 @@ def test_cluster_dns_answers_from_the_watch_caches_and_forwards_the_rest(cluster
     cluster.delete_pods("db-0", "resolver")
 
 
+def lb_ingress(cluster, name):
+    svc = cluster.core.read_namespaced_service(name, "default")
+    return sorted(i.ip for i in (svc.status.load_balancer.ingress or []))
+
+
+def test_load_balancer_services_are_served_on_every_nodes_address(cluster, web):
+    spec = {"selector": {"app": "web"}, "type": "LoadBalancer", "ports": [{"name": "http", "port": 8088, "targetPort": "http"}]}
+    cluster.service("web-lb", spec)
+    both = sorted([cluster.host_ip, cluster.node_ip])
+    wait_for(lambda: lb_ingress(cluster, "web-lb") == both, timeout=20)
+    for addr in both:
+        assert get_eventually(f"http://{addr}:8088/cgi-bin/who").split()[1] in ("web-a", "web-b")
+    # From the LAN (the worker's namespace) to the server node's address.
+    r = in_ns(cluster.ns, "python3", "-c", f"import urllib.request as u; print(u.urlopen('http://{cluster.host_ip}:8088/cgi-bin/who', timeout=3).read().decode())")
+    assert r.returncode == 0 and ("web-a" in r.stdout or "web-b" in r.stdout), r.stderr
+
+    # allocateLoadBalancerNodePorts: false: no node port, served all the same.
+    bare = cluster.service("web-lb-bare", {**spec, "allocateLoadBalancerNodePorts": False,
+                                           "ports": [{"name": "http", "port": 8089, "targetPort": "http"}]})
+    assert bare.spec.ports[0].node_port is None
+    wait_for(lambda: lb_ingress(cluster, "web-lb-bare") == both, timeout=20)
+    assert get_eventually(f"http://{cluster.node_ip}:8089/cgi-bin/who").split()[1] in ("web-a", "web-b")
+    cluster.core.delete_namespaced_service("web-lb-bare", "default")
+
+    # A second LoadBalancer on the same port waits, with an Event naming the holder.
+    cluster.service("web-lb2", spec)
+    def conflict():
+        events = cluster.core.list_namespaced_event("default", field_selector="involvedObject.name=web-lb2").items
+        return [e for e in events if e.reason == "PortConflict" and "default/web-lb" in e.message]
+    wait_for(conflict, timeout=20)
+    assert lb_ingress(cluster, "web-lb2") == []
+    # The holder goes: the next in line takes the port.
+    cluster.core.delete_namespaced_service("web-lb", "default")
+    wait_for(lambda: lb_ingress(cluster, "web-lb2") == both, timeout=20)
+    assert get_eventually(f"http://{cluster.node_ip}:8088/cgi-bin/who").split()[1] in ("web-a", "web-b")
+
+    # loadBalancerSourceRanges: clients outside the ranges are dropped, inside answered.
+    patch = lambda ranges: cluster.core.patch_namespaced_service(  # noqa: E731
+        "web-lb2", "default", {"spec": {"loadBalancerSourceRanges": ranges}})
+    patch(["192.0.2.0/24"])
+    def dropped():
+        try:
+            get(f"http://{cluster.node_ip}:8088/cgi-bin/who", timeout=1)
+            return False
+        except OSError:
+            return True
+    wait_for(dropped, timeout=20)
+    patch([f"{cluster.host_ip}/32"])
+    assert get_eventually(f"http://{cluster.node_ip}:8088/cgi-bin/who").split()[1] in ("web-a", "web-b")
+    cluster.core.delete_namespaced_service("web-lb2", "default")
+
+
 def test_endpoints_follow_a_rolling_update_without_a_failed_request(cluster):
     apps = client.AppsV1Api(cluster.api)
     container = {"name": "web", "image": BUSYBOX, "imagePullPolicy": "Never", "command": ["sh", "-c", WEB],

@@ -81,6 +81,12 @@ pub struct ServicePort {
     pub port: u16,
     pub cluster_ips: Vec<Ipv4Addr>,
     pub external_ips: Vec<Ipv4Addr>,
+    /// A LoadBalancer Service's `status.loadBalancer.ingress` addresses (the nodes' own,
+    /// ServiceLB's model): reached from outside like external IPs.
+    pub lb_ips: Vec<Ipv4Addr>,
+    /// `loadBalancerSourceRanges` (`a.b.c.d/n`): the only clients its LoadBalancer
+    /// addresses answer; empty means anyone.
+    pub source_ranges: Vec<String>,
     pub node_port: Option<u16>,
     /// `sessionAffinity: ClientIP`: its timeout in seconds.
     pub affinity: Option<u32>,
@@ -141,6 +147,43 @@ fn ipv4s(v: &Value) -> Vec<Ipv4Addr> {
     v.as_array().into_iter().flatten().filter_map(|x| x.as_str()?.parse().ok()).collect()
 }
 
+/// The IPv4 CIDRs of a list (`a.b.c.d/n`, or a bare address as a /32), normalised; the rest
+/// are skipped (the API validates them; nothing unchecked reaches a rule).
+fn ipv4_cidrs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| {
+            let text = x.as_str()?.trim();
+            let (ip, bits) = text.split_once('/').unwrap_or((text, "32"));
+            let ip: Ipv4Addr = ip.parse().ok()?;
+            let bits: u32 = bits.parse().ok().filter(|b| *b <= 32)?;
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            Some(format!("{}/{bits}", Ipv4Addr::from(u32::from(ip) & mask)))
+        })
+        .collect()
+}
+
+/// A verdict map's elements. Each key is claimed once across the maps sharing `claimed`
+/// (a Service's address in `service-ips` and another's in `no-endpoint-services` would
+/// otherwise contradict each other, and a duplicate element fails the whole transaction):
+/// two Services claiming the same address and port, say an externalIP on a node's address
+/// that a LoadBalancer holds too, leave it to the first in the stable order.
+#[derive(Default)]
+struct Elements {
+    lines: Vec<String>,
+}
+
+impl Elements {
+    fn add(&mut self, claimed: &mut BTreeSet<String>, key: String, verdict: String) {
+        if claimed.insert(key.clone()) {
+            self.lines.push(format!("{key} : {verdict}"));
+        } else {
+            tracing::debug!(%key, "two services claim the same address and port; the first keeps it");
+        }
+    }
+}
+
 /// The service ports the proxy serves, from Service and EndpointSlice objects; `node` is
 /// this node's name. Headless and ExternalName Services have none.
 pub fn service_ports(services: &[Arc<Value>], slices: &[Arc<Value>], node: &str) -> Vec<ServicePort> {
@@ -192,6 +235,17 @@ pub fn service_ports(services: &[Arc<Value>], slices: &[Arc<Value>], node: &str)
                 port,
                 cluster_ips: cluster_ips.clone(),
                 external_ips: ipv4s(&spec["externalIPs"]),
+                lb_ips: if s(spec, "/type") == "LoadBalancer" {
+                    svc.pointer("/status/loadBalancer/ingress")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| i["ip"].as_str()?.parse().ok())
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                source_ranges: ipv4_cidrs(&spec["loadBalancerSourceRanges"]),
                 node_port: if node_ports {
                     p["nodePort"].as_u64().and_then(|x| u16::try_from(x).ok()).filter(|x| *x > 0)
                 } else {
@@ -407,10 +461,11 @@ pub fn render(inputs: &Inputs) -> Script {
     w.rule("endpoints-check", "ip daddr . meta l4proto . th dport vmap @no-endpoint-services");
     w.rule("endpoints-check", "fib daddr type local meta l4proto . th dport vmap @no-endpoint-nodeports");
 
-    let mut service_ips = Vec::new();
-    let mut node_ports = Vec::new();
-    let mut no_endpoint_ips = Vec::new();
-    let mut no_endpoint_ports = Vec::new();
+    let mut service_ips = Elements::default();
+    let mut node_ports = Elements::default();
+    let mut no_endpoint_ips = Elements::default();
+    let mut no_endpoint_ports = Elements::default();
+    let (mut ip_claims, mut port_claims) = (BTreeSet::new(), BTreeSet::new());
     let mut services: Vec<&ServicePort> = inputs.services.iter().collect();
     services.sort_by_key(|sp| sp.id());
     for sp in services {
@@ -424,18 +479,18 @@ pub fn render(inputs: &Inputs) -> Script {
             w.chain(&chain, None);
             w.rule(&chain, format!("meta l4proto {proto} dnat to {listener}:{}", sp.port));
             for ip in &sp.cluster_ips {
-                service_ips.push(format!("{} : goto {chain}", key(ip)));
+                service_ips.add(&mut ip_claims, key(ip), format!("goto {chain}"));
             }
             continue;
         }
         let local: Vec<&Endpoint> = sp.endpoints.iter().filter(|e| e.local).collect();
         let cluster_usable = if sp.internal_local { !local.is_empty() } else { !sp.endpoints.is_empty() };
         if sp.endpoints.is_empty() {
-            for ip in sp.cluster_ips.iter().chain(&sp.external_ips) {
-                no_endpoint_ips.push(format!("{} : goto reject-chain", key(ip)));
+            for ip in sp.cluster_ips.iter().chain(&sp.external_ips).chain(&sp.lb_ips) {
+                no_endpoint_ips.add(&mut ip_claims, key(ip), "goto reject-chain".into());
             }
             if let Some(np) = sp.node_port {
-                no_endpoint_ports.push(format!("{proto} . {np} : goto reject-chain"));
+                no_endpoint_ports.add(&mut port_claims, format!("{proto} . {np}"), "goto reject-chain".into());
             }
             continue;
         }
@@ -503,10 +558,10 @@ pub fn render(inputs: &Inputs) -> Script {
             w.rule(&cip_chain, "drop");
         }
         for ip in &sp.cluster_ips {
-            service_ips.push(format!("{} : goto {cip_chain}", key(ip)));
+            service_ips.add(&mut ip_claims, key(ip), format!("goto {cip_chain}"));
         }
-        // From outside: externalIPs and the NodePort.
-        if sp.external_ips.is_empty() && sp.node_port.is_none() {
+        // From outside: externalIPs, LoadBalancer addresses and the NodePort.
+        if sp.external_ips.is_empty() && sp.lb_ips.is_empty() && sp.node_port.is_none() {
             continue;
         }
         let ext_chain = format!("ext-{hash}-{id}");
@@ -524,16 +579,32 @@ pub fn render(inputs: &Inputs) -> Script {
             w.rule(&ext_chain, format!("goto {svc_chain}"));
         }
         for ip in &sp.external_ips {
-            service_ips.push(format!("{} : goto {ext_chain}", key(ip)));
+            service_ips.add(&mut ip_claims, key(ip), format!("goto {ext_chain}"));
+        }
+        if !sp.lb_ips.is_empty() {
+            // loadBalancerSourceRanges: only those clients reach the LoadBalancer
+            // addresses (kube-proxy's firewall chain); the rest are dropped.
+            let lb_chain = if sp.source_ranges.is_empty() {
+                ext_chain.clone()
+            } else {
+                let fw = format!("fw-{hash}-{id}");
+                w.chain(&fw, None);
+                w.rule(&fw, format!("ip saddr {{ {} }} goto {ext_chain}", sp.source_ranges.join(", ")));
+                w.rule(&fw, "drop");
+                fw
+            };
+            for ip in &sp.lb_ips {
+                service_ips.add(&mut ip_claims, key(ip), format!("goto {lb_chain}"));
+            }
         }
         if let Some(np) = sp.node_port {
-            node_ports.push(format!("{proto} . {np} : goto {ext_chain}"));
+            node_ports.add(&mut port_claims, format!("{proto} . {np}"), format!("goto {ext_chain}"));
         }
     }
-    w.map("service-ips", "type ipv4_addr . inet_proto . inet_service : verdict", &service_ips);
-    w.map("service-nodeports", "type inet_proto . inet_service : verdict", &node_ports);
-    w.map("no-endpoint-services", "type ipv4_addr . inet_proto . inet_service : verdict", &no_endpoint_ips);
-    w.map("no-endpoint-nodeports", "type inet_proto . inet_service : verdict", &no_endpoint_ports);
+    w.map("service-ips", "type ipv4_addr . inet_proto . inet_service : verdict", &service_ips.lines);
+    w.map("service-nodeports", "type inet_proto . inet_service : verdict", &node_ports.lines);
+    w.map("no-endpoint-services", "type ipv4_addr . inet_proto . inet_service : verdict", &no_endpoint_ips.lines);
+    w.map("no-endpoint-nodeports", "type inet_proto . inet_service : verdict", &no_endpoint_ports.lines);
 
     for hp in &inputs.host_ports {
         let proto = hp.proto.nft();
@@ -618,8 +689,25 @@ mod tests {
                 json!({"clusterIP": "10.43.0.10",
                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}),
             ),
+            Arc::new(json!({"metadata": {"namespace": "default", "name": "lb"},
+                "spec": {"clusterIP": "10.43.0.24", "type": "LoadBalancer",
+                    "loadBalancerSourceRanges": ["192.0.2.0/24", "198.51.100.7", "not-a-range"],
+                    "ports": [{"name": "http", "port": 8088, "protocol": "TCP", "nodePort": 30088}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.1", "ipMode": "VIP"}, {"ip": "10.0.0.2", "ipMode": "VIP"}]}}})),
+            // Claims a LoadBalancer's address and port: the first in order keeps it.
+            svc(
+                "default",
+                "zz-dup",
+                json!({"clusterIP": "10.43.0.25", "externalIPs": ["10.0.0.1"], "ports": [{"port": 8088}]}),
+            ),
         ];
         let slices = vec![
+            slice(
+                "default",
+                "lb",
+                json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+                json!([ep("10.42.0.5", "me", true)]),
+            ),
             slice(
                 "default",
                 "web",
@@ -664,10 +752,15 @@ mod tests {
                 "default/np/udp/dns",
                 "default/internal/tcp/82",
                 "kube-system/kube-dns/udp/dns",
-                "kube-system/kube-dns/tcp/dns-tcp"
+                "kube-system/kube-dns/tcp/dns-tcp",
+                "default/lb/tcp/http",
+                "default/zz-dup/tcp/8088"
             ],
             "headless and ExternalName Services are not proxied"
         );
+        let lb = &inputs.services[6];
+        assert_eq!(lb.lb_ips, [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]);
+        assert_eq!(lb.source_ranges, ["192.0.2.0/24", "198.51.100.7/32"], "the unparsable range is left out");
         let web = &inputs.services[0];
         assert_eq!(web.endpoints.len(), 2, "the not-ready endpoint is left out");
         assert!(web.endpoints.iter().any(|e| e.ip == Ipv4Addr::new(10, 42, 0, 5) && e.port == 8080 && e.local));
