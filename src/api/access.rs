@@ -270,6 +270,11 @@ impl Api {
         let sa =
             resources::find("", "v1", "serviceaccounts").ok_or_else(|| ApiError::internal("no serviceaccounts"))?;
         for name in super::rbac_controllers::controller_accounts() {
+            // Looked up first: a create that finds the name taken still goes through the
+            // Raft log, a flash write at every start for nothing.
+            if self.stored(sa, "kube-system", name)?.is_some() {
+                continue;
+            }
             let target = Target { res: sa, namespace: Some("kube-system".into()), name: None, sub: None };
             match self.create(&target, &Query::default(), json!({"metadata": {"name": name}})).await {
                 Ok(_) => {}

@@ -132,11 +132,13 @@ pub fn start(ctx: &Arc<Ctx>) -> Vec<tokio::task::JoinHandle<()>> {
     };
     let (q, again) = (queue.clone(), requeue_all.clone());
     ctx.services.on_change(Box::new(move |old, new| {
+        // Only LoadBalancers (and one that just stopped being one, to clear its status)
+        // concern this loop; other Services' changes are not looked at.
         let lb = |o: Option<&Value>| o.is_some_and(|o| o["spec"]["type"] == "LoadBalancer");
-        if let Some(n) = new {
-            q.add(&super::informer::key_of(n));
-        }
         if lb(old) || lb(new) {
+            if let Some(n) = new {
+                q.add(&super::informer::key_of(n));
+            }
             again();
         }
     }));
