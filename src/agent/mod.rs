@@ -46,6 +46,8 @@ pub struct RuntimeOptions {
     pub pod_max_pids: i64,
     /// The node's network: overlay, proxy, DNS.
     pub net: net::NetOptions,
+    /// The node's Ingress proxy.
+    pub ingress: net::ingress::IngressOptions,
 }
 
 /// What the agent needs to know.
@@ -301,6 +303,19 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
         ),
         None => None,
     };
+    if let Some(net) = &net {
+        let client = Client::from_kubeconfig(Some(&opts.kubeconfig), None).context("the agent's API credentials")?;
+        net::ingress::start(
+            Arc::new(client),
+            &opts.node_name,
+            net.services.clone(),
+            net.slices.clone(),
+            opts.runtime.ingress,
+            stop.clone(),
+        )
+        .await
+        .context("starting the Ingress proxy")?;
+    }
     // `bramble killall` finds the node's volatile directories by this name.
     let _ = std::fs::write(opts.data_dir.join("agent").join("node-name"), &opts.node_name);
     let layout = crate::runtime::Layout::new(&opts.data_dir, &opts.node_name, &opts.runtime.pod_log_dir);

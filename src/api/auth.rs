@@ -142,6 +142,10 @@ pub fn node_rule(me: &str, a: &Attributes) -> Result<NodeCheck, &'static str> {
         // that the token is bound to a pod on this node that runs as that account.
         ("", "serviceaccounts", Some("token"), "create") if a.name.is_some() => Ok(Nothing),
         ("discovery.k8s.io", "endpointslices", None, _) if read => Ok(Nothing),
+        // Every node enforces NetworkPolicies (which select by namespace labels) and serves
+        // the Ingresses.
+        ("networking.k8s.io", "networkpolicies" | "ingresses" | "ingressclasses", None, _) if read => Ok(Nothing),
+        ("", "namespaces", None, _) if read => Ok(Nothing),
         _ => Err("nodes may not use this resource"),
     }
 }
@@ -309,9 +313,17 @@ mod tests {
             (attrs("list", "", "endpoints", None, None, None), Some(Nothing)),
             (attrs("list", "discovery.k8s.io", "endpointslices", None, None, None), Some(Nothing)),
             (attrs("create", "", "services", None, d, None), None),
+            // What every node enforces or serves: NetworkPolicies (with namespaces' labels)
+            // and Ingresses; read only.
+            (attrs("watch", "networking.k8s.io", "networkpolicies", None, None, None), Some(Nothing)),
+            (attrs("list", "networking.k8s.io", "ingresses", None, None, None), Some(Nothing)),
+            (attrs("watch", "networking.k8s.io", "ingressclasses", None, None, None), Some(Nothing)),
+            (attrs("get", "", "namespaces", None, None, Some("default")), Some(Nothing)),
+            (attrs("create", "networking.k8s.io", "networkpolicies", None, d, None), None),
+            (attrs("patch", "networking.k8s.io", "ingresses", Some("status"), d, Some("i")), None),
+            (attrs("delete", "", "namespaces", None, None, Some("default")), None),
             // Everything else.
             (attrs("list", "apps", "deployments", None, d, None), None),
-            (attrs("get", "", "namespaces", None, None, Some("default")), None),
             (attrs("create", "", "serviceaccounts", None, d, None), None),
         ];
         for (a, want) in rows {

@@ -42,6 +42,7 @@ typed_kinds! {
     "ReplicaSet" => apps::ReplicaSet, "StatefulSet" => apps::StatefulSet, "DaemonSet" => apps::DaemonSet,
     "ControllerRevision" => apps::ControllerRevision, "Job" => batch::Job, "CronJob" => batch::CronJob,
     "Lease" => coord::Lease, "StorageClass" => storage::StorageClass, "Ingress" => net::Ingress,
+    "IngressClass" => net::IngressClass, "NetworkPolicy" => net::NetworkPolicy,
     "PodDisruptionBudget" => policy::PodDisruptionBudget, "Eviction" => policy::Eviction,
     "EndpointSlice" => discovery::EndpointSlice,
     "Role" => rbac::Role, "ClusterRole" => rbac::ClusterRole, "RoleBinding" => rbac::RoleBinding,
@@ -302,6 +303,23 @@ pub fn apply_defaults(kind: &str, o: &mut Value) {
                 default(p, "targetPort", port);
             }
             default(o, "status", json!({"loadBalancer": {}}));
+        }
+        "Ingress" => {
+            default(o, "status", json!({"loadBalancer": {}}));
+        }
+        "NetworkPolicy" => {
+            // Upstream's defaulting: Ingress always, Egress when there are egress rules.
+            let spec = default(o, "spec", json!({}));
+            let egress = spec.get("egress").and_then(Value::as_array).is_some_and(|e| !e.is_empty());
+            let types = if egress { json!(["Ingress", "Egress"]) } else { json!(["Ingress"]) };
+            default(spec, "policyTypes", types);
+            for dir in ["ingress", "egress"] {
+                for r in each(spec, dir) {
+                    for p in each(r, "ports") {
+                        default(p, "protocol", json!("TCP"));
+                    }
+                }
+            }
         }
         "Namespace" => {
             let name = o.pointer("/metadata/name").cloned().unwrap_or(Value::Null);

@@ -220,10 +220,42 @@ impl Api {
                 _ => break,
             }
         }
+        if kind == "secrets" && self.ingress_uses_tls_secret(namespace, name)? {
+            return Ok(());
+        }
         Err(ApiError::forbidden(format!(
             "{kind} \"{name}\" is forbidden: User \"system:node:{node}\" cannot get resource \"{kind}\" in API group \"\" \
              in the namespace \"{namespace}\": no relationship found between node '{node}' and this object"
         )))
+    }
+}
+
+impl Api {
+    /// Whether an Ingress of ours in `namespace` names the Secret as a TLS certificate:
+    /// every node serves every such Ingress, so each may read the certificates (and only
+    /// those, one at a time), as k3s's ingress controller can.
+    fn ingress_uses_tls_secret(&self, namespace: &str, name: &str) -> Result<bool, ApiError> {
+        let Some(ingresses) = resources::find("networking.k8s.io", "v1", "ingresses") else { return Ok(false) };
+        let prefix = ingresses.list_prefix(Some(namespace));
+        let mut after: Option<String> = None;
+        loop {
+            let (records, _) = self.store.list(&prefix, after.as_deref(), 500)?;
+            for rec in &records {
+                let ing = to_object(rec)?;
+                let ours = matches!(
+                    ing.pointer("/spec/ingressClassName").and_then(Value::as_str),
+                    None | Some(crate::control::ingress::CLASS_NAME)
+                );
+                let names = ing.pointer("/spec/tls").and_then(Value::as_array).into_iter().flatten();
+                if ours && names.filter_map(|t| t.get("secretName").and_then(Value::as_str)).any(|n| n == name) {
+                    return Ok(true);
+                }
+            }
+            match records.last() {
+                Some(last) if records.len() == 500 => after = Some(last.key.clone()),
+                _ => return Ok(false),
+            }
+        }
     }
 }
 

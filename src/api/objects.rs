@@ -382,6 +382,9 @@ impl Api {
         if res.kind == "Secret" {
             self.fill_legacy_token(&t, &mut obj)?;
         }
+        if res.kind == "Ingress" {
+            self.admit_default_ingress_class(&mut obj)?;
+        }
         match applied {
             Some(managed) => obj["metadata"]["managedFields"] = managed,
             None => apply::record_update(None, &mut obj, manager(q), &res.api_version(), ""),
@@ -429,6 +432,37 @@ impl Api {
     }
 
     /// GET one object.
+    /// Upstream's DefaultIngressClass admission: a new Ingress that names no class (nor
+    /// the legacy annotation) gets the default IngressClass; with several defaults, the
+    /// newest.
+    fn admit_default_ingress_class(&self, ing: &mut Value) -> Result<(), ApiError> {
+        let named = ing.pointer("/spec/ingressClassName").and_then(Value::as_str).is_some_and(|c| !c.is_empty())
+            || ing.pointer("/metadata/annotations/kubernetes.io~1ingress.class").is_some();
+        if named {
+            return Ok(());
+        }
+        let res = resources::find("networking.k8s.io", "v1", "ingressclasses")
+            .ok_or_else(|| ApiError::internal("ingressclasses are not served"))?;
+        let (records, _) = self.store.list(&res.list_prefix(None), None, 1000)?;
+        let mut default: Option<(String, String)> = None;
+        for rec in &records {
+            let class = to_object(rec)?;
+            let annotation = crate::control::ingress::DEFAULT_CLASS_ANNOTATION.replace('/', "~1");
+            if class.pointer(&format!("/metadata/annotations/{annotation}")).and_then(Value::as_str) != Some("true") {
+                continue;
+            }
+            let created = class.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default();
+            let name = class.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            if default.as_ref().is_none_or(|(c, _)| created > c.as_str()) {
+                default = Some((created.to_string(), name.to_string()));
+            }
+        }
+        if let (Some((_, class)), Some(spec)) = (default, ing.get_mut("spec").and_then(Value::as_object_mut)) {
+            spec.insert("ingressClassName".into(), json!(class));
+        }
+        Ok(())
+    }
+
     pub fn get_object(&self, t: &Target) -> Result<Value, ApiError> {
         let rec = self.store.get(&t.key())?.ok_or_else(|| t.not_found())?;
         to_object(&rec)

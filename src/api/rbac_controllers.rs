@@ -155,6 +155,17 @@ fn controllers() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "ingress-controller",
+            vec![
+                rule(&["networking.k8s.io"], &["ingresses", "ingressclasses"], READ),
+                rule(&["networking.k8s.io"], &["ingresses/status"], &["patch", "update"]),
+                rule(&["networking.k8s.io"], &["ingressclasses"], &["create", "delete"]),
+                rule(&[""], &["services", "nodes"], READ),
+                rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+                rule(&[""], &["secrets"], &["get"]),
+            ],
+        ),
+        (
             "clusterrole-aggregation-controller",
             vec![rule(
                 &["rbac.authorization.k8s.io"],

@@ -238,6 +238,30 @@ pub static RESOURCES: &[Resource] = &[
         scale = false
     ),
     res!(
+        "networking.k8s.io",
+        "v1",
+        "ingressclasses",
+        "ingressclass",
+        "IngressClass",
+        ns = false,
+        short = [],
+        cat = &[],
+        status = false,
+        scale = false
+    ),
+    res!(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "networkpolicy",
+        "NetworkPolicy",
+        ns = true,
+        short = ["netpol"],
+        cat = &[],
+        status = false,
+        scale = false
+    ),
+    res!(
         "rbac.authorization.k8s.io",
         "v1",
         "clusterrolebindings",

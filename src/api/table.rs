@@ -658,12 +658,45 @@ fn columns(plural: &str) -> (Vec<Col>, RowFn) {
                     json!(s(o, "/metadata/name")),
                     json!(or_none(s(o, "/spec/ingressClassName"))),
                     json!(if hosts.is_empty() { "*".into() } else { hosts.join(",") }),
-                    json!(""),
+                    json!(
+                        o.pointer("/status/loadBalancer/ingress")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|i| i.get("ip").or_else(|| i.get("hostname")).and_then(Value::as_str))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
                     json!(if tls { "80, 443" } else { "80" }),
                     json!(age(o, "/metadata/creationTimestamp")),
                 ]
             },
         ),
+        "ingressclasses" => (
+            vec![("Name", "string", 0), ("Controller", "string", 0), ("Parameters", "string", 0), ("Age", "string", 0)],
+            |o| {
+                let params = o.pointer("/spec/parameters").map_or("<none>".to_string(), |p| {
+                    let group = s(p, "/apiGroup");
+                    let group = if group.is_empty() { String::new() } else { format!(".{group}") };
+                    format!("{}{group}/{}", s(p, "/kind"), s(p, "/name"))
+                });
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(s(o, "/spec/controller")),
+                    json!(params),
+                    json!(age(o, "/metadata/creationTimestamp")),
+                ]
+            },
+        ),
+        "networkpolicies" => (vec![("Name", "string", 0), ("Pod-Selector", "string", 0), ("Age", "string", 0)], |o| {
+            let sel = o
+                .pointer("/spec/podSelector/matchLabels")
+                .and_then(Value::as_object)
+                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>())
+                .unwrap_or_default();
+            let sel = if sel.is_empty() { "<none>".to_string() } else { sel.join(",") };
+            vec![json!(s(o, "/metadata/name")), json!(sel), json!(age(o, "/metadata/creationTimestamp"))]
+        }),
         "poddisruptionbudgets" => (
             vec![
                 ("Name", "string", 0),

@@ -169,8 +169,9 @@ pub struct ServerArgs {
     #[arg(long, default_value = "0.0.0.0")]
     pub bind_address: String,
     /// Built-in parts to leave off (k3s's flag): `servicelb`, so MetalLB or kube-vip can
-    /// serve LoadBalancer Services.
-    #[arg(long, value_parser = ["servicelb"])]
+    /// serve LoadBalancer Services; `ingress` (k3s's `traefik`), so another Ingress
+    /// controller can take ports 80 and 443.
+    #[arg(long, value_parser = ["servicelb", "ingress"])]
     pub disable: Vec<String>,
     /// Address the API is reached at from pods and other nodes: the endpoint of the
     /// `kubernetes` Service (k3s's flag). Default: the bind address, or with a wildcard
@@ -315,6 +316,12 @@ pub struct RuntimeArgs {
     /// names only its loopback stub).
     #[arg(long)]
     pub resolv_conf: Option<PathBuf>,
+    /// Port of the node's Ingress proxy for HTTP (0: none).
+    #[arg(long, default_value_t = 80)]
+    pub ingress_http_port: u16,
+    /// Port of the node's Ingress proxy for HTTPS (0: none).
+    #[arg(long, default_value_t = 443)]
+    pub ingress_https_port: u16,
 }
 
 impl From<RuntimeArgs> for crate::agent::RuntimeOptions {
@@ -330,6 +337,10 @@ impl From<RuntimeArgs> for crate::agent::RuntimeOptions {
                 iface: a.flannel_iface,
                 cluster_domain: a.cluster_domain,
                 resolv_conf: a.resolv_conf,
+            },
+            ingress: crate::agent::net::ingress::IngressOptions {
+                http_port: a.ingress_http_port,
+                https_port: a.ingress_https_port,
             },
         }
     }

@@ -226,6 +226,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             default_disk: crate::agent::facts::disk_type(&args.data_dir).unwrap_or("ssd").to_string(),
             root_ca_pem: pki.ca.cert_pem.clone(),
             servicelb: !args.disable.iter().any(|d| d == "servicelb"),
+            ingress: !args.disable.iter().any(|d| d == "ingress"),
         };
         tokio::spawn(crate::control::run(Arc::clone(&api), opts, store_leadership, stop_rx.clone()))
     };

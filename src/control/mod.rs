@@ -19,6 +19,7 @@ pub mod events;
 pub mod gc;
 pub mod history;
 pub mod informer;
+pub mod ingress;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -70,6 +71,9 @@ pub struct Ctx {
     /// Every namespace's `kube-root-ca.crt` ConfigMap and no other ConfigMap: only those
     /// are kept by a control loop, and a cache of all would hold users' data for nothing.
     pub root_ca_configmaps: Arc<Informer>,
+    /// Every Ingress and IngressClass (the Ingress controller's status and Events).
+    pub ingresses: Arc<Informer>,
+    pub ingressclasses: Arc<Informer>,
     pub events: events::Recorder,
 }
 
@@ -104,6 +108,8 @@ impl Ctx {
                 "/api/v1/configmaps?fieldSelector=metadata.name%3D{}",
                 serviceaccounts::ROOT_CA_CONFIGMAP
             )),
+            ingresses: Informer::new("/apis/networking.k8s.io/v1/ingresses"),
+            ingressclasses: Informer::new("/apis/networking.k8s.io/v1/ingressclasses"),
         })
     }
 
@@ -137,6 +143,8 @@ impl Ctx {
         all.push(self.serviceaccounts.clone());
         all.push(self.clusterroles.clone());
         all.push(self.root_ca_configmaps.clone());
+        all.push(self.ingresses.clone());
+        all.push(self.ingressclasses.clone());
         all
     }
 }
@@ -157,6 +165,9 @@ pub struct ControlOptions {
     /// Whether LoadBalancer Services are served on the nodes' addresses (ServiceLB; off
     /// with `--disable servicelb`, for MetalLB or kube-vip).
     pub servicelb: bool,
+    /// Whether the built-in Ingress controller runs (off with `--disable ingress`, which
+    /// also removes its IngressClass so no node's proxy takes 80 and 443).
+    pub ingress: bool,
 }
 
 impl Ctx {
@@ -259,6 +270,16 @@ fn start_all(conn: Arc<ApiConn>, opts: &ControlOptions) -> Vec<tokio::task::Join
     tasks.extend(clusterroleaggregation::start(&ctx.controller("clusterrole-aggregation-controller")));
     if opts.servicelb {
         tasks.extend(servicelb::start(&ctx.controller("service-lb-controller")));
+    }
+    if opts.ingress {
+        tasks.extend(ingress::start(&ctx.controller("ingress-controller")));
+    } else {
+        let c = ctx.controller("ingress-controller");
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = ingress::remove_class(&c).await {
+                tracing::warn!(error = %format!("{e:#}"), "removing the IngressClass of the disabled Ingress controller");
+            }
+        }));
     }
     for inf in ctx.informers() {
         tasks.push(tokio::spawn(inf.run(ctx.conn.clone())));

@@ -1,16 +1,19 @@
 //! Everything of a node that touches netlink and nftables: the pods' bridge and veths
 //! (`bridge`), the overlay that carries pod traffic between nodes (`overlay`), the service
-//! proxy and masquerade in our own nftables table (`proxy`, applied by `nft`), the cluster
-//! DNS server (`dns`) and what pods are told about them (`podconf`: `resolv.conf`, Service
-//! environment variables). Each part keeps its decisions pure (desired state from the
-//! node's watch caches) and applies the difference, so the rules for a given set of Nodes,
-//! Services and EndpointSlices are unit-tested without root.
+//! proxy and masquerade in our own nftables table (`proxy`, applied by `nft`), the
+//! NetworkPolicies enforced in that table (`policy`), the cluster DNS server (`dns`) and
+//! what pods are told about them (`podconf`: `resolv.conf`, Service environment
+//! variables), and the Ingress reverse proxy on ports 80 and 443 (`ingress`). Each part keeps its decisions pure (desired state from the node's watch
+//! caches) and applies the difference, so the rules for a given set of Nodes, Services,
+//! EndpointSlices and NetworkPolicies are unit-tested without root.
 
 pub mod bridge;
 pub mod dns;
+pub mod ingress;
 pub mod nft;
 pub mod overlay;
 pub mod podconf;
+pub mod policy;
 pub mod proxy;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -44,6 +47,8 @@ pub struct NetOptions {
 /// environment variables), and where the cluster DNS answers.
 pub struct NodeNet {
     pub services: Arc<Informer>,
+    /// Every EndpointSlice (the Ingress proxy's backends).
+    pub slices: Arc<Informer>,
     pub cluster_domain: String,
     /// `--resolv-conf`.
     pub resolv_conf: Option<std::path::PathBuf>,
@@ -88,10 +93,18 @@ pub async fn start(
     // `127.0.0.1` NodePorts and hostPorts (guarded in the table), and bridged traffic
     // through the IP hooks so a Service between two pods of one bridge is reverse-NATed.
     sysctl("net/ipv4/conf/all/route_localnet", "1")?;
-    let bridge_netfilter = sysctl("net/bridge/bridge-nf-call-iptables", "1").is_ok();
+    let mut bridge_netfilter = sysctl("net/bridge/bridge-nf-call-iptables", "1").is_ok();
+    if !bridge_netfilter {
+        // Loaded on demand, as k3s does: NetworkPolicies between pods of one node need it.
+        match tokio::process::Command::new("modprobe").arg("br_netfilter").status().await {
+            Ok(s) if s.success() => bridge_netfilter = sysctl("net/bridge/bridge-nf-call-iptables", "1").is_ok(),
+            Ok(s) => tracing::debug!(status = %s, "modprobe br_netfilter"),
+            Err(e) => tracing::debug!(error = %e, "modprobe br_netfilter"),
+        }
+    }
     if !bridge_netfilter {
         tracing::info!(
-            "br_netfilter is not loaded: traffic between pods of this node through a Service is masqueraded"
+            "br_netfilter is not loaded: traffic between pods of this node through a Service is masqueraded, and NetworkPolicies do not apply to it"
         );
     }
     let (node_ip, iface) = find_node_ip(&opts, fallback_ip).await?;
@@ -113,7 +126,11 @@ pub async fn start(
     let services = informer("/api/v1/services".into());
     let slices = informer("/apis/discovery.k8s.io/v1/endpointslices".into());
     let pods = informer(format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"));
-    for inf in [&nodes, &services, &slices, &pods] {
+    // NetworkPolicies select peers anywhere in the cluster, by pod and namespace labels.
+    let all_pods = informer("/api/v1/pods".into());
+    let namespaces = informer("/api/v1/namespaces".into());
+    let policies = informer("/apis/networking.k8s.io/v1/networkpolicies".into());
+    for inf in [&nodes, &services, &slices, &pods, &all_pods, &namespaces, &policies] {
         inf.synced().await;
     }
 
@@ -144,8 +161,12 @@ pub async fn start(
         fallback_ip,
         nodes,
         services: services.clone(),
-        slices,
+        slices: slices.clone(),
         pods,
+        all_pods,
+        namespaces,
+        policies,
+        policy_problems: Vec::new(),
         dns_listener,
         bridge_netfilter,
         zone: zone_tx,
@@ -155,6 +176,7 @@ pub async fn start(
     tokio::spawn(sync.run(changed, stop));
     Ok(Arc::new(NodeNet {
         services,
+        slices,
         cluster_domain: opts.cluster_domain,
         resolv_conf: opts.resolv_conf,
         pod_mtu: made.pod_mtu,
@@ -215,6 +237,11 @@ struct Sync {
     services: Arc<Informer>,
     slices: Arc<Informer>,
     pods: Arc<Informer>,
+    all_pods: Arc<Informer>,
+    namespaces: Arc<Informer>,
+    policies: Arc<Informer>,
+    /// What of the NetworkPolicies could not be enforced, as last logged.
+    policy_problems: Vec<String>,
     dns_listener: Option<Ipv4Addr>,
     bridge_netfilter: bool,
     zone: watch::Sender<Arc<dns::Zone>>,
@@ -257,7 +284,21 @@ impl Sync {
             bridge_netfilter: self.bridge_netfilter,
         };
         let started = std::time::Instant::now();
-        match self.applier.apply(&proxy::render(&inputs)).await {
+        let policy = policy::Inputs {
+            policies: self.policies.list(),
+            pods: self.all_pods.list(),
+            namespaces: self.namespaces.list(),
+            node: self.node.clone(),
+            dns_listener: self.dns_listener,
+        };
+        let problems = policy::problems(&policy);
+        if problems != self.policy_problems {
+            for p in &problems {
+                tracing::warn!(problem = %p, "part of a NetworkPolicy is not enforced");
+            }
+            self.policy_problems = problems;
+        }
+        match self.applier.apply(&proxy::render_with_policy(&inputs, &policy)).await {
             Ok(true) => tracing::debug!(micros = started.elapsed().as_micros() as u64, "service rules applied"),
             Ok(false) => {}
             Err(e) => tracing::error!(error = %format!("{e:#}"), "applying the service rules"),

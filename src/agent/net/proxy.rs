@@ -44,7 +44,8 @@ pub enum Proto {
 }
 
 impl Proto {
-    fn parse(s: Option<&str>) -> Option<Proto> {
+    /// A Kubernetes `protocol` field (absent: TCP).
+    pub(super) fn parse(s: Option<&str>) -> Option<Proto> {
         match s.unwrap_or("TCP") {
             "TCP" => Some(Proto::Tcp),
             "UDP" => Some(Proto::Udp),
@@ -53,7 +54,8 @@ impl Proto {
         }
     }
 
-    fn nft(self) -> &'static str {
+    /// The protocol's name in nft rules and set elements.
+    pub(super) fn nft(self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
@@ -365,18 +367,20 @@ impl Script {
     }
 }
 
-struct Writer {
-    out: String,
-    objects: Objects,
+/// Accumulates a script's statements and the objects it defines (`policy` writes into it
+/// too).
+pub(super) struct Writer {
+    pub(super) out: String,
+    pub(super) objects: Objects,
 }
 
 impl Writer {
-    fn line(&mut self, l: impl AsRef<str>) {
+    pub(super) fn line(&mut self, l: impl AsRef<str>) {
         self.out.push_str(l.as_ref());
         self.out.push('\n');
     }
 
-    fn chain(&mut self, name: &str, hook: Option<&str>) {
+    pub(super) fn chain(&mut self, name: &str, hook: Option<&str>) {
         match hook {
             Some(h) => self.line(format!("add chain ip {TABLE} {name} {{ {h} ; }}")),
             None => self.line(format!("add chain ip {TABLE} {name}")),
@@ -384,7 +388,7 @@ impl Writer {
         self.objects.chains.insert(name.to_string());
     }
 
-    fn rule(&mut self, chain: &str, rule: impl AsRef<str>) {
+    pub(super) fn rule(&mut self, chain: &str, rule: impl AsRef<str>) {
         self.line(format!("add rule ip {TABLE} {chain} {}", rule.as_ref()));
     }
 
@@ -403,8 +407,14 @@ fn cidr(c: &PodCidr) -> String {
     format!("{}/{}", c.net, c.bits)
 }
 
-/// The whole table for `inputs`.
+/// The whole table for `inputs`, enforcing no NetworkPolicy.
 pub fn render(inputs: &Inputs) -> Script {
+    render_with_policy(inputs, &super::policy::Inputs::default())
+}
+
+/// The whole table for `inputs`, with the NetworkPolicy rules for this node's pods (none
+/// written when no policy isolates a pod here).
+pub fn render_with_policy(inputs: &Inputs, policy: &super::policy::Inputs) -> Script {
     let mut w = Writer { out: String::new(), objects: Objects::default() };
     // Base chains: NAT before the filter's reject, as kube-proxy orders them.
     w.chain("prerouting", Some("type nat hook prerouting priority dstnat"));
@@ -620,6 +630,7 @@ pub fn render(inputs: &Inputs) -> Script {
         };
         w.rule("hostports", format!("{dst} meta l4proto {proto} th dport {} goto {chain}", hp.host_port));
     }
+    super::policy::render(&mut w, policy);
     // The maps are referenced by rules above: declare them first in the output.
     let (maps, rest): (Vec<&str>, Vec<&str>) =
         w.out.lines().partition(|l| l.starts_with(&format!("add map ip {TABLE} ")));

@@ -1,0 +1,225 @@
+//! The built-in Ingress controller's data path, on every node: a reverse proxy on ports 80
+//! and 443 (`--ingress-http-port`, `--ingress-https-port`) serving the Ingresses of our
+//! classes. `routes` turns Ingresses, Services and EndpointSlices into a route table,
+//! `certs` picks TLS certificates by SNI, `proxy` passes requests on. The listeners open
+//! only while an IngressClass of ours exists (the server removes it with
+//! `--disable ingress`), so another controller can have the ports.
+
+pub mod certs;
+pub mod proxy;
+pub mod routes;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::client::Client;
+use crate::control::informer::Informer;
+use crate::control::ingress::{CONTROLLER, is_ours, our_classes};
+
+/// Which ports the proxy listens on (0: not that one).
+#[derive(Clone, Copy, Debug)]
+pub struct IngressOptions {
+    pub http_port: u16,
+    pub https_port: u16,
+}
+
+/// What requests are served from: swapped whole on each change.
+pub struct Config {
+    pub table: Arc<routes::Table>,
+    pub certs: HashMap<(String, String), certs::Loaded>,
+    pub default_cert: Arc<CertifiedKey>,
+}
+
+/// How long changes are gathered before the table is built again.
+const COALESCE: Duration = Duration::from_millis(20);
+/// TLS Secrets are read again this often (a renewed certificate; nodes may not watch
+/// Secrets).
+const SECRETS_EVERY: Duration = Duration::from_secs(10);
+/// How long a client has to finish its request head (slowloris).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts the Ingress proxy of this node: follows Ingresses and classes (Services and
+/// EndpointSlices come from the node network's caches) until `stop`.
+pub async fn start(
+    client: Arc<Client>,
+    node: &str,
+    services: Arc<Informer>,
+    slices: Arc<Informer>,
+    opts: IngressOptions,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let changed = Arc::new(Notify::new());
+    let watch_for_changes = |inf: &Arc<Informer>| {
+        let n = changed.clone();
+        inf.on_change(Box::new(move |_, _| n.notify_one()));
+    };
+    let ingresses = Informer::new("/apis/networking.k8s.io/v1/ingresses");
+    let classes = Informer::new("/apis/networking.k8s.io/v1/ingressclasses");
+    for inf in [&ingresses, &classes, &services, &slices] {
+        watch_for_changes(inf);
+    }
+    tokio::spawn(ingresses.clone().run(client.clone()));
+    tokio::spawn(classes.clone().run(client.clone()));
+    let default_cert = certs::default_key(node)?;
+    let empty = Config { table: Arc::new(routes::build(&[], &[], &[])), certs: HashMap::new(), default_cert };
+    let (tx, rx) = watch::channel(Arc::new(empty));
+    let follower = Follower {
+        client,
+        ingresses,
+        classes,
+        services,
+        slices,
+        opts,
+        config: tx,
+        proxy: Arc::new(proxy::Proxy::new(rx.clone(), opts.https_port)),
+        rx,
+        listening: Vec::new(),
+        secrets_read: None,
+    };
+    tokio::spawn(follower.run(changed, stop));
+    Ok(())
+}
+
+/// Keeps the configuration and the listeners current.
+struct Follower {
+    client: Arc<Client>,
+    ingresses: Arc<Informer>,
+    classes: Arc<Informer>,
+    services: Arc<Informer>,
+    slices: Arc<Informer>,
+    opts: IngressOptions,
+    config: watch::Sender<Arc<Config>>,
+    rx: watch::Receiver<Arc<Config>>,
+    proxy: Arc<proxy::Proxy>,
+    listening: Vec<JoinHandle<()>>,
+    /// When the TLS Secrets were last read, and which.
+    secrets_read: Option<(Instant, BTreeSet<(String, String)>)>,
+}
+
+impl Follower {
+    async fn run(mut self, changed: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+        for inf in [&self.ingresses, &self.classes, &self.services, &self.slices] {
+            inf.synced().await;
+        }
+        let mut secrets = tokio::time::interval(SECRETS_EVERY);
+        loop {
+            self.once().await;
+            tokio::select! {
+                _ = changed.notified() => tokio::time::sleep(COALESCE).await,
+                _ = secrets.tick() => self.secrets_read = None,
+                _ = stop.changed() => break,
+            }
+        }
+        for l in self.listening.drain(..) {
+            l.abort();
+        }
+    }
+
+    async fn once(&mut self) {
+        let classes = self.classes.list();
+        let ours = our_classes(&classes);
+        let mine: Vec<_> = self.ingresses.list().into_iter().filter(|i| is_ours(i, &ours)).collect();
+        let table = Arc::new(routes::build(&mine, &self.services.list(), &self.slices.list()));
+        let wanted = table.secrets();
+        let current = self.config.borrow().clone();
+        let certs = match &self.secrets_read {
+            Some((_, read)) if *read == wanted => current.certs.clone(),
+            _ => {
+                let fresh = certs::refresh(&self.client, &wanted, &current.certs).await;
+                self.secrets_read = Some((Instant::now(), wanted));
+                fresh
+            }
+        };
+        self.config.send_replace(Arc::new(Config { table, certs, default_cert: current.default_cert.clone() }));
+
+        let serving =
+            classes.iter().any(|c| c.pointer("/spec/controller").and_then(|v| v.as_str()) == Some(CONTROLLER));
+        if serving && self.listening.is_empty() {
+            match self.listen().await {
+                Ok(tasks) => self.listening = tasks,
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "the Ingress proxy cannot listen"),
+            }
+        } else if !serving && !self.listening.is_empty() {
+            tracing::info!("no IngressClass of ours: the Ingress proxy stops listening");
+            for l in self.listening.drain(..) {
+                l.abort();
+            }
+        }
+    }
+
+    /// Opens the listeners (both or neither: a half-served Ingress is worse).
+    async fn listen(&self) -> anyhow::Result<Vec<JoinHandle<()>>> {
+        let bind = |port: u16| async move {
+            TcpListener::bind(("0.0.0.0", port)).await.with_context(|| format!("listening on port {port} for Ingress"))
+        };
+        let mut tasks = Vec::new();
+        let http = if self.opts.http_port > 0 { Some(bind(self.opts.http_port).await?) } else { None };
+        let https = if self.opts.https_port > 0 { Some(bind(self.opts.https_port).await?) } else { None };
+        if let Some(l) = http {
+            tasks.push(tokio::spawn(accept(l, None, self.proxy.clone())));
+        }
+        if let Some(l) = https {
+            let mut tls =
+                rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .context("TLS versions")?
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::new(certs::SniResolver { config: self.rx.clone() }));
+            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+            tasks.push(tokio::spawn(accept(l, Some(acceptor), self.proxy.clone())));
+        }
+        tracing::info!(http = self.opts.http_port, https = self.opts.https_port, "the Ingress proxy is listening");
+        Ok(tasks)
+    }
+}
+
+/// Accepts connections until aborted; each is served on its own task (which outlives an
+/// abort of the listener: open connections are never cut by a change).
+async fn accept(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, proxy: Arc<proxy::Proxy>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                tracing::warn!(error = %e, "accepting an Ingress connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY on an Ingress connection");
+        }
+        let (tls, proxy) = (tls.clone(), proxy.clone());
+        tokio::spawn(async move {
+            let conn = proxy::ConnInfo { peer, local_port, tls: tls.is_some() };
+            let service = service_fn(move |req| proxy.clone().handle(req, conn));
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            let served = match tls {
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
+                        return;
+                    };
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
+                }
+                None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await,
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "an Ingress connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,575 @@
+//! The Ingress reverse proxy: one request, from the client's connection to a backend pod
+//! and back. Routes come from the current [`Config`] (swapped whole on each change, read
+//! once per request, so open connections carry on across changes); backends are the
+//! Services' ready endpoints, balanced round-robin, reached over pooled keep-alive
+//! connections (hyper's client), with endpoints that refused a connection skipped for a
+//! while and idempotent requests without a body retried on another endpoint. Bodies stream
+//! both ways; `Upgrade`s (WebSocket) are spliced after the backend's 101.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full, Limited, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
+
+use super::Config;
+use super::routes::BackendProtocol;
+
+/// Any body error, boxed: bodies from clients, backends and ourselves mix.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type both ways.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// How long an endpoint that refused a connection is passed over (when others remain).
+const FAILED_FOR: Duration = Duration::from_secs(10);
+/// Most endpoints one idempotent request is tried on.
+const MAX_TRIES: usize = 3;
+/// How long a backend connection may sit idle in the pool.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// Headers that describe one hop, never passed on (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// Where a request came in.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local_port: u16,
+    pub tls: bool,
+}
+
+type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Backend clients by protocol and connect timeout (few distinct values in practice).
+#[derive(Default)]
+struct Clients {
+    by_kind: Mutex<HashMap<(BackendProtocol, u64), Client<HttpsConnector, ProxyBody>>>,
+}
+
+impl Clients {
+    fn get(
+        &self,
+        proto: BackendProtocol,
+        connect: Duration,
+    ) -> Result<Client<HttpsConnector, ProxyBody>, rustls::Error> {
+        let key = (proto, connect.as_millis() as u64);
+        let mut map = match self.by_kind.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(c) = map.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = make_client(proto, connect)?;
+        map.insert(key, c.clone());
+        Ok(c)
+    }
+}
+
+/// A pooled client for one backend protocol: HTTP/1.1 (h2 for gRPC), TLS for HTTPS and
+/// GRPCS without checking the backend's certificate (ingress-nginx's `proxy-ssl-verify`
+/// default: pods serve self-signed certificates).
+fn make_client(proto: BackendProtocol, connect: Duration) -> Result<Client<HttpsConnector, ProxyBody>, rustls::Error> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect));
+    http.enforce_http(false);
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert))
+        .with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let grpc = matches!(proto, BackendProtocol::Grpc | BackendProtocol::Grpcs);
+    let connector =
+        if grpc { builder.enable_http2().wrap_connector(http) } else { builder.enable_http1().wrap_connector(http) };
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(POOL_IDLE).pool_timer(TokioTimer::new()).timer(TokioTimer::new());
+    if grpc {
+        b.http2_only(true);
+    }
+    Ok(b.build(connector))
+}
+
+/// Accepts any backend certificate (see [`make_client`]); signatures are still checked so
+/// the handshake is a real one.
+#[derive(Debug)]
+struct AnyServerCert;
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The proxy's shared state.
+pub struct Proxy {
+    config: watch::Receiver<Arc<Config>>,
+    clients: Clients,
+    next: AtomicUsize,
+    failed: Mutex<HashMap<SocketAddr, Instant>>,
+    /// The HTTPS port, for redirects (left out of the URL when 443).
+    https_port: u16,
+}
+
+impl Proxy {
+    pub fn new(config: watch::Receiver<Arc<Config>>, https_port: u16) -> Proxy {
+        Proxy { config, clients: Clients::default(), next: AtomicUsize::new(0), failed: Mutex::default(), https_port }
+    }
+
+    /// Answers one request (never fails: errors are answered with their status).
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        Ok(self.route(req, conn).await)
+    }
+
+    async fn route(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let config = self.config.borrow().clone();
+        let Some(host) = host_of(&req) else {
+            return text(StatusCode::BAD_REQUEST, "the request names no host\n");
+        };
+        let path = req.uri().path().to_string();
+        let Some(m) = config.table.route(&host, &path) else {
+            return text(StatusCode::NOT_FOUND, "404 page not found: no Ingress rule matches this host and path\n");
+        };
+        let o = m.options.clone();
+        if !o.source_allowed(conn.peer.ip()) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "403 forbidden: your address is not in this Ingress's allowed ranges\n",
+            );
+        }
+        if let Some((to, code)) = &o.permanent_redirect {
+            return redirect(*code, to);
+        }
+        if !conn.tls && o.redirects_to_https(config.table.is_tls_host(&host)) {
+            let port = if self.https_port == 443 { String::new() } else { format!(":{}", self.https_port) };
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            return redirect(308, &format!("https://{host}{port}{pq}"));
+        }
+        if let Some(root) = &o.app_root
+            && path == "/"
+        {
+            return redirect(302, root);
+        }
+        let endpoints = match m.backend.endpoints() {
+            Ok(eps) if !eps.is_empty() => eps,
+            Ok(_) => {
+                let msg = format!("503 service unavailable: {} has no ready endpoints\n", m.backend);
+                return text(StatusCode::SERVICE_UNAVAILABLE, &msg);
+            }
+            Err(why) => return text(StatusCode::SERVICE_UNAVAILABLE, &format!("503 service unavailable: {why}\n")),
+        };
+        if let Some(limit) = o.proxy_body_size
+            && content_length(req.headers()).is_some_and(|l| l > limit)
+        {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "413 request entity too large (proxy-body-size)\n");
+        }
+
+        let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let rewritten = config.table.rewrite_path(&m, &path);
+        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        let client_version = req.version();
+        let (parts, body) = req.into_parts();
+        let has_body = content_length(&parts.headers).is_some_and(|l| l > 0)
+            || parts.headers.contains_key(header::TRANSFER_ENCODING)
+            || (client_version == Version::HTTP_2 && !body_is_empty(&body));
+        let retryable = is_idempotent(&parts.method) && !has_body && upgrade.is_none();
+        let mut body = Some(match o.proxy_body_size {
+            Some(limit) => Limited::new(body, limit as usize).boxed_unsync(),
+            None => body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        });
+
+        let cookie = o.affinity_cookie.as_ref();
+        let pinned = cookie
+            .and_then(|c| cookie_value(&parts.headers, &c.name))
+            .and_then(|v| endpoints.iter().copied().find(|e| endpoint_token(*e) == v));
+        let order = self.order(endpoints, pinned);
+        let client = match self.clients.get(o.backend_protocol, o.connect_timeout) {
+            Ok(c) => c,
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("no client for the backend: {e}\n")),
+        };
+        let timeout = o.connect_timeout + o.read_timeout.max(o.send_timeout);
+        let mut last_error = String::new();
+        for (attempt, ep) in order.iter().take(if retryable { MAX_TRIES } else { 1 }).enumerate() {
+            let scheme = match o.backend_protocol {
+                BackendProtocol::Https | BackendProtocol::Grpcs => "https",
+                BackendProtocol::Http | BackendProtocol::Grpc => "http",
+            };
+            let uri: Uri = match format!("{scheme}://{ep}{rewritten}{query}").parse() {
+                Ok(u) => u,
+                Err(_) => return text(StatusCode::BAD_REQUEST, "the rewritten path is not a valid URI path\n"),
+            };
+            let mut up = Request::builder().method(parts.method.clone()).uri(uri);
+            if let Some(h) = up.headers_mut() {
+                *h = forwarded_headers(&parts.headers, &host, conn, upgrade.is_some());
+            }
+            let grpc = matches!(o.backend_protocol, BackendProtocol::Grpc | BackendProtocol::Grpcs);
+            up = up.version(if grpc { Version::HTTP_2 } else { Version::HTTP_11 });
+            let this_body = match body.take() {
+                Some(b) => b,
+                None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+            };
+            let up = match up.body(this_body) {
+                Ok(r) => r,
+                Err(e) => return text(StatusCode::BAD_REQUEST, &format!("the request cannot be passed on: {e}\n")),
+            };
+            let sent = tokio::time::timeout(timeout, client.request(up)).await;
+            match sent {
+                Err(_) => {
+                    return text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "504 gateway timeout: the backend did not answer in time\n",
+                    );
+                }
+                Ok(Ok(mut resp)) => {
+                    self.forget_failure(*ep);
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(client_side) = upgrade
+                    {
+                        let backend_side = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(splice(client_side, backend_side));
+                        let (parts, _) = resp.into_parts();
+                        return Response::from_parts(parts, empty());
+                    }
+                    let set_cookie = cookie.filter(|_| pinned != Some(*ep)).map(|c| c.set_cookie(&endpoint_token(*ep)));
+                    return self.respond(resp, set_cookie, client_version);
+                }
+                Ok(Err(e)) => {
+                    let connect = e.is_connect();
+                    last_error = format!("{e}");
+                    if let Some(source) = std::error::Error::source(&e) {
+                        last_error = format!("{last_error}: {source}");
+                    }
+                    if connect {
+                        self.remember_failure(*ep);
+                    }
+                    if !(connect && retryable) {
+                        break;
+                    }
+                    tracing::debug!(endpoint = %ep, attempt, error = %last_error, "Ingress backend refused; trying another");
+                }
+            }
+        }
+        if last_error.contains("length limit exceeded") {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "413 request entity too large (proxy-body-size)\n");
+        }
+        text(StatusCode::BAD_GATEWAY, &format!("502 bad gateway: {last_error}\n"))
+    }
+
+    /// The backend's response with its hop-by-hop headers removed.
+    fn respond(&self, resp: Response<Incoming>, set_cookie: Option<String>, client: Version) -> Response<ProxyBody> {
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(c) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            parts.headers.append(header::SET_COOKIE, c);
+        }
+        parts.version = client;
+        Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+    }
+
+    /// Endpoints in the order to try them: the pinned one (cookie affinity) first, then
+    /// round-robin from the next turn, those that failed lately last.
+    fn order(&self, endpoints: &[SocketAddr], pinned: Option<SocketAddr>) -> Vec<SocketAddr> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+        let mut order: Vec<SocketAddr> = endpoints[start..].iter().chain(&endpoints[..start]).copied().collect();
+        let failed = match self.failed.lock() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        let bad = |e: &SocketAddr| failed.get(e).is_some_and(|t| now.duration_since(*t) < FAILED_FOR);
+        order.sort_by_key(|e| bad(e));
+        if let Some(p) = pinned.filter(|p| !bad(p)) {
+            order.retain(|e| *e != p);
+            order.insert(0, p);
+        }
+        order
+    }
+
+    fn remember_failure(&self, ep: SocketAddr) {
+        if let Ok(mut f) = self.failed.lock() {
+            f.insert(ep, Instant::now());
+            if f.len() > 4096 {
+                let now = Instant::now();
+                f.retain(|_, t| now.duration_since(*t) < FAILED_FOR);
+            }
+        }
+    }
+
+    fn forget_failure(&self, ep: SocketAddr) {
+        if let Ok(mut f) = self.failed.lock()
+            && !f.is_empty()
+        {
+            f.remove(&ep);
+        }
+    }
+}
+
+/// Copies bytes both ways between the client's and the backend's upgraded connections.
+async fn splice(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %e, "an upgraded Ingress connection failed to start");
+            return;
+        }
+    };
+    let (mut c, mut b) = (TokioIo::new(client), TokioIo::new(backend));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
+        tracing::debug!(error = %e, "an upgraded Ingress connection ended with an error");
+    }
+}
+
+/// The host a request is for: HTTP/2's authority, else the `Host` header.
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str().to_string(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?.to_string(),
+    };
+    let host = match raw.rsplit_once(':') {
+        // `[::1]:80` and `name:80`; a bare IPv6 literal has no port after its `]`.
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.is_empty() => h.to_string(),
+        _ => raw,
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+fn body_is_empty(body: &Incoming) -> bool {
+    hyper::body::Body::is_end_stream(body)
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Removes the hop-by-hop headers, and those the `Connection` header names.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(str::trim).map(str::to_ascii_lowercase).collect::<Vec<_>>())
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// The headers sent to the backend: the client's, less hop-by-hop ones, plus who the
+/// client is (`X-Forwarded-*`, `X-Real-IP`, RFC 7239 `Forwarded`). What the client sent
+/// in these is replaced, not trusted (ingress-nginx's `use-forwarded-headers: false`).
+fn forwarded_headers(incoming: &HeaderMap, host: &str, conn: ConnInfo, upgrade: bool) -> HeaderMap {
+    let mut h = incoming.clone();
+    let upgrade_to = h.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut h);
+    if upgrade && let Some(u) = upgrade_to {
+        h.insert(header::UPGRADE, u);
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if !h.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        h.insert(header::HOST, v);
+    }
+    let proto = if conn.tls { "https" } else { "http" };
+    let ip = conn.peer.ip();
+    let for_ = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let set = |h: &mut HeaderMap, name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    };
+    set(&mut h, "x-forwarded-for", ip.to_string());
+    set(&mut h, "x-real-ip", ip.to_string());
+    set(&mut h, "x-forwarded-proto", proto.to_string());
+    set(&mut h, "x-forwarded-host", host.to_string());
+    set(&mut h, "x-forwarded-port", conn.local_port.to_string());
+    set(&mut h, "x-forwarded-scheme", proto.to_string());
+    set(&mut h, "forwarded", format!("for={for_};host={host};proto={proto}"));
+    h
+}
+
+/// The cookie value that names an endpoint: a hash, so pods' addresses are not shown.
+fn endpoint_token(ep: SocketAddr) -> String {
+    format!("{:08x}", crc32fast::hash(ep.to_string().as_bytes()))
+}
+
+fn cookie_value(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A short plain-text answer of our own.
+pub fn text(code: StatusCode, msg: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(Full::new(Bytes::from(msg.to_string())).map_err(|never| match never {}).boxed_unsync());
+    *r.status_mut() = code;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn redirect(code: u16, to: &str) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    let mut r = text(status, &format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or("redirect")));
+    match HeaderValue::from_str(to) {
+        Ok(v) => {
+            r.headers_mut().insert(header::LOCATION, v);
+            r
+        }
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "the redirect target is not a valid header value\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> ConnInfo {
+        ConnInfo { peer: "192.0.2.7:50000".parse().unwrap(), local_port: 443, tls: true }
+    }
+
+    #[test]
+    fn hosts_lose_their_port_case_and_trailing_dot() {
+        let req = |host: &str| Request::builder().uri("/x").header("host", host).body(()).unwrap();
+        assert_eq!(host_of(&req("Foo.Example:8080")).as_deref(), Some("foo.example"));
+        assert_eq!(host_of(&req("foo.example.")).as_deref(), Some("foo.example"));
+        assert_eq!(host_of(&req("[::1]:80")).as_deref(), Some("[::1]"));
+        let h2 = Request::builder().uri("https://bar.example/x").body(()).unwrap();
+        assert_eq!(host_of(&h2).as_deref(), Some("bar.example"));
+        assert_eq!(host_of(&Request::builder().uri("/x").body(()).unwrap()), None);
+    }
+
+    #[test]
+    fn forwarded_headers_replace_what_the_client_claims() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("hop"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let out = forwarded_headers(&h, "app.example", conn(), false);
+        assert_eq!(out["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(out["x-real-ip"], "192.0.2.7");
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert_eq!(out["x-forwarded-host"], "app.example");
+        assert_eq!(out["x-forwarded-port"], "443");
+        assert_eq!(out["forwarded"], "for=192.0.2.7;host=app.example;proto=https");
+        assert_eq!(out["host"], "app.example");
+        assert_eq!(out["accept"], "*/*");
+        for gone in ["connection", "x-secret", "te"] {
+            assert!(!out.contains_key(gone), "{gone} is hop-by-hop");
+        }
+    }
+
+    #[test]
+    fn upgrades_keep_their_upgrade_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        let out = forwarded_headers(&h, "ws.example", conn(), true);
+        assert_eq!(out["upgrade"], "websocket");
+        assert_eq!(out["connection"], "upgrade");
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_static("a=1; INGRESSCOOKIE=abc; b=2"));
+        assert_eq!(cookie_value(&h, "INGRESSCOOKIE").as_deref(), Some("abc"));
+        assert_eq!(cookie_value(&h, "nope"), None);
+    }
+}
