@@ -202,6 +202,11 @@ impl Api {
         namespace: &str,
         name: &str,
     ) -> Result<(), ApiError> {
+        // Ingress certificates first: every node reads them every few seconds, and the
+        // namespace's Ingresses are fewer than its pods.
+        if kind == "secrets" && self.ingress_uses_tls_secret(namespace, name)? {
+            return Ok(());
+        }
         let pods = resources::find("", "v1", "pods").ok_or_else(|| ApiError::internal("pods are not served"))?;
         let prefix = pods.list_prefix(Some(namespace));
         let mut after: Option<String> = None;
@@ -220,9 +225,6 @@ impl Api {
                 _ => break,
             }
         }
-        if kind == "secrets" && self.ingress_uses_tls_secret(namespace, name)? {
-            return Ok(());
-        }
         Err(ApiError::forbidden(format!(
             "{kind} \"{name}\" is forbidden: User \"system:node:{node}\" cannot get resource \"{kind}\" in API group \"\" \
              in the namespace \"{namespace}\": no relationship found between node '{node}' and this object"
@@ -236,16 +238,21 @@ impl Api {
     /// those, one at a time), as k3s's ingress controller can.
     fn ingress_uses_tls_secret(&self, namespace: &str, name: &str) -> Result<bool, ApiError> {
         let Some(ingresses) = resources::find("networking.k8s.io", "v1", "ingresses") else { return Ok(false) };
+        let classes = match resources::find("networking.k8s.io", "v1", "ingressclasses") {
+            Some(res) => {
+                let (records, _) = self.store.list(&res.list_prefix(None), None, 1000)?;
+                records.iter().map(|r| to_object(r).map(std::sync::Arc::new)).collect::<Result<Vec<_>, _>>()?
+            }
+            None => Vec::new(),
+        };
+        let ours = crate::control::ingress::our_classes(&classes);
         let prefix = ingresses.list_prefix(Some(namespace));
         let mut after: Option<String> = None;
         loop {
             let (records, _) = self.store.list(&prefix, after.as_deref(), 500)?;
             for rec in &records {
                 let ing = to_object(rec)?;
-                let ours = matches!(
-                    ing.pointer("/spec/ingressClassName").and_then(Value::as_str),
-                    None | Some(crate::control::ingress::CLASS_NAME)
-                );
+                let ours = crate::control::ingress::is_ours(&ing, &ours);
                 let names = ing.pointer("/spec/tls").and_then(Value::as_array).into_iter().flatten();
                 if ours && names.filter_map(|t| t.get("secretName").and_then(Value::as_str)).any(|n| n == name) {
                     return Ok(true);

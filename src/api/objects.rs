@@ -457,8 +457,11 @@ impl Api {
                 default = Some((created.to_string(), name.to_string()));
             }
         }
-        if let (Some((_, class)), Some(spec)) = (default, ing.get_mut("spec").and_then(Value::as_object_mut)) {
-            spec.insert("ingressClassName".into(), json!(class));
+        if let (Some((_, class)), Some(obj)) = (default, ing.as_object_mut()) {
+            let spec = obj.entry("spec").or_insert_with(|| json!({}));
+            if let Some(spec) = spec.as_object_mut() {
+                spec.insert("ingressClassName".into(), json!(class));
+            }
         }
         Ok(())
     }

@@ -22,6 +22,10 @@ pub const CLASS_NAME: &str = "bramble";
 pub const CONTROLLER: &str = "bramble.io/ingress-controller";
 /// Upstream's annotation that makes an IngressClass the default.
 pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+/// Most Events one look at an Ingress posts.
+const MAX_EVENTS_PER_INGRESS: usize = 10;
+/// Most (Ingress generation, problem) pairs remembered as already said.
+const SAID_MAX: usize = 4096;
 /// The class annotation from before `spec.ingressClassName` (still honoured upstream).
 const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
@@ -188,11 +192,27 @@ async fn reconcile(ctx: &Ctx, said: &Mutex<HashSet<String>>, key: &str) -> anyho
             Err(e) => return Err(e),
         }
     }
+    // At most a few, the rest summed up: an Ingress with thousands of bad annotations
+    // must not become thousands of store writes.
+    if problems.len() > MAX_EVENTS_PER_INGRESS {
+        let more = problems.len() - MAX_EVENTS_PER_INGRESS + 1;
+        problems.truncate(MAX_EVENTS_PER_INGRESS - 1);
+        problems.push(("TooManyProblems".into(), format!("and {more} more problems with this Ingress")));
+    }
     // Said once per Ingress generation and problem: Events are writes to the store.
     let uid_gen = format!("{}/{}", s(&ing, "/metadata/uid"), ing.pointer("/metadata/generation").unwrap_or(&json!(0)));
     for (reason, message) in problems {
         let said_key = format!("{uid_gen}/{reason}/{message}");
-        let fresh = said.lock().map(|mut set| set.insert(said_key)).unwrap_or(true);
+        let fresh = said
+            .lock()
+            .map(|mut set| {
+                // Bounded: forgetting everything now and then costs a repeated Event.
+                if set.len() >= SAID_MAX {
+                    set.clear();
+                }
+                set.insert(said_key)
+            })
+            .unwrap_or(true);
         if fresh {
             ctx.events.emit(COMPONENT, &ing, "Warning", &reason, &message);
         }

@@ -188,3 +188,156 @@ def test_install_upgrade_rollback_uninstall(node, chart, ssa):
         asyncio.run(flow())
     finally:
         core.delete_namespace(ns)
+
+
+INGRESS_CHART = {
+    "Chart.yaml": """
+        apiVersion: v2
+        name: site
+        version: 0.1.0
+    """,
+    "values.yaml": """
+        host: site.example
+        tls:
+          crt: ""
+          key: ""
+    """,
+    "templates/tls.yaml": """
+        apiVersion: v1
+        kind: Secret
+        metadata:
+          name: {{ .Release.Name }}-tls
+        type: kubernetes.io/tls
+        data:
+          tls.crt: {{ .Values.tls.crt | b64enc }}
+          tls.key: {{ .Values.tls.key | b64enc }}
+    """,
+    "templates/service.yaml": """
+        apiVersion: v1
+        kind: Service
+        metadata:
+          name: {{ .Release.Name }}
+        spec:
+          selector:
+            app: {{ .Release.Name }}
+          ports:
+          - name: http
+            port: 80
+            targetPort: http
+    """,
+    "templates/deployment.yaml": """
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata:
+          name: {{ .Release.Name }}
+        spec:
+          replicas: 1
+          selector:
+            matchLabels:
+              app: {{ .Release.Name }}
+          template:
+            metadata:
+              labels:
+                app: {{ .Release.Name }}
+            spec:
+              terminationGracePeriodSeconds: 1
+              containers:
+              - name: web
+                image: bramble.test/busybox:1
+                imagePullPolicy: Never
+                command: ["sh", "-c", "echo {{ .Release.Name }} > /www/index.html; exec httpd -f -p 8080 -h /www"]
+                ports:
+                - name: http
+                  containerPort: 8080
+                readinessProbe:
+                  httpGet:
+                    path: /
+                    port: http
+                  periodSeconds: 1
+    """,
+    "templates/ingress.yaml": """
+        apiVersion: networking.k8s.io/v1
+        kind: Ingress
+        metadata:
+          name: {{ .Release.Name }}
+          annotations:
+            nginx.ingress.kubernetes.io/force-ssl-redirect: "true"
+        spec:
+          tls:
+          - hosts: [{{ .Values.host | quote }}]
+            secretName: {{ .Release.Name }}-tls
+          rules:
+          - host: {{ .Values.host | quote }}
+            http:
+              paths:
+              - path: /
+                pathType: Prefix
+                backend:
+                  service:
+                    name: {{ .Release.Name }}
+                    port:
+                      name: http
+    """,
+}
+
+
+def test_a_chart_with_an_ingress_and_tls_serves_over_https(node):
+    """The chart a user brings for a web app: a Deployment, a Service and an Ingress with a
+    TLS Secret; once installed with wait it answers on the node's port 443 with that
+    certificate, and plain HTTP is redirected."""
+    import http.client
+    import socket
+    import ssl
+    import subprocess
+    root = os.path.join(node.dir, f"chart-ingress-{time.time_ns()}")
+    for path, text in INGRESS_CHART.items():
+        full = os.path.join(root, path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "w") as f:
+            f.write(textwrap.dedent(text).lstrip())
+    crt, key = os.path.join(node.dir, "site.crt"), os.path.join(node.dir, "site.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=site.example",
+                    "-addext", "subjectAltName=DNS:site.example"], check=True, capture_output=True)
+    with open(crt) as c, open(key) as k:
+        values = {"tls": {"crt": c.read(), "key": k.read()}}
+    ns = "helm-ingress"
+    api = config.new_client_from_config(config_file=node.kubeconfig)
+    core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
+    core.create_namespace({"metadata": {"name": ns}})
+    cfg = helm.Configuration(namespace=ns, kubeconfig=node.kubeconfig)
+
+    def get(tls):
+        if tls:
+            ctx = ssl.create_default_context(cafile=crt)
+            conn = http.client.HTTPSConnection("127.0.0.1", 443, timeout=5, context=ctx)
+            conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", 443), timeout=5),
+                                        server_hostname="site.example")
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", 80, timeout=5)
+        try:
+            conn.request("GET", "/", headers={"Host": "site.example"})
+            r = conn.getresponse()
+            return r.status, r.headers.get("location"), r.read().decode().strip()
+        finally:
+            conn.close()
+
+    def served():
+        try:
+            return (r := get(True))[0] == 200 and r
+        except (OSError, ssl.SSLError):
+            return None
+
+    async def flow():
+        installed = await helm.Install(cfg).run("site", root, values, wait=True, timeout=120)
+        assert installed["info"]["status"] == "deployed", installed
+        assert net.read_namespaced_ingress("site", ns).spec.ingress_class_name == "bramble"
+        assert wait_for(served, timeout=30)[2] == "site"
+        assert get(False)[:2] == (308, "https://site.example/")
+        await helm.Uninstall(cfg).run("site", wait=True, timeout=120)
+        assert not net.list_namespaced_ingress(ns).items
+
+    try:
+        asyncio.run(flow())
+    finally:
+        core.delete_namespace(ns)

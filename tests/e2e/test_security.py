@@ -185,6 +185,32 @@ def test_a_node_reads_only_the_secrets_its_pods_use(srv, boards):
     assert call(srv, "GET", "/api/v1/namespaces/default/secrets", cert=b)[0] == 403
 
 
+def test_a_node_reads_the_tls_secrets_of_our_ingresses_and_no_other(srv, admin, boards):
+    """Every node serves every Ingress of ours, so each may get the certificates those
+    name, one at a time; not the Secrets of another class's Ingress, and never a list."""
+    a, _ = boards
+    for name in ("site-tls", "other-tls"):
+        status, body, _ = call(srv, "POST", "/api/v1/namespaces/default/secrets",
+                               {"metadata": {"name": name}, "stringData": {"k": "v"}}, cert=admin)
+        assert status == 201, body
+    for name, cls, secret in (("site", None, "site-tls"), ("other", "nginx", "other-tls")):
+        spec = {"tls": [{"hosts": [f"{name}.example"], "secretName": secret}],
+                "defaultBackend": {"service": {"name": "x", "port": {"number": 80}}}}
+        if cls:
+            spec["ingressClassName"] = cls
+        status, body, _ = call(srv, "POST", "/apis/networking.k8s.io/v1/namespaces/default/ingresses",
+                               {"metadata": {"name": name}, "spec": spec}, cert=admin)
+        assert status == 201, body
+    assert call(srv, "GET", "/api/v1/namespaces/default/secrets/site-tls", cert=a)[0] == 200
+    assert call(srv, "GET", "/api/v1/namespaces/default/secrets/other-tls", cert=a)[0] == 403
+    # A node may read Ingresses but not make one that names a Secret it wants.
+    forged = {"metadata": {"name": "grab"}, "spec": {"tls": [{"secretName": "b-only"}],
+                                                     "defaultBackend": {"service": {"name": "x", "port": {"number": 80}}}}}
+    assert call(srv, "POST", "/apis/networking.k8s.io/v1/namespaces/default/ingresses", forged, cert=a)[0] == 403
+    assert call(srv, "GET", "/api/v1/namespaces/default/secrets/b-only", cert=a)[0] == 403
+    assert call(srv, "GET", "/apis/networking.k8s.io/v1/ingresses", cert=a)[0] == 200
+
+
 def test_impersonation_is_for_masters_and_gets_exactly_the_impersonated_rights(srv, admin, boards):
     a, _ = boards
     kubectl = os.path.join(kubectl_dir(), "kubectl.1.33")

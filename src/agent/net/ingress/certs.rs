@@ -91,6 +91,11 @@ pub async fn refresh(
         let path = format!("/api/v1/namespaces/{ns}/secrets/{name}");
         let secret = match client.get(&path).await {
             Ok(s) => s,
+            Err(e) if crate::client::is_not_found(&e) || crate::client::is_forbidden(&e) => {
+                // Deleted (or no longer ours to read): never served again.
+                tracing::debug!(secret = %format!("{ns}/{name}"), error = %format!("{e:#}"), "a TLS Secret is gone");
+                continue;
+            }
             Err(e) => {
                 // Kept while it cannot be read again (an API outage must not swap a
                 // working certificate for the default one).

@@ -19,7 +19,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
 
 use crate::client::Client;
 use crate::control::informer::Informer;
@@ -48,6 +47,11 @@ const SECRETS_EVERY: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most client connections open at once on one node (each holds a descriptor and a task).
+const MAX_CONNECTIONS: usize = 4096;
+/// HTTP/2 connections are pinged this often, and closed when a ping goes unanswered.
+const H2_PING_EVERY: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Starts the Ingress proxy of this node: follows Ingresses and classes (Services and
 /// EndpointSlices come from the node network's caches) until `stop`.
@@ -82,9 +86,8 @@ pub async fn start(
         slices,
         opts,
         config: tx,
-        proxy: Arc::new(proxy::Proxy::new(rx.clone(), opts.https_port)),
         rx,
-        listening: Vec::new(),
+        listening: None,
         secrets_read: None,
     };
     tokio::spawn(follower.run(changed, stop));
@@ -101,8 +104,7 @@ struct Follower {
     opts: IngressOptions,
     config: watch::Sender<Arc<Config>>,
     rx: watch::Receiver<Arc<Config>>,
-    proxy: Arc<proxy::Proxy>,
-    listening: Vec<JoinHandle<()>>,
+    listening: Option<Listening>,
     /// When the TLS Secrets were last read, and which.
     secrets_read: Option<(Instant, BTreeSet<(String, String)>)>,
 }
@@ -121,9 +123,7 @@ impl Follower {
                 _ = stop.changed() => break,
             }
         }
-        for l in self.listening.drain(..) {
-            l.abort();
-        }
+        self.listening = None;
     }
 
     async fn once(&mut self) {
@@ -145,49 +145,117 @@ impl Follower {
 
         let serving =
             classes.iter().any(|c| c.pointer("/spec/controller").and_then(|v| v.as_str()) == Some(CONTROLLER));
-        if serving && self.listening.is_empty() {
-            match self.listen().await {
-                Ok(tasks) => self.listening = tasks,
+        if serving && self.listening.is_none() {
+            match self.listen() {
+                Ok(l) => self.listening = Some(l),
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "the Ingress proxy cannot listen"),
             }
-        } else if !serving && !self.listening.is_empty() {
+        } else if !serving && self.listening.is_some() {
             tracing::info!("no IngressClass of ours: the Ingress proxy stops listening");
-            for l in self.listening.drain(..) {
-                l.abort();
-            }
+            self.listening = None;
         }
     }
 
-    /// Opens the listeners (both or neither: a half-served Ingress is worse).
-    async fn listen(&self) -> anyhow::Result<Vec<JoinHandle<()>>> {
-        let bind = |port: u16| async move {
-            TcpListener::bind(("0.0.0.0", port)).await.with_context(|| format!("listening on port {port} for Ingress"))
-        };
-        let mut tasks = Vec::new();
-        let http = if self.opts.http_port > 0 { Some(bind(self.opts.http_port).await?) } else { None };
-        let https = if self.opts.https_port > 0 { Some(bind(self.opts.https_port).await?) } else { None };
-        if let Some(l) = http {
-            tasks.push(tokio::spawn(accept(l, None, self.proxy.clone())));
+    /// Opens the listeners (both or neither: a half-served Ingress is worse) and the
+    /// proxy's threads: one per core, each a single-threaded runtime with its own sockets
+    /// on the ports (`SO_REUSEPORT`: the kernel spreads connections) and its own backend
+    /// pools, so a request and its backend connection never cross threads (nginx's worker
+    /// model; handing each request between threads cost as much as proxying it).
+    fn listen(&self) -> anyhow::Result<Listening> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("TLS versions")?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(certs::SniResolver { config: self.rx.clone() }));
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let mut sockets = Vec::new();
+        for _ in 0..threads {
+            let http = (self.opts.http_port > 0).then(|| bind_shared(self.opts.http_port)).transpose()?;
+            let https = (self.opts.https_port > 0).then(|| bind_shared(self.opts.https_port)).transpose()?;
+            sockets.push((http, https));
         }
-        if let Some(l) = https {
-            let mut tls =
-                rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .context("TLS versions")?
-                    .with_no_client_auth()
-                    .with_cert_resolver(Arc::new(certs::SniResolver { config: self.rx.clone() }));
-            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-            tasks.push(tokio::spawn(accept(l, Some(acceptor), self.proxy.clone())));
+        let (stop, stopped) = watch::channel(false);
+        for (n, (http, https)) in sockets.into_iter().enumerate() {
+            let (config, acceptor, mut stopped) = (self.rx.clone(), acceptor.clone(), stopped.clone());
+            let https_port = self.opts.https_port;
+            let serve = move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "starting an Ingress proxy thread");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let proxy = Arc::new(proxy::Proxy::new(config, https_port));
+                    let limit = MAX_CONNECTIONS / threads;
+                    for (socket, tls) in [(http, None), (https, Some(acceptor))] {
+                        match socket.map(TcpListener::from_std).transpose() {
+                            Ok(Some(l)) => {
+                                tokio::spawn(accept(l, tls, proxy.clone(), limit));
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::error!(error = %e, "an Ingress listener"),
+                        }
+                    }
+                    // Until told to stop (or the follower is gone); dropping the runtime
+                    // then closes the sockets and the connections.
+                    if stopped.wait_for(|s| *s).await.is_err() {
+                        tracing::debug!("the Ingress follower is gone: its proxy thread stops");
+                    }
+                });
+            };
+            std::thread::Builder::new()
+                .name(format!("ingress-{n}"))
+                .spawn(serve)
+                .context("starting an Ingress proxy thread")?;
         }
-        tracing::info!(http = self.opts.http_port, https = self.opts.https_port, "the Ingress proxy is listening");
-        Ok(tasks)
+        tracing::info!(
+            http = self.opts.http_port,
+            https = self.opts.https_port,
+            threads,
+            "the Ingress proxy is listening"
+        );
+        Ok(Listening { stop })
     }
+}
+
+/// The proxy's threads while they listen: dropping this stops them.
+struct Listening {
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// A listening socket on `port` that other threads' sockets share (`SO_REUSEPORT`), handed
+/// over unregistered so the thread that serves it registers it with its own runtime.
+fn bind_shared(port: u16) -> anyhow::Result<std::net::TcpListener> {
+    let bound = (|| {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(std::net::SocketAddr::from(([0, 0, 0, 0], port)))?;
+        socket.listen(1024)?.into_std()
+    })();
+    bound.with_context(|| format!("listening on port {port} for Ingress"))
 }
 
 /// Accepts connections until aborted; each is served on its own task (which outlives an
 /// abort of the listener: open connections are never cut by a change).
-async fn accept(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, proxy: Arc<proxy::Proxy>) {
+async fn accept(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    proxy: Arc<proxy::Proxy>,
+    max_connections: usize,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -198,24 +266,49 @@ async fn accept(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, p
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many Ingress connections: one refused");
+            continue;
+        };
         let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "setting TCP_NODELAY on an Ingress connection");
         }
         let (tls, proxy) = (tls.clone(), proxy.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let conn = proxy::ConnInfo { peer, local_port, tls: tls.is_some() };
             let service = service_fn(move |req| proxy.clone().handle(req, conn));
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(proxy::MAX_BUF);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(H2_PING_EVERY)
+                .keep_alive_timeout(H2_PING_TIMEOUT);
             let served = match tls {
                 Some(acceptor) => {
                     let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
                         return;
                     };
+                    // ALPN has said which protocol: no sniffing (which waits without a timer).
+                    let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        builder.http2_only()
+                    } else {
+                        builder.http1_only()
+                    };
                     builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
                 }
-                None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await,
+                None => {
+                    // The protocol sniffing waits for bytes without a timer: a client that
+                    // sends nothing is closed after the header timeout.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(HEADER_TIMEOUT, tcp.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    }
+                    builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await
+                }
             };
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "an Ingress connection ended with an error");

@@ -35,6 +35,12 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 const FAILED_FOR: Duration = Duration::from_secs(10);
 /// Most endpoints one idempotent request is tried on.
 const MAX_TRIES: usize = 3;
+/// The longest connect timeout honoured (nginx's documented maximum): also bounds how many
+/// backend clients (one per distinct value) can exist.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(75);
+/// The most a connection's read buffer grows to, either side: large bodies stream through
+/// in pieces this big instead of each connection keeping hyper's default 400 KiB.
+pub const MAX_BUF: usize = 64 * 1024;
 /// How long a backend connection may sit idle in the pool.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
@@ -104,7 +110,7 @@ fn make_client(proto: BackendProtocol, connect: Duration) -> Result<Client<Https
     let connector =
         if grpc { builder.enable_http2().wrap_connector(http) } else { builder.enable_http1().wrap_connector(http) };
     let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(POOL_IDLE).pool_timer(TokioTimer::new()).timer(TokioTimer::new());
+    b.pool_idle_timeout(POOL_IDLE).pool_timer(TokioTimer::new()).timer(TokioTimer::new()).http1_max_buf_size(MAX_BUF);
     if grpc {
         b.http2_only(true);
     }
@@ -167,13 +173,22 @@ pub struct Proxy {
     clients: Clients,
     next: AtomicUsize,
     failed: Mutex<HashMap<SocketAddr, Instant>>,
+    /// How many entries `failed` holds: read without the lock on every request.
+    failures: AtomicUsize,
     /// The HTTPS port, for redirects (left out of the URL when 443).
     https_port: u16,
 }
 
 impl Proxy {
     pub fn new(config: watch::Receiver<Arc<Config>>, https_port: u16) -> Proxy {
-        Proxy { config, clients: Clients::default(), next: AtomicUsize::new(0), failed: Mutex::default(), https_port }
+        Proxy {
+            config,
+            clients: Clients::default(),
+            next: AtomicUsize::new(0),
+            failed: Mutex::default(),
+            failures: AtomicUsize::new(0),
+            https_port,
+        }
     }
 
     /// Answers one request (never fails: errors are answered with their status).
@@ -187,10 +202,18 @@ impl Proxy {
 
     async fn route(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let config = self.config.borrow().clone();
-        let Some(host) = host_of(&req) else {
-            return text(StatusCode::BAD_REQUEST, "the request names no host\n");
+        let Some((authority, host)) = host_of(&req) else {
+            return text(StatusCode::BAD_REQUEST, "the request names no valid host, or more than one\n");
         };
-        let path = req.uri().path().to_string();
+        if is_upgrade(&req) && upgrade_protocol(&req).is_some_and(|p| p.eq_ignore_ascii_case("h2c")) {
+            // An h2c tunnel would carry requests past the per-path rules.
+            return text(StatusCode::BAD_REQUEST, "upgrading to h2c through the Ingress is not allowed\n");
+        }
+        // Routed (and allow-listed) by the normalised path, as nginx matches locations, so
+        // `/a/../admin` or `//admin` cannot slip past an `/admin` rule.
+        let Some(path) = normalize_path(req.uri().path()) else {
+            return text(StatusCode::BAD_REQUEST, "the path climbs above /\n");
+        };
         let Some(m) = config.table.route(&host, &path) else {
             return text(StatusCode::NOT_FOUND, "404 page not found: no Ingress rule matches this host and path\n");
         };
@@ -205,7 +228,10 @@ impl Proxy {
             return redirect(*code, to);
         }
         if !conn.tls && o.redirects_to_https(config.table.is_tls_host(&host)) {
-            let port = if self.https_port == 443 { String::new() } else { format!(":{}", self.https_port) };
+            let port = match self.https_port {
+                0 | 443 => String::new(),
+                p => format!(":{p}"),
+            };
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
             return redirect(308, &format!("https://{host}{port}{pq}"));
         }
@@ -229,7 +255,13 @@ impl Proxy {
         }
 
         let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        let rewritten = config.table.rewrite_path(&m, &path);
+        // The client's own path goes on unchanged (ingress-nginx passes `$request_uri`),
+        // unless the Ingress rewrites it.
+        let rewritten = if m.options.rewrite_target.is_some() {
+            config.table.rewrite_path(&m, &path)
+        } else {
+            req.uri().path().to_string()
+        };
         let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
         let client_version = req.version();
         let (parts, body) = req.into_parts();
@@ -238,7 +270,9 @@ impl Proxy {
             || (client_version == Version::HTTP_2 && !body_is_empty(&body));
         let retryable = is_idempotent(&parts.method) && !has_body && upgrade.is_none();
         let mut body = Some(match o.proxy_body_size {
-            Some(limit) => Limited::new(body, limit as usize).boxed_unsync(),
+            // Most requests have no body: nothing to count or pass on.
+            _ if body_is_empty(&body) => empty(),
+            Some(limit) => Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync(),
             None => body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
         });
 
@@ -247,7 +281,7 @@ impl Proxy {
             .and_then(|c| cookie_value(&parts.headers, &c.name))
             .and_then(|v| endpoints.iter().copied().find(|e| endpoint_token(*e) == v));
         let order = self.order(endpoints, pinned);
-        let client = match self.clients.get(o.backend_protocol, o.connect_timeout) {
+        let client = match self.clients.get(o.backend_protocol, o.connect_timeout.min(MAX_CONNECT_TIMEOUT)) {
             Ok(c) => c,
             Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("no client for the backend: {e}\n")),
         };
@@ -262,11 +296,15 @@ impl Proxy {
                 Ok(u) => u,
                 Err(_) => return text(StatusCode::BAD_REQUEST, "the rewritten path is not a valid URI path\n"),
             };
+            let grpc = matches!(o.backend_protocol, BackendProtocol::Grpc | BackendProtocol::Grpcs);
             let mut up = Request::builder().method(parts.method.clone()).uri(uri);
             if let Some(h) = up.headers_mut() {
-                *h = forwarded_headers(&parts.headers, &host, conn, upgrade.is_some());
+                *h = forwarded_headers(&parts.headers, &authority, &host, conn, upgrade.is_some());
+                if grpc && parts.headers.get(header::TE).is_some_and(|te| te == "trailers") {
+                    // gRPC servers insist on it; it is the one TE value HTTP/2 allows.
+                    h.insert(header::TE, HeaderValue::from_static("trailers"));
+                }
             }
-            let grpc = matches!(o.backend_protocol, BackendProtocol::Grpc | BackendProtocol::Grpcs);
             up = up.version(if grpc { Version::HTTP_2 } else { Version::HTTP_11 });
             let this_body = match body.take() {
                 Some(b) => b,
@@ -299,6 +337,11 @@ impl Proxy {
                 }
                 Ok(Err(e)) => {
                     let connect = e.is_connect();
+                    let too_large = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                        .any(|e| e.is::<http_body_util::LengthLimitError>());
+                    if too_large {
+                        return text(StatusCode::PAYLOAD_TOO_LARGE, "413 request entity too large (proxy-body-size)\n");
+                    }
                     last_error = format!("{e}");
                     if let Some(source) = std::error::Error::source(&e) {
                         last_error = format!("{last_error}: {source}");
@@ -312,9 +355,6 @@ impl Proxy {
                     tracing::debug!(endpoint = %ep, attempt, error = %last_error, "Ingress backend refused; trying another");
                 }
             }
-        }
-        if last_error.contains("length limit exceeded") {
-            return text(StatusCode::PAYLOAD_TOO_LARGE, "413 request entity too large (proxy-body-size)\n");
         }
         text(StatusCode::BAD_GATEWAY, &format!("502 bad gateway: {last_error}\n"))
     }
@@ -335,6 +375,14 @@ impl Proxy {
     fn order(&self, endpoints: &[SocketAddr], pinned: Option<SocketAddr>) -> Vec<SocketAddr> {
         let start = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
         let mut order: Vec<SocketAddr> = endpoints[start..].iter().chain(&endpoints[..start]).copied().collect();
+        if self.failures.load(Ordering::Relaxed) == 0 {
+            // The common case: nothing failed lately, no lock taken.
+            if let Some(p) = pinned {
+                order.retain(|e| *e != p);
+                order.insert(0, p);
+            }
+            return order;
+        }
         let failed = match self.failed.lock() {
             Ok(f) => f,
             Err(poisoned) => poisoned.into_inner(),
@@ -356,14 +404,17 @@ impl Proxy {
                 let now = Instant::now();
                 f.retain(|_, t| now.duration_since(*t) < FAILED_FOR);
             }
+            self.failures.store(f.len(), Ordering::Relaxed);
         }
     }
 
     fn forget_failure(&self, ep: SocketAddr) {
-        if let Ok(mut f) = self.failed.lock()
-            && !f.is_empty()
-        {
+        if self.failures.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Ok(mut f) = self.failed.lock() {
             f.remove(&ep);
+            self.failures.store(f.len(), Ordering::Relaxed);
         }
     }
 }
@@ -383,19 +434,79 @@ async fn splice(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUp
     }
 }
 
-/// The host a request is for: HTTP/2's authority, else the `Host` header.
-fn host_of<B>(req: &Request<B>) -> Option<String> {
+/// The host a request is for, as sent (`authority`, for the backend's `Host`) and as
+/// routed (port, case and trailing dot gone): HTTP/2's `:authority` or an absolute URI's,
+/// else the one `Host` header. `None` for several `Host` headers or characters no host
+/// name has, so routing and the backend can never see two different hosts.
+fn host_of<B>(req: &Request<B>) -> Option<(String, String)> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return None;
+    }
     let raw = match req.uri().authority() {
         Some(a) => a.as_str().to_string(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?.to_string(),
+        None => header?.to_str().ok()?.to_string(),
     };
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '[' | ']' | '_');
+    if raw.is_empty() || !raw.chars().all(ok) {
+        return None;
+    }
     let host = match raw.rsplit_once(':') {
         // `[::1]:80` and `name:80`; a bare IPv6 literal has no port after its `]`.
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.is_empty() => h.to_string(),
-        _ => raw,
+        _ => raw.clone(),
     };
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
+    (!host.is_empty()).then_some((raw, host))
+}
+
+/// The path with `%XX` of unreserved characters decoded, `.` and `..` segments resolved
+/// and repeated slashes merged (RFC 3986 5.2.4, as nginx normalises before matching
+/// locations); `None` when `..` climbs above the root.
+fn normalize_path(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut decoded: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(c) = hex.filter(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')) {
+                decoded.push(c);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let decoded = String::from_utf8_lossy(&decoded);
+    let segments: Vec<&str> = decoded.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    let mut out: Vec<&str> = Vec::new();
+    for (n, seg) in segments.iter().enumerate() {
+        match *seg {
+            "" | "." if n != last => {}
+            ".." => {
+                out.pop()?;
+            }
+            "." => out.push(""),
+            s => out.push(s),
+        }
+    }
+    let mut joined = String::with_capacity(decoded.len());
+    for seg in &out {
+        joined.push('/');
+        joined.push_str(seg);
+    }
+    if joined.is_empty() {
+        joined.push('/');
+    }
+    Some(joined)
+}
+
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<&str> {
+    req.headers().get(header::UPGRADE)?.to_str().ok()
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -441,7 +552,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// The headers sent to the backend: the client's, less hop-by-hop ones, plus who the
 /// client is (`X-Forwarded-*`, `X-Real-IP`, RFC 7239 `Forwarded`). What the client sent
 /// in these is replaced, not trusted (ingress-nginx's `use-forwarded-headers: false`).
-fn forwarded_headers(incoming: &HeaderMap, host: &str, conn: ConnInfo, upgrade: bool) -> HeaderMap {
+fn forwarded_headers(incoming: &HeaderMap, authority: &str, host: &str, conn: ConnInfo, upgrade: bool) -> HeaderMap {
     let mut h = incoming.clone();
     let upgrade_to = h.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut h);
@@ -449,9 +560,8 @@ fn forwarded_headers(incoming: &HeaderMap, host: &str, conn: ConnInfo, upgrade: 
         h.insert(header::UPGRADE, u);
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    if !h.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
+    // The host routed on, as the client wrote it: never a second, different one.
+    if let Ok(v) = HeaderValue::from_str(authority) {
         h.insert(header::HOST, v);
     }
     let proto = if conn.tls { "https" } else { "http" };
@@ -525,12 +635,23 @@ mod tests {
     #[test]
     fn hosts_lose_their_port_case_and_trailing_dot() {
         let req = |host: &str| Request::builder().uri("/x").header("host", host).body(()).unwrap();
-        assert_eq!(host_of(&req("Foo.Example:8080")).as_deref(), Some("foo.example"));
-        assert_eq!(host_of(&req("foo.example.")).as_deref(), Some("foo.example"));
-        assert_eq!(host_of(&req("[::1]:80")).as_deref(), Some("[::1]"));
+        let routed = |r: &Request<()>| host_of(r).map(|(_, h)| h);
+        assert_eq!(routed(&req("Foo.Example:8080")).as_deref(), Some("foo.example"));
+        assert_eq!(host_of(&req("Foo.Example:8080")).map(|(a, _)| a).as_deref(), Some("Foo.Example:8080"));
+        assert_eq!(routed(&req("foo.example.")).as_deref(), Some("foo.example"));
+        assert_eq!(routed(&req("[::1]:80")).as_deref(), Some("[::1]"));
         let h2 = Request::builder().uri("https://bar.example/x").body(()).unwrap();
-        assert_eq!(host_of(&h2).as_deref(), Some("bar.example"));
+        assert_eq!(routed(&h2).as_deref(), Some("bar.example"));
         assert_eq!(host_of(&Request::builder().uri("/x").body(()).unwrap()), None);
+        // Never two hosts: an absolute URI wins over Host, two Host headers are refused,
+        // and characters no host has are refused.
+        let both = Request::builder().uri("http://open.example/").header("host", "admin.example").body(()).unwrap();
+        assert_eq!(routed(&both).as_deref(), Some("open.example"));
+        let two = Request::builder().uri("/").header("host", "a.example").header("host", "b.example").body(()).unwrap();
+        assert_eq!(host_of(&two), None);
+        for bad in ["a.example/evil", "user@a.example", "a example", ""] {
+            assert_eq!(host_of(&req(bad)), None, "{bad}");
+        }
     }
 
     #[test]
@@ -541,7 +662,8 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("hop"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("accept", HeaderValue::from_static("*/*"));
-        let out = forwarded_headers(&h, "app.example", conn(), false);
+        h.insert("host", HeaderValue::from_static("admin.example"));
+        let out = forwarded_headers(&h, "app.example", "app.example", conn(), false);
         assert_eq!(out["x-forwarded-for"], "192.0.2.7");
         assert_eq!(out["x-real-ip"], "192.0.2.7");
         assert_eq!(out["x-forwarded-proto"], "https");
@@ -560,9 +682,29 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("Upgrade"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
-        let out = forwarded_headers(&h, "ws.example", conn(), true);
+        let out = forwarded_headers(&h, "ws.example", "ws.example", conn(), true);
         assert_eq!(out["upgrade"], "websocket");
         assert_eq!(out["connection"], "upgrade");
+    }
+
+    #[test]
+    fn paths_are_normalised_before_routing() {
+        let cases = [
+            ("/", "/"),
+            ("/a/b/", "/a/b/"),
+            ("//admin", "/admin"),
+            ("/pub/../admin", "/admin"),
+            ("/./admin/.", "/admin/"),
+            ("/%61dmin", "/admin"),
+            ("/a%2fb", "/a%2fb"),
+            ("/a/..", "/"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_path(raw).as_deref(), Some(want), "{raw}");
+        }
+        assert_eq!(normalize_path("/.."), None);
+        assert_eq!(normalize_path("/a/../../etc"), None);
     }
 
     #[test]

@@ -448,6 +448,9 @@ struct HostRoutes {
     prefix_lens: Vec<usize>,
     /// Longest pattern first, then oldest Ingress first.
     regex: Vec<RegexRoute>,
+    /// The `defaultBackend` of the oldest Ingress naming this host that has one: the
+    /// host's requests no path matches (ingress-nginx's per-server default).
+    default: Option<Route>,
 }
 
 impl HostRoutes {
@@ -527,9 +530,17 @@ impl Table {
             .get(host.as_ref())
             .or_else(|| wildcard_suffix(&host).and_then(|s| self.wildcard_hosts.get(s)))
             .or(self.any_host.as_ref());
-        group
-            .and_then(|g| g.route(path))
-            .or_else(|| self.default_backend.as_ref().map(|r| r.matched(MatchKind::DefaultBackend, Vec::new())))
+        let default = || self.default_backend.as_ref().map(|r| r.matched(MatchKind::DefaultBackend, Vec::new()));
+        match group {
+            // A host's own rules decide for it: the default backend (any namespace's
+            // oldest) must not catch another namespace's host, as in ingress-nginx, where
+            // it serves only the catch-all server.
+            Some(g) if !std::ptr::eq(g, self.any_host.as_ref().map_or(std::ptr::null(), |a| a as *const _)) => {
+                g.route(path).or_else(|| g.default.as_ref().map(|r| r.matched(MatchKind::DefaultBackend, Vec::new())))
+            }
+            Some(g) => g.route(path).or_else(default),
+            None => default(),
+        }
     }
 
     /// The path to send to the backend: `rewrite-target` with `$1`..`$9` (`$0` the whole
@@ -962,6 +973,10 @@ struct Builder<'a> {
     compiled: usize,
     table: Table,
     problems: BTreeSet<Problem>,
+    /// Each host's namespace: that of the oldest Ingress naming it (in a rule or in TLS).
+    /// Only Ingresses of that namespace may give the host a certificate, so another
+    /// namespace cannot swap it or turn on its HTTPS redirect.
+    host_owners: HashMap<String, String>,
 }
 
 /// Builds the table. `ingresses` are ours (the caller filters by class); `services` and
@@ -979,6 +994,7 @@ pub fn build(ingresses: &[Arc<Value>], services: &[Arc<Value>], slices: &[Arc<Va
         compiled: 0,
         table: Table::default(),
         problems: BTreeSet::new(),
+        host_owners: HashMap::new(),
     };
     for slice in slices {
         let service = text(slice, "/metadata/labels/kubernetes.io~1service-name");
@@ -1016,6 +1032,10 @@ impl<'a> Builder<'a> {
         let options = Arc::new(options);
         let spec = &ing["spec"];
 
+        let own_default = spec.get("defaultBackend").filter(|v| !v.is_null()).map(|db| {
+            let backend = self.backend(&id, db);
+            Route { backend, ingress: id.clone(), options: options.clone() }
+        });
         if let Some(db) = spec.get("defaultBackend").filter(|v| !v.is_null()) {
             match &self.table.default_backend {
                 Some(winner) => {
@@ -1048,7 +1068,10 @@ impl<'a> Builder<'a> {
             };
             // A host without paths still claims the host: its requests go to the default
             // backend, not to wildcard or host-less rules (as ingress-nginx's server block).
-            self.group(&host);
+            let group = self.group(&host);
+            if host != HostKey::Any && group.default.is_none() {
+                group.default = own_default.clone();
+            }
             if host != HostKey::Any {
                 rule_hosts.push(host.clone());
             }
@@ -1102,6 +1125,9 @@ impl<'a> Builder<'a> {
             Some(Value::String(v)) => Ok(v.as_str()),
             Some(other) => Err(format!("{name} {other} is not a string; the path is skipped")),
         };
+        if !matches!(host, HostKey::Any) {
+            self.host_owners.entry(format!("{host}")).or_insert_with(|| id.namespace.clone());
+        }
         let parsed = field("path").and_then(|path| parse_path(path, field("pathType")?, regex_paths));
         let key = match parsed {
             Ok(k) => k,
@@ -1167,6 +1193,14 @@ impl<'a> Builder<'a> {
             HostKey::Any => return,
         };
         let (HostKey::Exact(name) | HostKey::Wildcard(name)) = &host else { return };
+        let owner = self.host_owners.entry(format!("{host}")).or_insert_with(|| cert.namespace.clone());
+        if *owner != cert.namespace {
+            let message = format!(
+                "{host} belongs to namespace {owner} (its oldest Ingress): a certificate for it is taken only from there"
+            );
+            self.problem(id, CONFLICT, message);
+            return;
+        }
         let conflict = match map.get(name) {
             None => {
                 map.insert(name.clone(), cert);
@@ -1338,6 +1372,19 @@ impl<'a> Builder<'a> {
 /// The endpoints of the Service port named `port_name` (`""` when unnamed) in its slices,
 /// at each slice's target port: the ready ones; when none is, those serving while
 /// terminating (upstream's graceful termination).
+/// Addresses that would reach the node itself or its link rather than a pod.
+fn node_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback() || v4.is_link_local())
+        }
+    }
+}
+
 fn endpoints_of(slices: &[&Value], port_name: &str) -> Vec<SocketAddr> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
@@ -1356,6 +1403,11 @@ fn endpoints_of(slices: &[&Value], port_name: &str) -> Vec<SocketAddr> {
             for ip in
                 ep["addresses"].as_array().into_iter().flatten().filter_map(|a| a.as_str()?.parse::<IpAddr>().ok())
             {
+                // The proxy connects from the node itself: never to the node's own
+                // loopback or link-local services, whatever an EndpointSlice says.
+                if node_local(ip) {
+                    continue;
+                }
                 let addr = SocketAddr::new(ip, port);
                 // Upstream: a missing `ready` means ready.
                 if cond("ready") != Some(false) {
@@ -1585,6 +1637,80 @@ mod tests {
         assert!(build(&[], &[], &[]).route("h", "/").is_none());
     }
 
+    #[test]
+    fn another_namespaces_default_backend_never_catches_a_known_host() {
+        let catch_all =
+            ingress("evil", "catch", "2020-01-01T00:00:00Z", json!({}), json!({"defaultBackend": backend("grab", 80)}));
+        let site = ingress(
+            "shop",
+            "site",
+            "2024-01-01T00:00:00Z",
+            json!({}),
+            json!({"rules": [
+            rule("shop.example", vec![path("/app", "Prefix", "app")])]}),
+        );
+        let t = build(&[site, catch_all], &[], &[]);
+        assert_eq!(to(&t, "shop.example", "/app/x"), Some("app".into()));
+        assert_eq!(to(&t, "shop.example", "/admin"), None, "the host's own rules decide: 404");
+        assert_eq!(to(&t, "unknown.example", "/"), Some("grab".into()), "hosts nobody names: the default");
+    }
+
+    #[test]
+    fn only_the_hosts_namespace_gives_it_a_certificate() {
+        let owner = ingress(
+            "shop",
+            "site",
+            "2023-01-01T00:00:00Z",
+            json!({}),
+            json!({
+            "rules": [rule("shop.example", vec![path("/", "Prefix", "web")])]}),
+        );
+        let thief = ingress(
+            "evil",
+            "tls",
+            "2024-01-01T00:00:00Z",
+            json!({}),
+            json!({
+            "tls": [{"hosts": ["shop.example"], "secretName": "fake"}],
+            "rules": [rule("shop.example", vec![path("/steal", "Prefix", "grab")])]}),
+        );
+        let t = build(&[thief.clone(), owner.clone()], &[], &[]);
+        assert_eq!(t.tls_secret_for("shop.example"), None);
+        assert!(!t.is_tls_host("shop.example"), "nor turn on the owner's HTTPS redirect");
+        assert!(t.problems().iter().any(|p| p.name == "tls" && p.reason == CONFLICT && p.message.contains("shop")));
+        let mut own_tls = (*owner).clone();
+        own_tls["spec"]["tls"] = json!([{"hosts": ["shop.example"], "secretName": "real"}]);
+        let t = build(&[thief, Arc::new(own_tls)], &[], &[]);
+        assert_eq!(t.tls_secret_for("shop.example"), Some(("shop".into(), "real".into())));
+    }
+
+    #[test]
+    fn endpoints_on_the_nodes_own_loopback_or_link_are_never_used() {
+        let services = vec![service("d", "web", json!([{"name": "http", "port": 80}]))];
+        let slices = vec![slice(
+            "d",
+            "web",
+            "web-1",
+            json!([{"name": "http", "port": 22}]),
+            json!([
+            {"addresses": ["127.0.0.1"]}, {"addresses": ["169.254.169.254"]}, {"addresses": ["::1"]},
+            {"addresses": ["10.42.0.9"]}]),
+        )];
+        let t = build(
+            &[ingress(
+                "d",
+                "i",
+                "2024-01-01T00:00:00Z",
+                json!({}),
+                json!({"rules": [rule("h", vec![path("/", "Prefix", "web")])]}),
+            )],
+            &services,
+            &slices,
+        );
+        let m = t.route("h", "/").unwrap();
+        assert_eq!(m.backend.endpoints().ok(), Some(&addrs(&["10.42.0.9:22"])[..]));
+    }
+
     fn service(ns: &str, name: &str, ports: Value) -> Arc<Value> {
         Arc::new(json!({"metadata": {"namespace": ns, "name": name},
             "spec": {"clusterIP": "10.43.0.10", "ports": ports}}))
@@ -1782,7 +1908,8 @@ mod tests {
         let want = ["a/wildcard-cert", "b/shop-cert", "c/implied-cert", "d/late-cert"];
         assert_eq!(all.iter().map(|(n, s)| format!("{n}/{s}")).collect::<Vec<_>>(), want);
         let late: Vec<&Problem> = t.problems().iter().filter(|p| p.name == "late").collect();
-        assert!(late.iter().any(|p| p.reason == CONFLICT && p.message.contains("b/shop-cert")), "{late:?}");
+        // Another namespace's host: its certificate is not taken from here at all.
+        assert!(late.iter().any(|p| p.reason == CONFLICT && p.message.contains("namespace b")), "{late:?}");
         assert!(late.iter().any(|p| p.reason == BAD_TLS && p.message.contains("secretName")), "{late:?}");
     }
 
