@@ -44,6 +44,13 @@ pub const MAX_BUF: usize = 64 * 1024;
 /// How long a backend connection may sit idle in the pool.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_SCHEME: HeaderName = HeaderName::from_static("x-forwarded-scheme");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
 /// Headers that describe one hop, never passed on (RFC 9110 7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -65,19 +72,17 @@ pub struct ConnInfo {
 }
 
 type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// A pooled client to backends.
+type BackendClient = Client<HttpsConnector, ProxyBody>;
 
 /// Backend clients by protocol and connect timeout (few distinct values in practice).
 #[derive(Default)]
 struct Clients {
-    by_kind: Mutex<HashMap<(BackendProtocol, u64), Client<HttpsConnector, ProxyBody>>>,
+    by_kind: Mutex<HashMap<(BackendProtocol, u64), Arc<BackendClient>>>,
 }
 
 impl Clients {
-    fn get(
-        &self,
-        proto: BackendProtocol,
-        connect: Duration,
-    ) -> Result<Client<HttpsConnector, ProxyBody>, rustls::Error> {
+    fn get(&self, proto: BackendProtocol, connect: Duration) -> Result<Arc<BackendClient>, rustls::Error> {
         let key = (proto, connect.as_millis() as u64);
         let mut map = match self.by_kind.lock() {
             Ok(m) => m,
@@ -86,7 +91,7 @@ impl Clients {
         if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
-        let c = make_client(proto, connect)?;
+        let c = Arc::new(make_client(proto, connect)?);
         map.insert(key, c.clone());
         Ok(c)
     }
@@ -95,7 +100,7 @@ impl Clients {
 /// A pooled client for one backend protocol: HTTP/1.1 (h2 for gRPC), TLS for HTTPS and
 /// GRPCS without checking the backend's certificate (ingress-nginx's `proxy-ssl-verify`
 /// default: pods serve self-signed certificates).
-fn make_client(proto: BackendProtocol, connect: Duration) -> Result<Client<HttpsConnector, ProxyBody>, rustls::Error> {
+fn make_client(proto: BackendProtocol, connect: Duration) -> Result<BackendClient, rustls::Error> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect));
@@ -485,6 +490,10 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 
 /// Removes the hop-by-hop headers, and those the `Connection` header names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one scan of the names (no hashing) says so.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -521,18 +530,21 @@ fn forwarded_headers(incoming: &HeaderMap, authority: &str, host: &str, conn: Co
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
-    let set = |h: &mut HeaderMap, name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
-        }
-    };
-    set(&mut h, "x-forwarded-for", ip.to_string());
-    set(&mut h, "x-real-ip", ip.to_string());
-    set(&mut h, "x-forwarded-proto", proto.to_string());
-    set(&mut h, "x-forwarded-host", host.to_string());
-    set(&mut h, "x-forwarded-port", conn.local_port.to_string());
-    set(&mut h, "x-forwarded-scheme", proto.to_string());
-    set(&mut h, "forwarded", format!("for={for_};host={host};proto={proto}"));
+    let proto = HeaderValue::from_static(proto);
+    if let Ok(client) = HeaderValue::from_str(&ip.to_string()) {
+        h.insert(X_FORWARDED_FOR, client.clone());
+        h.insert(X_REAL_IP, client);
+    }
+    h.insert(X_FORWARDED_PROTO, proto.clone());
+    h.insert(X_FORWARDED_SCHEME, proto);
+    if let Ok(v) = HeaderValue::from_str(host) {
+        h.insert(X_FORWARDED_HOST, v);
+    }
+    h.insert(X_FORWARDED_PORT, HeaderValue::from(conn.local_port));
+    let proto = if conn.tls { "https" } else { "http" };
+    if let Ok(v) = HeaderValue::from_str(&format!("for={for_};host={host};proto={proto}")) {
+        h.insert(header::FORWARDED, v);
+    }
     h
 }
 
