@@ -11,7 +11,7 @@ pub mod routes;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use hyper::service::service_fn;
@@ -78,8 +78,14 @@ pub async fn start(
     let default_cert = certs::default_key(node)?;
     let empty = Config { table: Arc::new(routes::build(&[], &[], &[])), certs: HashMap::new(), default_cert };
     let (tx, rx) = watch::channel(Arc::new(empty));
+    // Certificates are read on a task of their own: a slow API delays a new certificate,
+    // never a route change.
+    let (wanted_tx, wanted_rx) = watch::channel(BTreeSet::new());
+    let (certs_tx, certs_rx) = watch::channel(HashMap::new());
+    tokio::spawn(read_certs(client, wanted_rx, certs_tx, changed.clone(), stop.clone()));
     let follower = Follower {
-        client,
+        wanted: wanted_tx,
+        certs: certs_rx,
         ingresses,
         classes,
         services,
@@ -88,7 +94,6 @@ pub async fn start(
         config: tx,
         rx,
         listening: None,
-        secrets_read: None,
     };
     tokio::spawn(follower.run(changed, stop));
     Ok(())
@@ -96,7 +101,10 @@ pub async fn start(
 
 /// Keeps the configuration and the listeners current.
 struct Follower {
-    client: Arc<Client>,
+    /// The TLS Secrets the routes name, for [`read_certs`].
+    wanted: watch::Sender<BTreeSet<(String, String)>>,
+    /// What [`read_certs`] last read.
+    certs: watch::Receiver<HashMap<(String, String), certs::Loaded>>,
     ingresses: Arc<Informer>,
     classes: Arc<Informer>,
     services: Arc<Informer>,
@@ -105,8 +113,6 @@ struct Follower {
     config: watch::Sender<Arc<Config>>,
     rx: watch::Receiver<Arc<Config>>,
     listening: Option<Listening>,
-    /// When the TLS Secrets were last read, and which.
-    secrets_read: Option<(Instant, BTreeSet<(String, String)>)>,
 }
 
 impl Follower {
@@ -114,33 +120,31 @@ impl Follower {
         for inf in [&self.ingresses, &self.classes, &self.services, &self.slices] {
             inf.synced().await;
         }
-        let mut secrets = tokio::time::interval(SECRETS_EVERY);
         loop {
-            self.once().await;
+            self.once();
             tokio::select! {
                 _ = changed.notified() => tokio::time::sleep(COALESCE).await,
-                _ = secrets.tick() => self.secrets_read = None,
                 _ = stop.changed() => break,
             }
         }
         self.listening = None;
     }
 
-    async fn once(&mut self) {
+    fn once(&mut self) {
         let classes = self.classes.list();
         let ours = our_classes(&classes);
         let mine: Vec<_> = self.ingresses.list().into_iter().filter(|i| is_ours(i, &ours)).collect();
         let table = Arc::new(routes::build(&mine, &self.services.list(), &self.slices.list()));
         let wanted = table.secrets();
-        let current = self.config.borrow().clone();
-        let certs = match &self.secrets_read {
-            Some((_, read)) if *read == wanted => current.certs.clone(),
-            _ => {
-                let fresh = certs::refresh(&self.client, &wanted, &current.certs).await;
-                self.secrets_read = Some((Instant::now(), wanted));
-                fresh
+        self.wanted.send_if_modified(|w| {
+            let new = *w != wanted;
+            if new {
+                *w = wanted;
             }
-        };
+            new
+        });
+        let current = self.config.borrow().clone();
+        let certs = self.certs.borrow().clone();
         self.config.send_replace(Arc::new(Config { table, certs, default_cert: current.default_cert.clone() }));
 
         let serving =
@@ -219,6 +223,35 @@ impl Follower {
             "the Ingress proxy is listening"
         );
         Ok(Listening { stop })
+    }
+}
+
+/// Reads the TLS Secrets the routes name when that set changes and every
+/// [`SECRETS_EVERY`] (nodes may not watch Secrets), and wakes the follower when a
+/// certificate came, changed or went.
+async fn read_certs(
+    client: Arc<Client>,
+    mut wanted: watch::Receiver<BTreeSet<(String, String)>>,
+    certs: watch::Sender<HashMap<(String, String), certs::Loaded>>,
+    changed: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(SECRETS_EVERY);
+    loop {
+        tokio::select! {
+            r = wanted.changed() => if r.is_err() { return },
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let want = wanted.borrow_and_update().clone();
+        let have = certs.borrow().clone();
+        let fresh = certs::refresh(&client, &want, &have).await;
+        let same =
+            fresh.len() == have.len() && fresh.iter().all(|(k, v)| have.get(k).is_some_and(|h| h.version == v.version));
+        if !same {
+            certs.send_replace(fresh);
+            changed.notify_one();
+        }
     }
 }
 

@@ -228,8 +228,16 @@ impl Proxy {
         let mut body = Some(match o.proxy_body_size {
             // Most requests have no body: nothing to count or pass on.
             _ if body_is_empty(&body) => empty(),
-            Some(limit) => Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync(),
-            None => body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+            Some(limit) => IdleTimeout::wrap(
+                Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync(),
+                o.send_timeout,
+                "proxy-send-timeout",
+            ),
+            None => IdleTimeout::wrap(
+                body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                o.send_timeout,
+                "proxy-send-timeout",
+            ),
         });
 
         let cookie = o.affinity_cookie.as_ref();
@@ -289,7 +297,7 @@ impl Proxy {
                         return Response::from_parts(parts, empty());
                     }
                     let set_cookie = cookie.filter(|_| pinned != Some(*ep)).map(|c| c.set_cookie(&endpoint_token(*ep)));
-                    return self.respond(resp, set_cookie, client_version);
+                    return self.respond(resp, set_cookie, client_version, o.read_timeout);
                 }
                 Ok(Err(e)) => {
                     let connect = e.is_connect();
@@ -316,14 +324,21 @@ impl Proxy {
     }
 
     /// The backend's response with its hop-by-hop headers removed.
-    fn respond(&self, resp: Response<Incoming>, set_cookie: Option<String>, client: Version) -> Response<ProxyBody> {
+    fn respond(
+        &self,
+        resp: Response<Incoming>,
+        set_cookie: Option<String>,
+        client: Version,
+        read_timeout: Duration,
+    ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let Some(c) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
             parts.headers.append(header::SET_COOKIE, c);
         }
         parts.version = client;
-        Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+        let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+        Response::from_parts(parts, IdleTimeout::wrap(body, read_timeout, "proxy-read-timeout"))
     }
 
     /// Endpoints in the order to try them: the pinned one (cookie affinity) first, then
@@ -372,6 +387,66 @@ impl Proxy {
             f.remove(&ep);
             self.failures.store(f.len(), Ordering::Relaxed);
         }
+    }
+}
+
+/// A body that fails when no frame comes for `timeout` (nginx's `proxy_read_timeout` and
+/// `proxy_send_timeout`: between two reads, not for the whole body, so a long download
+/// or a stream of events goes on while it moves).
+struct IdleTimeout {
+    inner: ProxyBody,
+    timeout: Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Whether the last poll found nothing (the clock runs only while we wait for the
+    /// other side, not while the reader of this body is slow).
+    waiting: bool,
+    what: &'static str,
+}
+
+impl IdleTimeout {
+    fn wrap(inner: ProxyBody, timeout: Duration, what: &'static str) -> ProxyBody {
+        let sleep = Box::pin(tokio::time::sleep(timeout));
+        UnsyncBoxBody::new(IdleTimeout { inner, timeout, sleep, waiting: false, what })
+    }
+}
+
+impl hyper::body::Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    this.sleep.as_mut().reset(tokio::time::Instant::now() + this.timeout);
+                }
+                match this.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(format!("nothing moved for {:?} ({})", this.timeout, this.what).into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -668,6 +743,48 @@ mod tests {
         }
         assert_eq!(normalize_path("/.."), None);
         assert_eq!(normalize_path("/a/../../etc"), None);
+    }
+
+    /// A body that yields `frames` frames, each after `gap`, then ends.
+    struct Slow {
+        frames: usize,
+        gap: Duration,
+        sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    }
+
+    impl hyper::body::Body for Slow {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+            use std::future::Future;
+            if self.frames == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            std::task::ready!(self.sleep.as_mut().poll(cx));
+            self.frames -= 1;
+            let next = tokio::time::Instant::now() + self.gap;
+            self.sleep.as_mut().reset(next);
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(b"x")))))
+        }
+    }
+
+    fn slow(frames: usize, gap_ms: u64) -> ProxyBody {
+        let gap = Duration::from_millis(gap_ms);
+        UnsyncBoxBody::new(Slow { frames, gap, sleep: Box::pin(tokio::time::sleep(gap)) })
+    }
+
+    #[tokio::test]
+    async fn the_idle_timeout_counts_between_frames_not_the_whole_body() {
+        // Five frames 40 ms apart: 200 ms in all, never 100 ms without one.
+        let moving = IdleTimeout::wrap(slow(5, 40), Duration::from_millis(100), "proxy-read-timeout");
+        assert_eq!(moving.collect().await.map(|b| b.to_bytes().len()).ok(), Some(5));
+        let stuck = IdleTimeout::wrap(slow(2, 300), Duration::from_millis(100), "proxy-read-timeout");
+        let err = stuck.collect().await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("proxy-read-timeout"), "{err}");
     }
 
     #[test]
