@@ -204,7 +204,7 @@ impl Api {
     ) -> Result<(), ApiError> {
         // Ingress certificates first: every node reads them every few seconds, and the
         // namespace's Ingresses are fewer than its pods.
-        if kind == "secrets" && self.ingress_uses_tls_secret(namespace, name)? {
+        if kind == "secrets" && self.ingress_uses_tls_secret(namespace, name)? && self.is_tls_secret(namespace, name)? {
             return Ok(());
         }
         let pods = resources::find("", "v1", "pods").ok_or_else(|| ApiError::internal("pods are not served"))?;
@@ -233,6 +233,16 @@ impl Api {
 }
 
 impl Api {
+    /// Whether the Secret is a certificate (`kubernetes.io/tls`): an Ingress author cannot
+    /// hand nodes another kind of Secret (a token, a password) by naming it in `spec.tls`.
+    fn is_tls_secret(&self, namespace: &str, name: &str) -> Result<bool, ApiError> {
+        let Some(res) = resources::find("", "v1", "secrets") else { return Ok(false) };
+        match self.store.get(&res.key(namespace, name))? {
+            Some(rec) => Ok(to_object(&rec)?.pointer("/type").and_then(Value::as_str) == Some("kubernetes.io/tls")),
+            None => Ok(false),
+        }
+    }
+
     /// Whether an Ingress of ours in `namespace` names the Secret as a TLS certificate:
     /// every node serves every such Ingress, so each may read the certificates (and only
     /// those, one at a time), as k3s's ingress controller can.

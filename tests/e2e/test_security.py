@@ -189,11 +189,13 @@ def test_a_node_reads_the_tls_secrets_of_our_ingresses_and_no_other(srv, admin, 
     """Every node serves every Ingress of ours, so each may get the certificates those
     name, one at a time; not the Secrets of another class's Ingress, and never a list."""
     a, _ = boards
-    for name in ("site-tls", "other-tls"):
+    for name, kind in (("site-tls", "kubernetes.io/tls"), ("other-tls", "kubernetes.io/tls"), ("db-password", "Opaque")):
         status, body, _ = call(srv, "POST", "/api/v1/namespaces/default/secrets",
-                               {"metadata": {"name": name}, "stringData": {"k": "v"}}, cert=admin)
+                               {"metadata": {"name": name}, "type": kind,
+                                "stringData": {"tls.crt": "c", "tls.key": "k"}}, cert=admin)
         assert status == 201, body
-    for name, cls, secret in (("site", None, "site-tls"), ("other", "nginx", "other-tls")):
+    # The third names a Secret that is no certificate: naming it does not hand it to nodes.
+    for name, cls, secret in (("site", None, "site-tls"), ("other", "nginx", "other-tls"), ("sly", None, "db-password")):
         spec = {"tls": [{"hosts": [f"{name}.example"], "secretName": secret}],
                 "defaultBackend": {"service": {"name": "x", "port": {"number": 80}}}}
         if cls:
@@ -203,6 +205,7 @@ def test_a_node_reads_the_tls_secrets_of_our_ingresses_and_no_other(srv, admin, 
         assert status == 201, body
     assert call(srv, "GET", "/api/v1/namespaces/default/secrets/site-tls", cert=a)[0] == 200
     assert call(srv, "GET", "/api/v1/namespaces/default/secrets/other-tls", cert=a)[0] == 403
+    assert call(srv, "GET", "/api/v1/namespaces/default/secrets/db-password", cert=a)[0] == 403
     # A node may read Ingresses but not make one that names a Secret it wants.
     forged = {"metadata": {"name": "grab"}, "spec": {"tls": [{"secretName": "b-only"}],
                                                      "defaultBackend": {"service": {"name": "x", "port": {"number": 80}}}}}

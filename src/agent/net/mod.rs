@@ -126,11 +126,8 @@ pub async fn start(
     let services = informer("/api/v1/services".into());
     let slices = informer("/apis/discovery.k8s.io/v1/endpointslices".into());
     let pods = informer(format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"));
-    // NetworkPolicies select peers anywhere in the cluster, by pod and namespace labels.
-    let all_pods = informer("/api/v1/pods".into());
-    let namespaces = informer("/api/v1/namespaces".into());
     let policies = informer("/apis/networking.k8s.io/v1/networkpolicies".into());
-    for inf in [&nodes, &services, &slices, &pods, &all_pods, &namespaces, &policies] {
+    for inf in [&nodes, &services, &slices, &pods, &policies] {
         inf.synced().await;
     }
 
@@ -163,9 +160,9 @@ pub async fn start(
         services: services.clone(),
         slices: slices.clone(),
         pods,
-        all_pods,
-        namespaces,
         policies,
+        peers: None,
+        changed: changed.clone(),
         policy_problems: Vec::new(),
         dns_listener,
         bridge_netfilter,
@@ -237,8 +234,12 @@ struct Sync {
     services: Arc<Informer>,
     slices: Arc<Informer>,
     pods: Arc<Informer>,
-    all_pods: Arc<Informer>,
-    namespaces: Arc<Informer>,
+    /// Every pod and namespace: NetworkPolicies select peers anywhere in the cluster by
+    /// their labels. Followed only once a policy exists, so a cluster without any keeps
+    /// no copy of every pod on every board.
+    peers: Option<(Arc<Informer>, Arc<Informer>)>,
+    /// Wakes this loop (the peer caches report to it too).
+    changed: Arc<Notify>,
     policies: Arc<Informer>,
     /// What of the NetworkPolicies could not be enforced, as last logged.
     policy_problems: Vec<String>,
@@ -284,10 +285,17 @@ impl Sync {
             bridge_netfilter: self.bridge_netfilter,
         };
         let started = std::time::Instant::now();
+        let policies = self.policies.list();
+        if !policies.is_empty() && self.peers.is_none() {
+            // Until they have listed, no pod here counts as selected: the policy takes
+            // effect a moment later, as any policy change does.
+            self.peers = Some((self.follow("/api/v1/pods"), self.follow("/api/v1/namespaces")));
+        }
+        let peers = self.peers.clone();
         let policy = policy::Inputs {
-            policies: self.policies.list(),
-            pods: self.all_pods.list(),
-            namespaces: self.namespaces.list(),
+            policies,
+            pods: peers.as_ref().map(|(p, _)| p.list()).unwrap_or_default(),
+            namespaces: peers.as_ref().map(|(_, n)| n.list()).unwrap_or_default(),
             node: self.node.clone(),
             dns_listener: self.dns_listener,
         };
@@ -317,6 +325,15 @@ impl Sync {
             }
             Err(e) => tracing::error!(error = %format!("{e:#}"), "updating the overlay routes"),
         }
+    }
+
+    /// A watch cache that wakes this loop on every change.
+    fn follow(&self, path: &str) -> Arc<Informer> {
+        let inf = Informer::new(path);
+        let n = self.changed.clone();
+        inf.on_change(Box::new(move |_, _| n.notify_one()));
+        tokio::spawn(inf.clone().run(self.client.clone()));
+        inf
     }
 
     /// Follows a change of the node's address (a new DHCP lease): the overlay device and the
