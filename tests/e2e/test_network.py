@@ -121,6 +121,8 @@ class UpstreamDns:
                 msg, peer = self.sock.recvfrom(4096)
             except OSError:
                 return
+            if not msg or peer is None:
+                return  # shut down by close()
             qid, _, _, _, _, _ = struct.unpack(">HHHHHH", msg[:12])
             name, off = read_name(msg, 12)
             qtype = struct.unpack(">H", msg[off:off + 2])[0]
@@ -134,6 +136,13 @@ class UpstreamDns:
             self.sock.sendto(reply, peer)
 
     def close(self):
+        # A thread blocked in recvfrom keeps the socket (and its port) alive past close():
+        # shutting it down wakes that thread, so the address is free for the next cluster.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.thread.join(timeout=5)
         self.sock.close()
 
 
@@ -144,7 +153,9 @@ class Cluster:
         self.backend = backend
         tag = uuid.uuid4().hex[:6]
         self.ns, self.host_if, self.node_if = f"brn-{tag}", f"bnh{tag}", f"bnn{tag}"
-        subnet = 1 + int(tag, 16) % 250
+        # A subnet no interface here has (an earlier module's may still be going away).
+        used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+        subnet = next(n for n in [1 + (int(tag, 16) + i) % 250 for i in range(250)] if f"10.252.{n}." not in used)
         self.host_ip, self.node_ip = f"10.252.{subnet}.1", f"10.252.{subnet}.2"
         self.names = (f"{backend}-1", f"{backend}-2")
         self.server = None
