@@ -299,14 +299,14 @@ impl Sync {
             node: self.node.clone(),
             dns_listener: self.dns_listener,
         };
-        let problems = policy::problems(&policy);
-        if problems != self.policy_problems {
-            for p in &problems {
+        let plan = policy::plan(&policy);
+        if plan.problems != self.policy_problems {
+            for p in &plan.problems {
                 tracing::warn!(problem = %p, "part of a NetworkPolicy is not enforced");
             }
-            self.policy_problems = problems;
+            self.policy_problems = plan.problems.clone();
         }
-        match self.applier.apply(&proxy::render_with_policy(&inputs, &policy)).await {
+        match self.applier.apply(&proxy::render_with_policy(&inputs, &plan)).await {
             Ok(true) => tracing::debug!(micros = started.elapsed().as_micros() as u64, "service rules applied"),
             Ok(false) => {}
             Err(e) => tracing::error!(error = %format!("{e:#}"), "applying the service rules"),

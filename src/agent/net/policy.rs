@@ -184,9 +184,10 @@ pub fn problems(inputs: &Inputs) -> Vec<String> {
     plan(inputs).problems
 }
 
-/// Writes the policy chains and sets of `inputs` into the proxy's table.
-pub(super) fn render(w: &mut Writer, inputs: &Inputs) {
-    write(w, &plan(inputs));
+/// Writes the policy chains and sets of a [`plan`] into the proxy's table (the caller
+/// plans once, and logs the plan's problems from the same pass).
+pub(super) fn render(w: &mut Writer, plan: &Plan) {
+    write(w, plan);
 }
 
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -1115,7 +1116,7 @@ mod tests {
 
     fn rendered(inputs: &Inputs) -> Writer {
         let mut w = Writer { out: String::new(), objects: Objects::default() };
-        render(&mut w, inputs);
+        render(&mut w, &plan(inputs));
         w
     }
 
@@ -1255,7 +1256,7 @@ mod tests {
         let w = rendered(&inputs);
         assert_eq!((w.out.as_str(), w.objects), ("", Objects::default()));
         let proxy = proxy::Inputs { dns_listener: Some(Ipv4Addr::new(10, 42, 0, 1)), ..Default::default() };
-        assert_eq!(proxy::render_with_policy(&proxy, &inputs).body, proxy::render(&proxy).body);
+        assert_eq!(proxy::render_with_policy(&proxy, &plan(&inputs)).body, proxy::render(&proxy).body);
     }
 
     #[test]
@@ -1397,7 +1398,7 @@ mod tests {
         let mut script = String::new();
         let mut previous: Option<Objects> = None;
         for step in &steps {
-            let table = proxy::render_with_policy(&proxy, step);
+            let table = proxy::render_with_policy(&proxy, &plan(step));
             script.push_str(&table.transaction(previous.as_ref()));
             previous = Some(table.objects);
         }

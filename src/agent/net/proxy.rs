@@ -409,12 +409,12 @@ fn cidr(c: &PodCidr) -> String {
 
 /// The whole table for `inputs`, enforcing no NetworkPolicy.
 pub fn render(inputs: &Inputs) -> Script {
-    render_with_policy(inputs, &super::policy::Inputs::default())
+    render_with_policy(inputs, &super::policy::Plan::default())
 }
 
 /// The whole table for `inputs`, with the NetworkPolicy rules for this node's pods (none
 /// written when no policy isolates a pod here).
-pub fn render_with_policy(inputs: &Inputs, policy: &super::policy::Inputs) -> Script {
+pub fn render_with_policy(inputs: &Inputs, policy: &super::policy::Plan) -> Script {
     let mut w = Writer { out: String::new(), objects: Objects::default() };
     // Base chains: NAT before the filter's reject, as kube-proxy orders them.
     w.chain("prerouting", Some("type nat hook prerouting priority dstnat"));
