@@ -181,8 +181,30 @@ fn default_template(spec: &mut Value) {
     }
 }
 
+/// The status upstream's create strategies give a new object of `kind`: its zero value as
+/// Go serialises it, so the fields without `omitempty` are there as 0. Clients rely on
+/// it: the Python client refuses a ReplicaSet status without `replicas`, and reads a
+/// missing Deployment status as `None`.
+fn zero_status(kind: &str) -> Option<Value> {
+    Some(match kind {
+        "Deployment" | "Job" | "CronJob" => json!({}),
+        "ReplicaSet" => json!({"replicas": 0}),
+        "StatefulSet" => json!({"replicas": 0, "availableReplicas": 0}),
+        "DaemonSet" => json!({
+            "currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0
+        }),
+        "PodDisruptionBudget" => {
+            json!({"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0})
+        }
+        _ => return None,
+    })
+}
+
 /// Applies upstream defaults for `kind` to a new or updated object.
 pub fn apply_defaults(kind: &str, o: &mut Value) {
+    if let Some(zero) = zero_status(kind) {
+        default(o, "status", zero);
+    }
     match kind {
         "Pod" => {
             let spec = default(o, "spec", json!({}));
@@ -302,10 +324,10 @@ pub fn apply_defaults(kind: &str, o: &mut Value) {
                 let port = p.get("port").cloned().unwrap_or(Value::Null);
                 default(p, "targetPort", port);
             }
-            default(o, "status", json!({"loadBalancer": {}}));
+            default(default(o, "status", json!({})), "loadBalancer", json!({}));
         }
         "Ingress" => {
-            default(o, "status", json!({"loadBalancer": {}}));
+            default(default(o, "status", json!({})), "loadBalancer", json!({}));
         }
         "NetworkPolicy" => {
             // Upstream's defaulting: Ingress always, Egress when there are egress rules.
@@ -992,6 +1014,23 @@ mod tests {
     fn wrong_types_are_errors() {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": "nope"}});
         assert!(decode("Pod", pod).is_err());
+    }
+
+    #[test]
+    fn new_objects_get_the_zero_status_go_serialises() {
+        for (kind, want) in [
+            ("Deployment", json!({})),
+            ("ReplicaSet", json!({"replicas": 0})),
+            ("Service", json!({"loadBalancer": {}})),
+            ("PersistentVolumeClaim", json!({"phase": "Pending"})),
+        ] {
+            let mut o = json!({"spec": {}});
+            apply_defaults(kind, &mut o);
+            assert_eq!(o["status"], want, "{kind}");
+        }
+        let mut kept = json!({"spec": {}, "status": {"replicas": 3, "readyReplicas": 2}});
+        apply_defaults("ReplicaSet", &mut kept);
+        assert_eq!(kept["status"], json!({"replicas": 3, "readyReplicas": 2}));
     }
 
     #[test]

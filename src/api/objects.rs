@@ -363,6 +363,8 @@ impl Api {
             meta.remove("generation");
         }
         let t = Target { name: Some(name.clone()), ..t.clone() };
+        // A client cannot set the status on create; `apply_defaults` gives it the zero
+        // value upstream's create strategies do.
         if res.status
             && !matches!(res.kind, "Node" | "Namespace" | "PersistentVolume")
             && let Some(m) = obj.as_object_mut()
