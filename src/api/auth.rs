@@ -127,7 +127,11 @@ pub fn node_rule(me: &str, a: &Attributes) -> Result<NodeCheck, &'static str> {
         ("", "pods", ..) => Err("a node may only report on and remove pods bound to it"),
         ("", "events", None, "create" | "update" | "patch") => Ok(Nothing),
         ("events.k8s.io", "events", None, "create" | "update" | "patch") => Ok(Nothing),
-        ("", "configmaps" | "secrets" | "persistentvolumeclaims", None, "get") if a.name.is_some() => {
+        // One at a time: `get`, or `list`/`watch` by `metadata.name` (how kubelets follow
+        // the Secrets their pods use, and how nodes follow Ingress certificates).
+        ("", "configmaps" | "secrets" | "persistentvolumeclaims", None, "get" | "list" | "watch")
+            if a.name.is_some() =>
+        {
             Ok(UsedByNodePods)
         }
         ("", "configmaps" | "secrets" | "persistentvolumeclaims", ..) => {
@@ -298,6 +302,7 @@ mod tests {
             (attrs("get", "", "configmaps", None, d, Some("c")), Some(UsedByNodePods)),
             (attrs("get", "", "persistentvolumeclaims", None, d, Some("c")), Some(UsedByNodePods)),
             (attrs("list", "", "secrets", None, d, None), None),
+            (attrs("watch", "", "secrets", None, d, Some("s")), Some(UsedByNodePods)),
             (attrs("watch", "", "configmaps", None, None, None), None),
             (attrs("delete", "", "secrets", None, d, Some("s")), None),
             (attrs("create", "", "secrets", None, d, None), None),

@@ -358,13 +358,19 @@ impl Api {
             ("Namespace", Some(name)) => Some(name.as_str()),
             _ => target.namespace.as_deref(),
         };
+        let named = match verb {
+            "list" | "watch" => selector::FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))
+                .ok()
+                .and_then(|f| f.named().map(str::to_string)),
+            _ => None,
+        };
         let attrs = auth::Attributes {
             verb,
             group,
             resource: target.res.plural,
             sub: target.sub.as_deref(),
             namespace,
-            name: target.name.as_deref(),
+            name: target.name.as_deref().or(named.as_deref()),
         };
         let node_check = self.authorize(&user, &attrs)?;
         self.check_node_object(&user, &attrs, &target, node_check)?;

@@ -163,7 +163,8 @@ impl Api {
     ) -> Result<(), ApiError> {
         use super::auth::NodeCheck;
         let Some(me) = super::auth::node_name(user) else { return Ok(()) };
-        match (check, target.namespace.as_deref(), target.name.as_deref()) {
+        // `attrs.name` rather than the path's: a list or watch by `metadata.name` names one.
+        match (check, target.namespace.as_deref(), attrs.name) {
             (NodeCheck::Nothing | NodeCheck::CreatedForNode, ..) => Ok(()),
             (NodeCheck::UsedByNodePods, Some(ns), Some(name)) => {
                 self.check_node_reference(me, target.res.plural, ns, name)

@@ -57,7 +57,8 @@ pub struct PolicyRule {
     pub api_groups: Vec<String>,
     /// `resources`: `pods`, `pods/log`, `*/scale`, or `*` for all (subresources included).
     pub resources: Vec<String>,
-    /// `resourceNames`: when not empty, only these objects (never a list or a create).
+    /// `resourceNames`: when not empty, only these objects (a list or watch only by
+    /// `metadata.name`; never a create).
     pub resource_names: Vec<String>,
     /// `nonResourceURLs`: exact paths, or prefixes ending in `*`.
     pub non_resource_urls: Vec<String>,

@@ -201,6 +201,16 @@ impl FieldSelector {
         self.0.is_empty()
     }
 
+    /// The one object the selector names, when it is exactly `metadata.name=<name>`: a
+    /// list or watch of it is authorized as a request for that name (upstream's request
+    /// info does the same), so a node or a `resourceNames` rule can follow one object.
+    pub fn named(&self) -> Option<&str> {
+        match self.0.as_slice() {
+            [(path, true, name)] if path == "metadata.name" && !name.is_empty() => Some(name),
+            _ => None,
+        }
+    }
+
     /// Refuses fields `plural` cannot be selected by, as upstream does (400).
     pub fn check_supported(&self, plural: &str) -> Result<(), ApiError> {
         let extra: &[&str] = match plural {
@@ -325,5 +335,22 @@ mod tests {
         assert!(FieldSelector::parse("spec.nodeName=n").unwrap().check_supported("pods").is_ok());
         assert!(LabelSelector::parse("tier=a=b").is_err());
         assert!(LabelSelector::parse("tier in (a,b)").is_ok());
+    }
+
+    #[test]
+    fn only_a_lone_name_equality_names_an_object() {
+        let named = |s: &str| FieldSelector::parse(s).unwrap().named().map(str::to_string);
+        assert_eq!(named("metadata.name=tls").as_deref(), Some("tls"));
+        assert_eq!(named("metadata.name==tls").as_deref(), Some("tls"));
+        for not_one in [
+            "",
+            "metadata.name!=tls",
+            "metadata.name=",
+            "metadata.name=a,metadata.name=b",
+            "metadata.name=a,metadata.namespace=x",
+            "metadata.namespace=tls",
+        ] {
+            assert_eq!(named(not_one), None, "{not_one}");
+        }
     }
 }

@@ -186,6 +186,14 @@ def test_tls_by_sni_for_two_hosts_and_http_is_redirected(backends, net):
             # A name no Secret covers gets the default certificate, which is nobody's.
             with pytest.raises(ssl.SSLCertVerificationError):
                 request(addr, "a.tls.example", "/", port=443, tls_ca=certs["b.tls.example"])
+        # A renewed certificate is served without a restart, as soon as the node sees it
+        # (each node watches the Secrets its routes name).
+        crt, key = make_cert(d, "a.tls.example")
+        with open(crt, "rb") as c, open(key, "rb") as k:
+            cluster.core.patch_namespaced_secret("a.tls.example", "default", {
+                "data": {"tls.crt": base64.b64encode(c.read()).decode(), "tls.key": base64.b64encode(k.read()).decode()}})
+        # (Until then the old certificate fails to verify: an OSError, retried.)
+        eventually(lambda: request(cluster.node_ip, "a.tls.example", "/", port=443, tls_ca=crt)[0] == 200, timeout=5)
         # A missing Secret: the default certificate, and an Event that names it.
         ingress(net, "tls-missing", {"tls": [{"hosts": ["c.tls.example"], "secretName": "nope"}],
                                      "rules": [rule("c.tls.example", ("/", "Prefix", "app-a", {"number": 80}))]})

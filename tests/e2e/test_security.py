@@ -206,6 +206,14 @@ def test_a_node_reads_the_tls_secrets_of_our_ingresses_and_no_other(srv, admin, 
     assert call(srv, "GET", "/api/v1/namespaces/default/secrets/site-tls", cert=a)[0] == 200
     assert call(srv, "GET", "/api/v1/namespaces/default/secrets/other-tls", cert=a)[0] == 403
     assert call(srv, "GET", "/api/v1/namespaces/default/secrets/db-password", cert=a)[0] == 403
+    # Followed as kubelets follow Secrets: a list or watch that names the one Secret.
+    named = "/api/v1/namespaces/default/secrets?fieldSelector=metadata.name%3D"
+    status, body, _ = call(srv, "GET", named + "site-tls", cert=a)
+    assert status == 200 and [i["metadata"]["name"] for i in body["items"]] == ["site-tls"], body
+    assert call(srv, "GET", named + "site-tls&watch=true&timeoutSeconds=1", cert=a)[0] == 200
+    for other in ("other-tls", "db-password", "site-tls,metadata.name%3Ddb-password", "site-tls,type%3DOpaque"):
+        assert call(srv, "GET", named + other, cert=a)[0] == 403, other
+    assert call(srv, "GET", "/api/v1/namespaces/default/secrets?fieldSelector=metadata.name!%3Dx", cert=a)[0] == 403
     # A node may read Ingresses but not make one that names a Secret it wants.
     forged = {"metadata": {"name": "grab"}, "spec": {"tls": [{"secretName": "b-only"}],
                                                      "defaultBackend": {"service": {"name": "x", "port": {"number": 80}}}}}

@@ -2,7 +2,7 @@
 //! chosen per connection by SNI (a rustls [`ResolvesServerCert`]), and a self-signed
 //! default certificate for names no Secret covers (as ingress-nginx's "Fake Certificate").
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -78,47 +78,33 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Reads the Secrets `wanted` names that are new or changed since `have`; what cannot be
-/// read or parsed is left out (the default certificate is served; the controller posts
-/// an Event on the Ingress) and logged once per version.
-pub async fn refresh(
-    client: &crate::client::Client,
-    wanted: &BTreeSet<(String, String)>,
+/// The certificates of the Secrets `found` (the followed Secrets that exist), parsing
+/// only those new or changed since `have`. A Secret that cannot be parsed is left out (the
+/// default certificate is served; the controller posts an Event on the Ingress) and
+/// logged once per version, which `unusable` remembers.
+pub fn load(
+    found: impl Iterator<Item = ((String, String), Arc<Value>)>,
     have: &HashMap<(String, String), Loaded>,
+    unusable: &mut HashMap<(String, String), String>,
 ) -> HashMap<(String, String), Loaded> {
     let mut out = HashMap::new();
-    for (ns, name) in wanted {
-        let path = format!("/api/v1/namespaces/{ns}/secrets/{name}");
-        let secret = match client.get(&path).await {
-            Ok(s) => s,
-            Err(e) if crate::client::is_not_found(&e) || crate::client::is_forbidden(&e) => {
-                // Deleted (or no longer ours to read): never served again.
-                tracing::debug!(secret = %format!("{ns}/{name}"), error = %format!("{e:#}"), "a TLS Secret is gone");
-                continue;
-            }
-            Err(e) => {
-                // Kept while it cannot be read again (an API outage must not swap a
-                // working certificate for the default one).
-                if let Some(old) = have.get(&(ns.clone(), name.clone())) {
-                    out.insert((ns.clone(), name.clone()), old.clone());
-                } else {
-                    tracing::debug!(secret = %format!("{ns}/{name}"), error = %format!("{e:#}"), "reading a TLS Secret");
-                }
-                continue;
-            }
-        };
+    for (key, secret) in found {
         let version = secret.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string();
-        let key = (ns.clone(), name.clone());
         if let Some(old) = have.get(&key).filter(|o| o.version == version) {
             out.insert(key, old.clone());
             continue;
         }
         match parse_secret(&secret) {
             Ok(cert) => {
+                unusable.remove(&key);
                 out.insert(key, Loaded { version, key: cert });
             }
             Err(e) => {
-                tracing::warn!(secret = %format!("{ns}/{name}"), error = %format!("{e:#}"), "an Ingress TLS Secret is unusable")
+                if unusable.get(&key) != Some(&version) {
+                    let name = format!("{}/{}", key.0, key.1);
+                    tracing::warn!(secret = %name, error = %format!("{e:#}"), "an Ingress TLS Secret is unusable");
+                    unusable.insert(key, version);
+                }
             }
         }
     }
@@ -129,6 +115,27 @@ pub async fn refresh(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_new_versions_are_parsed_and_bad_ones_left_out() {
+        let made = rcgen::generate_simple_self_signed(vec!["a.example".to_string()]).unwrap();
+        let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+        let secret = |rv: &str, crt: String| {
+            Arc::new(json!({"metadata": {"resourceVersion": rv},
+                "data": {"tls.crt": b64(crt), "tls.key": b64(made.signing_key.serialize_pem())}}))
+        };
+        let key = ("ns".to_string(), "tls".to_string());
+        let mut unusable = HashMap::new();
+        let first = load([(key.clone(), secret("1", made.cert.pem()))].into_iter(), &HashMap::new(), &mut unusable);
+        assert_eq!(first[&key].version, "1");
+        // The same version is kept as it was, even when the object would not parse now.
+        let kept = load([(key.clone(), secret("1", "junk".into()))].into_iter(), &first, &mut unusable);
+        assert!(Arc::ptr_eq(&kept[&key].key, &first[&key].key));
+        // A new, broken version is left out and remembered; a gone Secret is dropped.
+        let broken = load([(key.clone(), secret("2", "junk".into()))].into_iter(), &kept, &mut unusable);
+        assert!(broken.is_empty() && unusable[&key] == "2");
+        assert!(load(std::iter::empty(), &first, &mut unusable).is_empty());
+    }
 
     #[test]
     fn secrets_parse_and_garbage_is_refused() {

@@ -40,9 +40,6 @@ pub struct Config {
 
 /// How long changes are gathered before the table is built again.
 const COALESCE: Duration = Duration::from_millis(20);
-/// TLS Secrets are read again this often (a renewed certificate; nodes may not watch
-/// Secrets).
-const SECRETS_EVERY: Duration = Duration::from_secs(10);
 /// How long a client has to finish its request head (slowloris).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take.
@@ -226,9 +223,10 @@ impl Follower {
     }
 }
 
-/// Reads the TLS Secrets the routes name when that set changes and every
-/// [`SECRETS_EVERY`] (nodes may not watch Secrets), and wakes the follower when a
-/// certificate came, changed or went.
+/// Follows each TLS Secret the routes name with a watch of its own (a list and watch by
+/// `metadata.name`, the one way a node may follow a Secret, as kubelets do), and wakes the
+/// follower when a certificate came, changed or went: a renewed certificate is served
+/// within moments.
 async fn read_certs(
     client: Arc<Client>,
     mut wanted: watch::Receiver<BTreeSet<(String, String)>>,
@@ -236,22 +234,54 @@ async fn read_certs(
     changed: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut every = tokio::time::interval(SECRETS_EVERY);
+    let updated = Arc::new(Notify::new());
+    let mut followed: HashMap<(String, String), FollowedSecret> = HashMap::new();
+    let mut unusable = HashMap::new();
     loop {
-        tokio::select! {
-            r = wanted.changed() => if r.is_err() { return },
-            _ = every.tick() => {}
-            _ = stop.changed() => return,
-        }
         let want = wanted.borrow_and_update().clone();
+        followed.retain(|k, _| want.contains(k));
+        for key in &want {
+            if !followed.contains_key(key) {
+                followed.insert(key.clone(), FollowedSecret::start(&client, key, &updated));
+            }
+        }
         let have = certs.borrow().clone();
-        let fresh = certs::refresh(&client, &want, &have).await;
+        let found = followed.iter().filter_map(|(k, f)| Some((k.clone(), f.informer.list().pop()?)));
+        let fresh = certs::load(found, &have, &mut unusable);
         let same =
             fresh.len() == have.len() && fresh.iter().all(|(k, v)| have.get(k).is_some_and(|h| h.version == v.version));
         if !same {
             certs.send_replace(fresh);
             changed.notify_one();
         }
+        tokio::select! {
+            r = wanted.changed() => if r.is_err() { return },
+            _ = updated.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The watch of one TLS Secret: stopped when dropped.
+struct FollowedSecret {
+    informer: Arc<Informer>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FollowedSecret {
+    fn start(client: &Arc<Client>, (ns, name): &(String, String), updated: &Arc<Notify>) -> FollowedSecret {
+        // Names and namespaces are DNS labels and subdomains: nothing to escape but `=`.
+        let informer = Informer::new(&format!("/api/v1/namespaces/{ns}/secrets?fieldSelector=metadata.name%3D{name}"));
+        let n = updated.clone();
+        informer.on_change(Box::new(move |_, _| n.notify_one()));
+        let task = tokio::spawn(informer.clone().run(client.clone()));
+        FollowedSecret { informer, task }
+    }
+}
+
+impl Drop for FollowedSecret {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
