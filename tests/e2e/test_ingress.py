@@ -272,6 +272,30 @@ class WebSocketEcho:
         self.sock.close()
 
 
+def handshake(addr, host):
+    """A WebSocket opened through the proxy, or None while the route is not there yet."""
+    s = socket.create_connection((addr, 80), timeout=5)
+    s.sendall(f"GET /chat HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n".encode()
+              + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        if not chunk:
+            break
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 101"):
+        s.close()
+        return None
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head, head
+    return s
+
+
+def send_text(s, text):
+    """One masked text frame, as a client sends it."""
+    mask = os.urandom(4)
+    s.sendall(bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
+
+
 def test_a_websocket_passes_through(backends, net):
     cluster = backends
     ws = WebSocketEcho(cluster.host_ip)
@@ -284,31 +308,30 @@ def test_a_websocket_passes_through(backends, net):
             "endpoints": [{"addresses": [cluster.host_ip], "conditions": {"ready": True}}]})
         ingress(net, "ws", {"rules": [rule("ws.example", ("/", "Prefix", "ws", {"number": 80}))]})
         for addr in addresses(cluster):
-            def handshake():
-                s = socket.create_connection((addr, 80), timeout=5)
-                s.sendall(b"GET /chat HTTP/1.1\r\nHost: ws.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    chunk = s.recv(1)
-                    if not chunk:
-                        break
-                    head += chunk
-                if not head.startswith(b"HTTP/1.1 101"):
-                    s.close()
-                    return None
-                assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head, head
-                return s
-            s = eventually(handshake)
+            s = eventually(lambda: handshake(addr, "ws.example"))
             for text in (b"hello", b"through the proxy"):
-                mask = os.urandom(4)
-                s.sendall(bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
+                send_text(s, text)
                 frame = s.recv(2 + len(text))
                 assert frame == bytes([0x81, len(text)]) + text, frame
             s.close()
+        # A tunnel stays open while anything moves, and is closed after proxy-read-timeout
+        # of silence (nginx's rule, so a dead peer does not hold it for ever).
+        ingress(net, "ws-quiet", {"rules": [rule("ws-quiet.example", ("/", "Prefix", "ws", {"number": 80}))]},
+                annotations={"nginx.ingress.kubernetes.io/proxy-read-timeout": "2"})
+        s = eventually(lambda: handshake(cluster.node_ip, "ws-quiet.example"))
+        for _ in range(3):
+            time.sleep(1)
+            send_text(s, b"ping")
+            assert s.recv(6) == bytes([0x81, 4]) + b"ping"
+        s.settimeout(10)
+        started = time.monotonic()
+        assert s.recv(16) == b"", "the quiet tunnel is closed"
+        assert time.monotonic() - started > 1
+        s.close()
     finally:
         ws.close()
-        net.delete_namespaced_ingress("ws", "default")
+        for name in ("ws", "ws-quiet"):
+            net.delete_namespaced_ingress(name, "default")
         cluster.core.delete_namespaced_service("ws", "default")
 
 
