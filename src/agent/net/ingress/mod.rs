@@ -297,16 +297,27 @@ impl Drop for Listening {
 }
 
 /// A listening socket on `port` that other threads' sockets share (`SO_REUSEPORT`), handed
-/// over unregistered so the thread that serves it registers it with its own runtime.
+/// over unregistered so the thread that serves it registers it with its own runtime. It
+/// takes IPv6 and IPv4 both (`[::]`, not v6-only) where the board has IPv6, else IPv4.
 fn bind_shared(port: u16) -> anyhow::Result<std::net::TcpListener> {
-    let bound = (|| {
-        let socket = tokio::net::TcpSocket::new_v4()?;
+    let bind = |v6: bool| -> std::io::Result<std::net::TcpListener> {
+        let socket = if v6 { tokio::net::TcpSocket::new_v6()? } else { tokio::net::TcpSocket::new_v4()? };
+        if v6 {
+            socket2::SockRef::from(&socket).set_only_v6(false)?;
+        }
         socket.set_reuseaddr(true)?;
         socket.set_reuseport(true)?;
         socket.set_nodelay(true)?;
-        socket.bind(std::net::SocketAddr::from(([0, 0, 0, 0], port)))?;
+        let any: std::net::IpAddr =
+            if v6 { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+        socket.bind(std::net::SocketAddr::new(any, port))?;
         socket.listen(1024)?.into_std()
-    })();
+    };
+    let bound = bind(true).or_else(|e| match e.raw_os_error() {
+        // No IPv6 on this board (disabled in the kernel or on the command line).
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL) => bind(false),
+        _ => Err(e),
+    });
     bound.with_context(|| format!("listening on port {port} for Ingress"))
 }
 
@@ -340,6 +351,9 @@ async fn accept(
         let (tls, proxy) = (tls.clone(), proxy.clone());
         tokio::spawn(async move {
             let _slot = slot;
+            // An IPv4 client of the dual-stack socket is `::ffff:a.b.c.d`: seen as the IPv4
+            // address it is (allow-lists, X-Forwarded-For).
+            let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
             let conn = proxy::ConnInfo { peer, local_port, tls: tls.is_some() };
             let service = service_fn(move |req| proxy.clone().handle(req, conn));
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -377,5 +391,28 @@ async fn accept(
                 tracing::debug!(%peer, error = %e, "an Ingress connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_listener_takes_ipv4_and_ipv6_clients() {
+        let std = bind_shared(0).unwrap();
+        let port = std.local_addr().unwrap().port();
+        let listener = TcpListener::from_std(std).unwrap();
+        let v6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+        for (addr, is_v6) in [("127.0.0.1", false), ("::1", true)] {
+            if is_v6 && !v6 {
+                continue; // no IPv6 on this machine: the IPv4 fallback was bound
+            }
+            let ip: std::net::IpAddr = addr.parse().unwrap();
+            let _client = tokio::net::TcpStream::connect((ip, port)).await.unwrap();
+            let (_, peer) = listener.accept().await.unwrap();
+            // What the proxy sees of an IPv4 client: its IPv4 address, not `::ffff:`.
+            assert_eq!(peer.ip().to_canonical(), ip);
+        }
     }
 }
