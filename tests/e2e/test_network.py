@@ -347,6 +347,35 @@ def test_node_ports_answer_on_every_node_and_localhost(cluster, web):
     assert r.returncode == 0 and ("web-a" in r.stdout or "web-b" in r.stdout), r.stderr
 
 
+def test_external_ips_reach_the_service_through_the_node_they_are_routed_to(cluster, web):
+    """An address the LAN routes to a node (`externalIPs`, as a router or kube-vip would
+    send it) reaches the Service's endpoints on its port, as kube-proxy does."""
+    external = "192.0.2.77"  # TEST-NET-1: never a real host
+    svc = cluster.service("web-ext", {"selector": {"app": "web"}, "externalIPs": [external],
+                                      "ports": [{"port": 8081, "targetPort": 8080}]})
+    route = ["ip", "route", "replace", f"{external}/32", "via", cluster.host_ip]
+    assert in_ns(cluster.ns, *route).returncode == 0
+    try:
+        code = (f"import urllib.request as u; print(u.urlopen('http://{external}:8081/cgi-bin/who', "
+                "timeout=3).read().decode())")
+        seen = set()
+        deadline = time.time() + 30
+        while seen != {"web-a", "web-b"} and time.time() < deadline:
+            r = in_ns(cluster.ns, "python3", "-c", code)
+            if r.returncode == 0:
+                seen.add(r.stdout.split()[1])
+            else:
+                time.sleep(0.2)
+        assert seen == {"web-a", "web-b"}, (seen, r.stderr, cluster.logs())
+        # Only the Service's port: the address is not the node's to answer on otherwise.
+        other = (f"import socket; s = socket.socket(); s.settimeout(2); "
+                 f"print(s.connect_ex(('{external}', 8082)))")
+        assert in_ns(cluster.ns, "python3", "-c", other).stdout.strip() != "0"
+    finally:
+        in_ns(cluster.ns, "ip", "route", "del", f"{external}/32")
+        cluster.core.delete_namespaced_service(svc.metadata.name, "default")
+
+
 def test_local_traffic_policy_keeps_the_client_address_and_affinity_sticks(cluster, web):
     svc = cluster.service("web-local", {"selector": {"app": "web"}, "type": "NodePort", "externalTrafficPolicy": "Local",
                                         "ports": [{"port": 80, "targetPort": 8080}]})
