@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 mod client;
 mod control;
+mod counting;
 mod cron;
 pub mod images;
 mod kubectl;

@@ -74,49 +74,6 @@ impl Default for Limits {
 /// The HTTP/2 connection preface every client sends first.
 const H2_PREFACE_LEN: u64 = 24;
 
-/// Counts the bytes read through it, so a connection that never finishes its HTTP/2 preface
-/// can be dropped.
-struct Counting<IO> {
-    io: IO,
-    read: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<IO> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        self.read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        r
-    }
-}
-
-impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<IO> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// Accepts connections until `shutdown` fires.
 pub async fn serve(
     api: Arc<Api>,
@@ -175,7 +132,7 @@ pub async fn serve(
                 async move { Ok::<_, std::convert::Infallible>(api.handle(user, req.map(BodyExt::boxed)).await) }
             });
             let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let io = TokioIo::new(Counting { io: tls, read: read.clone() });
+            let io = TokioIo::new(crate::counting::Counting { io: tls, read: read.clone() });
             let result = if h2 {
                 let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                 b.timer(TokioTimer::new())

@@ -226,6 +226,15 @@ def test_rewrite_target_and_a_missing_service(backends, net):
     net.delete_namespaced_ingress("rewrite", "default")
 
 
+def read_head(sock):
+    """An HTTP head, a byte at a time so nothing after it is read: up to the blank line,
+    or what came before the peer closed."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n") and (byte := sock.recv(1)):
+        head += byte
+    return head
+
+
 class WebSocketEcho:
     """A WebSocket echo server on the host (RFC 6455: the handshake, then each text frame
     the client sends comes back), the backend of a Service without a selector."""
@@ -248,12 +257,9 @@ class WebSocketEcho:
 
     def echo(self, conn):
         with conn:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
+            head = read_head(conn)
+            if not head.endswith(b"\r\n\r\n"):
+                return
             headers = dict(l.split(": ", 1) for l in head.decode().split("\r\n")[1:] if ": " in l)
             key = {k.lower(): v for k, v in headers.items()}["sec-websocket-key"]
             accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
@@ -277,12 +283,7 @@ def handshake(addr, host):
     s = socket.create_connection((addr, 80), timeout=5)
     s.sendall(f"GET /chat HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n".encode()
               + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(1)
-        if not chunk:
-            break
-        head += chunk
+    head = read_head(s)
     if not head.startswith(b"HTTP/1.1 101"):
         s.close()
         return None

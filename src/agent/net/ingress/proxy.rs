@@ -454,6 +454,7 @@ impl hyper::body::Body for IdleTimeout {
 /// and closes both once nothing moved either way for `idle`, the `proxy-read-timeout`
 /// (nginx closes a proxied WebSocket the same way; users raise it for quiet sockets).
 async fn splice(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade, idle: Duration) {
+    use crate::counting::Counting;
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(both) => both,
         Err(e) => {
@@ -461,14 +462,17 @@ async fn splice(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUp
             return;
         }
     };
-    let start = tokio::time::Instant::now();
     let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut c = Tracked { io: TokioIo::new(client), moved: moved.clone(), start };
-    let mut b = Tracked { io: TokioIo::new(backend), moved: moved.clone(), start };
+    let mut c = Counting { io: TokioIo::new(client), read: moved.clone() };
+    let mut b = Counting { io: TokioIo::new(backend), read: moved.clone() };
     let copy = tokio::io::copy_bidirectional(&mut c, &mut b);
     tokio::pin!(copy);
+    // Looked at four times per `idle`: closed between 1 and 1.25 times `idle` after the
+    // last byte.
+    let mut check = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut seen, mut since) = (0, tokio::time::Instant::now());
     loop {
-        let last = start + Duration::from_millis(moved.load(Ordering::Relaxed));
         tokio::select! {
             r = &mut copy => {
                 if let Err(e) = r {
@@ -476,61 +480,16 @@ async fn splice(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUp
                 }
                 return;
             }
-            _ = tokio::time::sleep_until(last + idle) => {
-                if start + Duration::from_millis(moved.load(Ordering::Relaxed)) + idle <= tokio::time::Instant::now() {
+            now = check.tick() => {
+                let read = moved.load(Ordering::Relaxed);
+                if read != seen {
+                    (seen, since) = (read, now);
+                } else if now.duration_since(since) >= idle {
                     tracing::debug!(idle = ?idle, "an upgraded Ingress connection was idle: closed");
                     return;
                 }
             }
         }
-    }
-}
-
-/// One side of a spliced connection, noting when it last read anything (milliseconds
-/// after `start`, shared by both sides).
-struct Tracked<T> {
-    io: T,
-    moved: Arc<std::sync::atomic::AtomicU64>,
-    start: tokio::time::Instant,
-}
-
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tracked<T> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-            self.moved.store(now, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<T> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
