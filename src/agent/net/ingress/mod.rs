@@ -191,11 +191,13 @@ impl Follower {
                 };
                 rt.block_on(async move {
                     let proxy = Arc::new(proxy::Proxy::new(config, https_port));
-                    let limit = MAX_CONNECTIONS / threads;
+                    let limit = (MAX_CONNECTIONS / threads).max(1);
+                    // This thread's connections, both ports together.
+                    let slots = Arc::new(tokio::sync::Semaphore::new(limit));
                     for (socket, tls) in [(http, None), (https, Some(acceptor))] {
                         match socket.map(TcpListener::from_std).transpose() {
                             Ok(Some(l)) => {
-                                tokio::spawn(accept(l, tls, proxy.clone(), limit));
+                                tokio::spawn(accept(l, tls, proxy.clone(), slots.clone()));
                             }
                             Ok(None) => {}
                             Err(e) => tracing::error!(error = %e, "an Ingress listener"),
@@ -327,9 +329,8 @@ async fn accept(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     proxy: Arc<proxy::Proxy>,
-    max_connections: usize,
+    slots: Arc<tokio::sync::Semaphore>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
