@@ -203,9 +203,9 @@ impl Api {
         namespace: &str,
         name: &str,
     ) -> Result<(), ApiError> {
-        // Ingress certificates first: every node reads them every few seconds, and the
-        // namespace's Ingresses are fewer than its pods.
-        if kind == "secrets" && self.ingress_uses_tls_secret(namespace, name)? && self.is_tls_secret(namespace, name)? {
+        // Ingress certificates first (every node follows them, and a namespace's Ingresses
+        // are fewer than its pods); the Secret's type, one read, before the Ingresses.
+        if kind == "secrets" && self.is_tls_secret(namespace, name)? && self.ingress_uses_tls_secret(namespace, name)? {
             return Ok(());
         }
         let pods = resources::find("", "v1", "pods").ok_or_else(|| ApiError::internal("pods are not served"))?;

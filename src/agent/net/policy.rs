@@ -37,7 +37,7 @@
 //!
 //! Anything in a policy that cannot be enforced as written (a bad CIDR, port or selector,
 //! and the like, which upstream's validation would have refused) is skipped, never
-//! guessed at, and reported by [`problems`]. Skipping a peer or a port only narrows what a
+//! guessed at, and reported in [`Plan::problems`]. Skipping a peer or a port only narrows what a
 //! rule allows: a policy with garbage in it fails closed, and never makes the whole script
 //! (hence the node's Services) fail.
 
@@ -126,7 +126,10 @@ pub struct Plan {
     pub pods: Vec<Enforced>,
     /// The named sets the rules refer to, by name.
     pub sets: BTreeMap<String, Elements>,
-    /// What was skipped and why (see [`problems`]).
+    /// What in the policies could not be enforced as written and was skipped, one sentence
+    /// each, naming the policy and the field: for the agent's log (upstream's API would
+    /// have refused most of these; ours may not, and a rule nftables refuses would stop the
+    /// whole proxy).
     pub problems: Vec<String>,
 }
 
@@ -175,19 +178,6 @@ pub enum Elements {
     Addresses(Vec<(Ipv4Addr, Ipv4Addr)>),
     /// `address . protocol . port` of pods' named ports.
     Endpoints(BTreeSet<(Ipv4Addr, Proto, u16)>),
-}
-
-/// What in the policies could not be enforced as written, one sentence each, naming the
-/// policy and the field: for the agent's log (upstream's API would have refused most of
-/// these; ours may not, and a rule nftables refuses would stop the whole proxy).
-pub fn problems(inputs: &Inputs) -> Vec<String> {
-    plan(inputs).problems
-}
-
-/// Writes the policy chains and sets of a [`plan`] into the proxy's table (the caller
-/// plans once, and logs the plan's problems from the same pass).
-pub(super) fn render(w: &mut Writer, plan: &Plan) {
-    write(w, plan);
 }
 
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -931,7 +921,9 @@ fn vmap<'a>(arms: impl Iterator<Item = (Ipv4Addr, &'a String)>) -> Option<String
     (!arms.is_empty()).then(|| format!("vmap {{ {} }}", arms.join(", ")))
 }
 
-fn write(w: &mut Writer, plan: &Plan) {
+/// Writes the policy chains and sets of a [`plan`] into the proxy's table (the caller
+/// plans once, and logs the plan's problems from the same pass).
+pub(super) fn render(w: &mut Writer, plan: &Plan) {
     if plan.pods.is_empty() {
         return;
     }
@@ -1352,7 +1344,7 @@ mod tests {
         ] {
             assert!(problems.contains(want), "missing {want:?} in:\n{problems}");
         }
-        assert_eq!(problems, super::problems(&inputs).join("\n"));
+        assert_eq!(problems, super::plan(&inputs).problems.join("\n"));
         let db = enforced(&plan, "default/db-1");
         let ingress = db.ingress.clone().unwrap_or_default();
         // Rule 0 keeps only the IPv6 block (nothing here); rule 1 the first 256 blocks, UDP 81.
