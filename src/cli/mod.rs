@@ -2,13 +2,15 @@
 //! once it exists); flags mirror k3s's names where the idea is the same. `bramble kubectl`
 //! is the built-in client.
 
+mod config_file;
+mod logging;
 mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -42,6 +44,12 @@ enum Command {
         #[arg(long, default_value = "/var/log/pods")]
         pod_log_dir: PathBuf,
     },
+    /// Prints the systemd unit for `server` or `agent` (what install.sh installs).
+    #[command(hide = true)]
+    SystemdUnit {
+        #[arg(value_parser = ["server", "agent"])]
+        role: String,
+    },
     /// The monitor of one container (started by the agent, not by hand).
     #[command(hide = true)]
     Shim(crate::runtime::shim::ShimArgs),
@@ -49,6 +57,11 @@ enum Command {
     #[command(hide = true)]
     ExecIn(crate::runtime::exec::ExecArgs),
 }
+
+/// The units in the source tree's `systemd/`, carried so that install.sh piped from a URL
+/// installs exactly them.
+const SERVER_UNIT: &str = include_str!("../../systemd/bramble.service");
+const AGENT_UNIT: &str = include_str!("../../systemd/bramble-agent.service");
 
 fn parse_pod_security_level(s: &str) -> Result<crate::api::pod_security::Level, String> {
     crate::api::pod_security::Level::parse(s)
@@ -162,6 +175,8 @@ pub struct ServerArgs {
     /// Where the store, certificates and tokens live.
     #[arg(long, short = 'd', default_value = "/var/lib/bramble")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// HTTPS port of the API.
     #[arg(long, default_value_t = 6443)]
     pub https_listen_port: u16,
@@ -281,6 +296,19 @@ pub struct ServerArgs {
     pub runtime: RuntimeArgs,
 }
 
+/// Flags of both long-running commands (`bramble server`, `bramble agent`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// A YAML file of flags (`node-label: [a=b]`, `disable-agent: true`), then each
+    /// `<file>.d/*.yaml` in name order; flags on the command line win.
+    #[arg(long, short = 'c', env = "BRAMBLE_CONFIG_FILE", default_value = config_file::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// How much to log: `error`, `warn`, `info`, `debug`, `trace`, or tracing directives
+    /// (`info,bramble::agent=debug`); `BRAMBLE_LOG` or `RUST_LOG` win when set.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
 /// How this node runs pods (both `bramble server` and `bramble agent`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct RuntimeArgs {
@@ -369,6 +397,8 @@ pub struct AgentArgs {
     /// Where this node keeps its credentials and, later, its pods' data.
     #[arg(long, short = 'd', default_value = "/var/lib/bramble")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// This node's name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -478,7 +508,8 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         .await
         .context("joining the cluster")?;
     tracing::info!(server = %args.server, node = %node_name, "joined");
-    server::notify_ready();
+    crate::sys::systemd::ready(&format!("joined {} as {node_name}", args.server));
+    crate::sys::systemd::spawn_watchdog();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let opts = crate::agent::AgentOptions {
         kubeconfig,
@@ -497,18 +528,33 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         r = agent => return r.context("the agent task")?,
     }
+    crate::sys::systemd::stopping("asked to stop");
     let _ = stop_tx.send(true);
     Ok(())
 }
 
 /// Parses the command line (or behaves as `kubectl` when invoked by that name) and runs.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse_from(command_line());
-    init_tracing();
+    // SAFETY: nothing has started a thread yet (the async runtime starts below).
+    unsafe { crate::sys::systemd::take_environment() };
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let level = match &cli.command {
+        Command::Server(a) => Some(a.common.log_level.as_str()),
+        Command::Agent(a) => Some(a.common.log_level.as_str()),
+        _ => None,
+    };
+    logging::init(level);
     // The shim forks: it must run before the async runtime starts any thread.
     let cli = match cli.command {
         Command::Shim(args) => return crate::runtime::shim::run(args),
         Command::ExecIn(args) => return crate::runtime::exec::run(args),
+        Command::SystemdUnit { role } => {
+            print!("{}", if role == "agent" { AGENT_UNIT } else { SERVER_UNIT });
+            return ExitCode::SUCCESS;
+        }
         Command::Killall { data_dir, pod_log_dir } => {
             let n = crate::agent::pods::killall::killall(&data_dir, &pod_log_dir);
             println!("removed {n} pods");
@@ -534,6 +580,7 @@ pub fn run() -> ExitCode {
         | Command::Shim(_)
         | Command::ExecIn(_)
         | Command::Kubeconfig(_)
+        | Command::SystemdUnit { .. }
         | Command::Killall { .. } => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build(),
     };
     let rt = match rt {
@@ -549,7 +596,11 @@ pub fn run() -> ExitCode {
         Command::Image(args) => rt.block_on(run_image(args)),
         Command::SecretsEncrypt(args) => rt.block_on(run_secrets_encrypt(args)),
         Command::Kubectl(args) => return ExitCode::from(crate::kubectl::run(&rt, args)),
-        Command::Shim(_) | Command::ExecIn(_) | Command::Killall { .. } | Command::Kubeconfig(_) => {
+        Command::Shim(_)
+        | Command::ExecIn(_)
+        | Command::Killall { .. }
+        | Command::Kubeconfig(_)
+        | Command::SystemdUnit { .. } => {
             return ExitCode::FAILURE;
         }
     };
@@ -562,12 +613,24 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BRAMBLE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
-    // Colours only on a terminal: journald and log files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+/// The command line with the configuration files' flags in front; a bad file or flag
+/// ends the process with clap's (or the file's) message.
+fn parse() -> Result<Cli, ExitCode> {
+    let mut command = Cli::command();
+    let args = match config_file::with_config(command_line(), &command) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bramble: {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    command.try_get_matches_from_mut(args).and_then(|m| Cli::from_arg_matches(&m)).map_err(|e| {
+        // Help and version are "errors" that print to stdout and succeed.
+        if let Err(print) = e.print() {
+            eprintln!("bramble: {print}");
+        }
+        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+    })
 }
 
 /// Parses a Go-style duration of whole units (`90s`, `2m`, `1h30m`, or bare seconds), as
@@ -610,5 +673,42 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("1m5").is_err());
+    }
+
+    #[test]
+    fn a_config_file_sets_the_servers_flags() {
+        let dir = std::env::temp_dir().join(format!("bramble-cli-config-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("config.yaml.d")).unwrap();
+        let file = dir.join("config.yaml");
+        std::fs::write(
+            &file,
+            "disable: [servicelb]\ndisable-agent: true\nnode-label: [role=edge]\nhttps-listen-port: 7443\n\
+             node-monitor-grace-period: 1m\npod-security-default: baseline\ningress-http-port: 8080\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("config.yaml.d/50-zone.yaml"), "node-label+: [zone=a]\nlog-level: debug\n").unwrap();
+        let args: Vec<std::ffi::OsString> =
+            ["bramble", "server", "--config", file.to_str().unwrap(), "--https-listen-port", "9443"]
+                .iter()
+                .map(Into::into)
+                .collect();
+        let args = config_file::with_config(args, &Cli::command()).unwrap();
+        let Command::Server(a) = Cli::try_parse_from(args).unwrap().command else { panic!("not a server") };
+        assert_eq!(a.disable, ["servicelb"]);
+        assert!(a.disable_agent);
+        assert_eq!(a.node_label, ["role=edge", "zone=a"]);
+        assert_eq!(a.https_listen_port, 9443, "the command line wins");
+        assert_eq!(a.node_monitor_grace_period, Duration::from_secs(60));
+        assert_eq!(a.runtime.ingress_http_port, 8080, "flattened flags are keys too");
+        assert_eq!(a.common.log_level, "debug");
+        std::fs::write(&file, "disable: [traefik]\n").unwrap();
+        let args = config_file::with_config(
+            ["bramble", "server", "-c", file.to_str().unwrap()].iter().map(Into::into).collect(),
+            &Cli::command(),
+        )
+        .unwrap();
+        let e = Cli::try_parse_from(args).err().unwrap().to_string();
+        assert!(e.contains("traefik"), "clap checks a file's values as it checks flags: {e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,5 +1,5 @@
 //! `bramble server`: certificates, kubeconfig, join token, store, API, and a clean stop on
-//! SIGTERM (systemd `Type=notify` is told when the API is ready).
+//! SIGTERM (systemd `Type=notify` is told when the API is ready, and when it stops).
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::Arc;
@@ -34,25 +34,6 @@ fn random_token() -> Result<String> {
     let mut b = [0u8; 24];
     ring::rand::SystemRandom::new().fill(&mut b).map_err(|_| anyhow::anyhow!("no system randomness"))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
-}
-
-/// Tells systemd we are ready, when run under `Type=notify`.
-pub(super) fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let bytes = path.as_encoded_bytes();
-    let r = if let Some(abs) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abs).and_then(|a| sock.send_to_addr(b"READY=1", &a))
-    } else {
-        sock.send_to(b"READY=1", std::path::Path::new(&path))
-    };
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "could not notify systemd");
-    }
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
@@ -164,6 +145,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         )
     })?;
 
+    crate::sys::systemd::status("opening the store");
     let store = Store::open(StoreOptions {
         dir: server_dir.join("store"),
         cache_bytes: args.store_cache_mb * 1024 * 1024,
@@ -204,6 +186,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         tokens,
         access,
     );
+    crate::sys::systemd::status("waiting for the store's leader to create the system namespaces");
     api.bootstrap().await.map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
 
     let tls = api::server::tls_config(&pki.serving.cert_pem, &pki.serving.key_pem, &pki.ca.cert_pem)
@@ -243,7 +226,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         tokio::spawn(async move { crate::agent::run(opts, stop_rx).await.map_err(|e| format!("{e:#}")) })
     });
     tracing::info!(node = %node_name, addr = %advertise, kubeconfig = %args.write_kubeconfig.display(), agent = !args.disable_agent, "bramble server is ready");
-    notify_ready();
+    crate::sys::systemd::ready(&format!("serving the API on port {}", args.https_listen_port));
+    crate::sys::systemd::spawn_watchdog();
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
@@ -277,6 +261,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         tracing::error!(reason = %why, "a part of the server stopped: stopping the rest");
     }
     tracing::info!("stopping");
+    crate::sys::systemd::stopping(failure.as_deref().unwrap_or("asked to stop"));
     let _ = stop_tx.send(true);
     // Everything below is bounded: systemd's stop timeout is 90 s, and a stop that hangs
     // (a full disk, a stuck task) must still end with the log as it is, which is durable.

@@ -2,6 +2,7 @@
 //! they move here, mounts, namespaces and pidfds), through `nix`.
 
 pub mod fs;
+pub mod systemd;
 
 /// Kubernetes' name for this machine's architecture (node labels, image platforms).
 pub fn arch() -> &'static str {
