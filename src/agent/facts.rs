@@ -1,12 +1,14 @@
-//! What a node reports about itself: addresses, capacity, system info, pressure and labels,
-//! read from `/proc`, `/sys` and the file system under the data directory. Also the kernel
-//! checks that must pass before the node may join.
+//! What a node reports about itself: addresses, capacity, system info, pressure, labels and
+//! the board's health ([`super::board`]), read from `/proc`, `/sys` and the file system under
+//! the data directory. Also the kernel checks that must pass before the node may join.
 
 use std::ffi::CString;
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+
+use super::board;
 
 fn read_trimmed(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|s| s.trim().trim_end_matches('\0').to_string()).filter(|s| !s.is_empty())
@@ -105,11 +107,13 @@ pub fn check_kernel() -> anyhow::Result<()> {
             }),
     };
     if !enabled {
-        bail!(
-            "the memory cgroup is disabled, so pod memory limits cannot work: add `cgroup_memory=1 cgroup_enable=memory` \
-             to the single line of /boot/firmware/cmdline.txt (/boot/cmdline.txt on Raspberry Pi OS before bookworm) \
-             and reboot"
-        );
+        let advice = match board::detect(Path::new("/")) {
+            Some(b) => b.boot_advice(),
+            None => "add `cgroup_memory=1 cgroup_enable=memory` to the single line of /boot/firmware/cmdline.txt \
+                     (/boot/cmdline.txt on Raspberry Pi OS before bookworm)"
+                .to_string(),
+        };
+        bail!("the memory cgroup is disabled, so pod memory limits cannot work: {advice} and reboot");
     }
     Ok(())
 }
@@ -130,6 +134,8 @@ pub struct Facts {
     pub memory_pressure: bool,
     /// Less than 10% of the data directory's file system available.
     pub disk_pressure: bool,
+    /// What the board reports about its supply, temperature and storage wear.
+    pub board_health: board::BoardHealth,
 }
 
 /// Kubelet's default hard-eviction threshold for memory.
@@ -192,6 +198,10 @@ pub fn gather(node_name: &str, data_dir: &Path, server: bool) -> Facts {
     if let Some(kind) = disk_type(data_dir) {
         labels.insert("disktype".into(), json!(kind));
     }
+    let board = board::detect(Path::new("/"));
+    for (key, value) in board::labels(board.as_ref(), mem_kib) {
+        labels.insert(key.into(), json!(value));
+    }
 
     Facts {
         labels: Value::Object(labels),
@@ -201,6 +211,7 @@ pub fn gather(node_name: &str, data_dir: &Path, server: bool) -> Facts {
         node_info,
         memory_pressure: mem_avail_kib < MEMORY_RESERVE_KIB,
         disk_pressure: disk_total > 0 && disk_avail < disk_total / 10,
+        board_health: board::health(Path::new("/"), board.as_ref()),
     }
 }
 
@@ -217,6 +228,7 @@ mod tests {
         assert_eq!(f.labels["node-role.kubernetes.io/control-plane"], "true");
         assert!(f.addresses.as_array().unwrap().iter().any(|a| a["type"] == "Hostname"));
         assert!(!f.node_info["kernelVersion"].as_str().unwrap().is_empty());
+        assert!(f.labels["bramble.io/memory-class"].as_str().unwrap().ends_with('i'));
     }
 
     #[test]

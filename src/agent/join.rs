@@ -102,8 +102,13 @@ pub fn node_password(data_dir: &Path) -> anyhow::Result<String> {
 /// The kubeconfig this agent uses, joining first when there is none yet.
 pub async fn credentials(data_dir: &Path, server: &str, token: &str, node_name: &str) -> anyhow::Result<PathBuf> {
     let path = data_dir.join("agent").join("kubeconfig.yaml");
-    if path.exists() {
+    if path.exists() && !pki::renewal::lapsed(&path) {
         return Ok(path);
+    }
+    if path.exists() {
+        // Off for longer than its certificate lasted: the node password, kept since the
+        // first join, proves it is the same board.
+        tracing::warn!(kubeconfig = %path.display(), "the node certificate has lapsed: joining again with the token");
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ca = pinned_ca(server, token).await?;

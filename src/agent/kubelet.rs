@@ -42,8 +42,9 @@ fn cluster_ca(kubeconfig: &Path) -> anyhow::Result<String> {
 fn tls(ca_pem: &str, node: &str) -> anyhow::Result<rustls::ServerConfig> {
     let cert = rcgen::generate_simple_self_signed(vec![node.to_string(), "localhost".to_string()])
         .context("making the node's serving certificate")?;
-    crate::api::server::tls_config(&cert.cert.pem(), &cert.signing_key.serialize_pem(), ca_pem)
-        .map_err(anyhow::Error::msg)
+    let key = crate::pki::live::LiveServerCert::new(&cert.cert.pem(), &cert.signing_key.serialize_pem())
+        .map_err(anyhow::Error::msg)?;
+    crate::api::server::tls_config(Arc::new(key), ca_pem).map_err(anyhow::Error::msg)
 }
 
 /// Binds the endpoint; the returned future serves it until `stop`.

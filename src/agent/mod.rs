@@ -6,8 +6,11 @@
 //! keeps it alive through a Lease in `kube-node-lease`, renewed every 10 s as the kubelet
 //! does: one small write per renewal, while the full status is written only when something
 //! in it changes or once every 5 minutes. It runs the pods bound to the node ([`pods`]) and
-//! serves their logs to the API server ([`kubelet`]).
+//! serves their logs to the API server ([`kubelet`]). Where the board reports it
+//! ([`board`]), the Node also carries UnderVoltage, ThermalThrottling and StorageWear
+//! conditions, and a Warning Event is posted on the Node when one of them turns True.
 
+pub mod board;
 pub mod facts;
 pub mod join;
 pub mod kubelet;
@@ -106,6 +109,11 @@ fn now_rfc3339(micros: bool) -> String {
     if micros { t.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string() } else { t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string() }
 }
 
+/// The status (`"True"`, `"False"`) of the condition `kind` in `conditions`.
+fn condition_status<'a>(conditions: &'a Value, kind: &str) -> Option<&'a str> {
+    conditions.as_array()?.iter().find(|c| c["type"] == kind)?["status"].as_str()
+}
+
 /// The conditions for `facts`, keeping the transition time of those that did not change.
 fn conditions(f: &facts::Facts, previous: &Value) -> Value {
     let now = now_rfc3339(false);
@@ -143,6 +151,11 @@ fn conditions(f: &facts::Facts, previous: &Value) -> Value {
         "reason": "KubeletReady",
         "message": "kubelet is posting ready status",
     }));
+    let was_throttling = condition_status(previous, "ThermalThrottling") == Some("True");
+    for c in f.board_health.conditions(was_throttling) {
+        out.push(json!({"type": c.kind, "status": if c.bad { "True" } else { "False" }, "reason": c.reason,
+                        "message": c.message}));
+    }
     for c in &mut out {
         let before = previous
             .as_array()
@@ -176,7 +189,9 @@ async fn register(client: &Client, opts: &AgentOptions, f: &facts::Facts) -> any
             if !taints.is_empty() {
                 node["spec"]["taints"] = json!(taints);
             }
-            client.call("POST", "/api/v1/nodes", Some("application/json"), "application/json", Some(&node)).await?;
+            let created =
+                client.call("POST", "/api/v1/nodes", Some("application/json"), "application/json", Some(&node)).await?;
+            post_board_events(client, &created, &Value::Null, &node["status"]["conditions"]).await;
         }
         Err(e) => return Err(e),
     }
@@ -196,16 +211,53 @@ fn node_status(f: &facts::Facts, opts: &AgentOptions, conditions_before: &Value)
     })
 }
 
-/// Writes the Node's status from fresh facts; returns what was written, to compare with
-/// the next round.
-async fn write_status(client: &Client, opts: &AgentOptions) -> anyhow::Result<Value> {
-    let f = facts::gather(&opts.node_name, &opts.data_dir, opts.server);
+/// Writes the Node's status from `f`, then posts a Warning Event for each board condition
+/// that turned True; returns what was written, to compare with the next round.
+async fn write_status(client: &Client, opts: &AgentOptions, f: &facts::Facts) -> anyhow::Result<Value> {
     let path = format!("/api/v1/nodes/{}/status", opts.node_name);
     let mut node = client.get(&format!("/api/v1/nodes/{}", opts.node_name)).await?;
-    let status = node_status(&f, opts, &node["status"]["conditions"]);
+    let before = node["status"]["conditions"].take();
+    let status = node_status(f, opts, &before);
     node["status"] = status.clone();
     client.call("PUT", &path, Some("application/json"), "application/json", Some(&node)).await?;
+    // After the write: a failed write is retried next round, and must not post twice.
+    post_board_events(client, &node, &before, &status["conditions"]).await;
     Ok(status)
+}
+
+/// The (reason, message) of each board condition True in `after` that was not True in
+/// `before`.
+fn board_conditions_turned_bad(before: &Value, after: &Value) -> Vec<(String, String)> {
+    let Some(after) = after.as_array() else { return Vec::new() };
+    after
+        .iter()
+        .filter(|c| c["status"] == "True")
+        .filter_map(|c| {
+            let kind = board::CONDITION_TYPES.into_iter().find(|k| c["type"] == *k)?;
+            (condition_status(before, kind) != Some("True")).then(|| {
+                (c["reason"].as_str().unwrap_or(kind).to_string(), c["message"].as_str().unwrap_or("").to_string())
+            })
+        })
+        .collect()
+}
+
+/// Posts a Warning Event on `node` for each board condition that turned True, as the kubelet
+/// posts node events (namespace `default`). Events are a notice, not state: one that cannot
+/// be written is only logged.
+async fn post_board_events(client: &Client, node: &Value, before: &Value, after: &Value) {
+    let name = node["metadata"]["name"].as_str().unwrap_or_default();
+    for (reason, message) in board_conditions_turned_bad(before, after) {
+        tracing::warn!(node = %name, reason = %reason, "{message}");
+        let mut event = crate::control::events::event("bramble-agent", node, "Warning", &reason, &message);
+        event["involvedObject"]["apiVersion"] = json!("v1");
+        event["involvedObject"]["kind"] = json!("Node");
+        event["source"]["host"] = json!(name);
+        let path = "/api/v1/namespaces/default/events";
+        let posted = client.call("POST", path, Some("application/json"), "application/json", Some(&event)).await;
+        if let Err(e) = posted {
+            tracing::debug!(error = %format!("{e:#}"), "recording a node event");
+        }
+    }
 }
 
 /// Renews this node's Lease, creating it (owned by the Node) when it is missing.
@@ -247,6 +299,13 @@ async fn pod_network(client: &Client, opts: &AgentOptions) -> Option<pods::Netwo
     Some(pods::Network { cidr, ipam: Ipam::new(&opts.data_dir.join("agent").join("ipam"), cidr) })
 }
 
+/// The (type, status) of each condition: a change in any decides that the status is written
+/// now rather than at the next full write.
+fn condition_statuses(conditions: &Value) -> Vec<(String, String)> {
+    let all = conditions.as_array().map(Vec::as_slice).unwrap_or_default();
+    all.iter().map(|c| (c["type"].as_str().unwrap_or("").into(), c["status"].as_str().unwrap_or("").into())).collect()
+}
+
 /// What of the status decides whether it must be rewritten now (times excluded).
 fn status_digest(status: &Value) -> Value {
     let mut s = status.clone();
@@ -277,8 +336,16 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
     }
     let client = Client::from_kubeconfig(Some(&opts.kubeconfig), None).context("the agent's API credentials")?;
     let first = facts::gather(&opts.node_name, &opts.data_dir, opts.server);
+    if let Some(b) = board::detect(std::path::Path::new("/")) {
+        tracing::info!(board = %b.id, "running on a {}", b.name);
+        for note in &b.notes {
+            tracing::info!(board = %b.id, "{note}");
+        }
+    }
     register(&client, &opts, &first).await.context("registering the node")?;
-    let mut last_status = write_status(&client, &opts).await.context("writing the node status")?;
+    let mut last_status = write_status(&client, &opts, &first).await.context("writing the node status")?;
+    // What the board reported since boot: the firmware's own record is cleared every 2 s.
+    let mut board_health = first.board_health;
     let host_ip = last_status["addresses"]
         .as_array()
         .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
@@ -354,7 +421,9 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
         if let Err(e) = pods::volumes::clean_deleted_volumes(&client, &opts.node_name).await {
             tracing::warn!(error = %format!("{e:#}"), "cleaning deleted local volumes");
         }
-        let fresh = facts::gather(&opts.node_name, &opts.data_dir, opts.server);
+        let mut fresh = facts::gather(&opts.node_name, &opts.data_dir, opts.server);
+        fresh.board_health = fresh.board_health.remembering(&board_health);
+        board_health = fresh.board_health.clone();
         // A read, not a write: notices at once when someone deleted the Node, or when the
         // node controller marked it Unknown while this agent was out of touch.
         let on_server = client.get(&format!("/api/v1/nodes/{}", opts.node_name)).await;
@@ -366,16 +435,16 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
                 .flatten()
                 .any(|c| c["type"] == "Ready" && c["status"] == "Unknown")
         });
+        let wanted = conditions(&fresh, &last_status["conditions"]);
         let changed = gone
             || marked_unknown
-            || fresh.memory_pressure.to_string() != last_status_flag(&last_status, "MemoryPressure")
-            || fresh.disk_pressure.to_string() != last_status_flag(&last_status, "DiskPressure")
+            || condition_statuses(&wanted) != condition_statuses(&last_status["conditions"])
             || fresh.addresses != last_status["addresses"];
         if changed || last_full.elapsed() >= STATUS_EVERY {
-            let written = match write_status(&client, &opts).await {
+            let written = match write_status(&client, &opts, &fresh).await {
                 // Someone deleted the Node: register it again, as the kubelet does.
                 Err(e) if is_not_found(&e) => match register(&client, &opts, &fresh).await {
-                    Ok(()) => write_status(&client, &opts).await,
+                    Ok(()) => write_status(&client, &opts, &fresh).await,
                     Err(e) => Err(e),
                 },
                 other => other,
@@ -396,15 +465,6 @@ pub async fn run(opts: AgentOptions, mut stop: tokio::sync::watch::Receiver<bool
             _ = stop.changed() => return Ok(()),
         }
     }
-}
-
-/// `"true"` / `"false"` for a pressure condition in a written status.
-fn last_status_flag(status: &Value, kind: &str) -> String {
-    let on = status["conditions"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["type"] == kind))
-        .is_some_and(|c| c["status"] == "True");
-    on.to_string()
 }
 
 #[cfg(test)]
@@ -436,5 +496,86 @@ mod tests {
         assert!(second.as_array().unwrap().iter().all(|c| c["lastTransitionTime"] == "2020-01-01T00:00:00Z"));
         let ready = second.as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
         assert_eq!(ready["status"], "True");
+    }
+
+    /// Facts of this machine with a Pi 4 whose supply is failing.
+    fn under_voltage_facts() -> facts::Facts {
+        let mut f = facts::gather("n", std::path::Path::new("/"), false);
+        let bits = board::Throttled::parse("50005").unwrap();
+        f.board_health = board::BoardHealth {
+            power: Some(board::PowerHealth::from_bits(bits, Some("5.1 V / 3 A USB-C".into()))),
+            ..board::BoardHealth::default()
+        };
+        f
+    }
+
+    fn find<'a>(conditions: &'a Value, kind: &str) -> &'a Value {
+        conditions.as_array().unwrap().iter().find(|c| c["type"] == kind).unwrap()
+    }
+
+    #[test]
+    fn under_voltage_is_a_condition_with_advice_and_keeps_its_transition_time() {
+        let f = under_voltage_facts();
+        let first = conditions(&f, &Value::Null);
+        let under_voltage = find(&first, "UnderVoltage");
+        assert_eq!(under_voltage["status"], "True");
+        assert_eq!(under_voltage["reason"], "UnderVoltageDetected");
+        let message = under_voltage["message"].as_str().unwrap();
+        assert!(message.starts_with("the board's supply is under-voltage now (get_throttled 0x50005)"), "{message}");
+        assert!(message.contains("under-voltage has occurred since boot"), "{message}");
+        assert!(message.contains("use a 5.1 V / 3 A USB-C supply"), "{message}");
+        // get_throttled also says the firmware is throttling.
+        assert_eq!(find(&first, "ThermalThrottling")["status"], "True");
+        assert!(first.as_array().unwrap().iter().all(|c| c["type"] != "StorageWear"), "no eMMC data, no condition");
+
+        let mut aged = first.clone();
+        for c in aged.as_array_mut().unwrap() {
+            c["lastTransitionTime"] = json!("2020-01-01T00:00:00Z");
+        }
+        let second = conditions(&f, &aged);
+        assert_eq!(find(&second, "UnderVoltage")["lastTransitionTime"], "2020-01-01T00:00:00Z");
+        assert_eq!(find(&second, "MemoryPressure")["lastTransitionTime"], "2020-01-01T00:00:00Z");
+
+        // Recovered (after a reboot with a better supply): False, with a new transition time.
+        let mut recovered = under_voltage_facts();
+        recovered.board_health.power = Some(board::PowerHealth::from_bits(board::Throttled(0), None));
+        let third = conditions(&recovered, &aged);
+        assert_eq!(find(&third, "UnderVoltage")["status"], "False");
+        assert_eq!(find(&third, "UnderVoltage")["reason"], "NoUnderVoltage");
+        assert_ne!(find(&third, "UnderVoltage")["lastTransitionTime"], "2020-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn a_warning_event_only_when_a_board_condition_turns_true() {
+        let f = under_voltage_facts();
+        let now = conditions(&f, &Value::Null);
+        let turned = board_conditions_turned_bad(&Value::Null, &now);
+        let reasons: Vec<&str> = turned.iter().map(|(reason, _)| reason.as_str()).collect();
+        assert_eq!(reasons, ["UnderVoltageDetected", "Throttled"]);
+        assert_eq!(turned[0].1, find(&now, "UnderVoltage")["message"].as_str().unwrap());
+        // Still True next round: no second Event.
+        assert!(board_conditions_turned_bad(&now, &conditions(&f, &now)).is_empty());
+        // MemoryPressure turning True at the same time is the kubelet's business, not a board Event.
+        let mut all_false = now.clone();
+        for c in all_false.as_array_mut().unwrap() {
+            c["status"] = json!("False");
+        }
+        let mut after = now.clone();
+        for c in after.as_array_mut().unwrap().iter_mut().filter(|c| c["type"] == "MemoryPressure") {
+            c["status"] = json!("True");
+        }
+        let turned = board_conditions_turned_bad(&all_false, &after);
+        assert_eq!(turned.len(), 2, "only the two board conditions: {turned:?}");
+    }
+
+    #[test]
+    fn a_board_condition_turning_true_makes_the_status_write_now() {
+        let f = under_voltage_facts();
+        let mut healthy = under_voltage_facts();
+        healthy.board_health.power = Some(board::PowerHealth::from_bits(board::Throttled(0), None));
+        let written = conditions(&healthy, &Value::Null);
+        let wanted = conditions(&f, &written);
+        assert_ne!(condition_statuses(&wanted), condition_statuses(&written));
+        assert_eq!(condition_statuses(&conditions(&healthy, &written)), condition_statuses(&written));
     }
 }

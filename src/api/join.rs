@@ -27,11 +27,13 @@ pub struct Join {
     pub pki: Arc<Pki>,
     /// Recent failed joins per source address.
     pub failures: FailedJoins,
+    /// How long node certificates last.
+    pub node_cert_lifetime: Duration,
 }
 
 impl Join {
     pub fn new(secret: String, pki: Arc<Pki>) -> Join {
-        Join { secret, pki, failures: FailedJoins::default() }
+        Join { secret, pki, failures: FailedJoins::default(), node_cert_lifetime: crate::pki::LEAF_LIFETIME }
     }
 }
 
@@ -192,9 +194,58 @@ impl Api {
             ));
         }
         self.check_node_password(name, password).await?;
-        let pair =
-            join.pki.issue_node(name).map_err(|e| ApiError::internal(format!("issuing the node certificate: {e}")))?;
+        let pair = join
+            .pki
+            .issue_node(name, join.node_cert_lifetime)
+            .map_err(|e| ApiError::internal(format!("issuing the node certificate: {e}")))?;
         Ok(json!({"certificate": pair.cert_pem, "key": pair.key_pem, "ca": join.pki.ca.cert_pem}))
+    }
+
+    /// `POST /v1-bramble/node-certificate`: a node renews its own client certificate with
+    /// the one it still has. Only a client certificate of `system:node:<name>` in
+    /// `system:nodes` is accepted (no token, no impersonation), only for a node that is still
+    /// a member (its node password is kept: `kubectl delete node` revokes renewal), and the
+    /// request contributes its public key alone.
+    pub(super) async fn renew_node_certificate(
+        &self,
+        join: &Join,
+        cert_user: Option<&super::auth::User>,
+        req: Request<RequestBody>,
+    ) -> Result<Value, ApiError> {
+        let node = cert_user
+            .filter(|u| u.groups.iter().any(|g| g == "system:nodes"))
+            .and_then(|u| u.name.strip_prefix("system:node:"))
+            .filter(|n| valid_node_name(n))
+            .ok_or_else(|| {
+                ApiError::forbidden(
+                    "only a node may renew its certificate, with its current client certificate (system:node:NAME)",
+                )
+            })?
+            .to_string();
+        let secrets =
+            resources::find("", "v1", "secrets").ok_or_else(|| ApiError::internal("secrets are not served"))?;
+        let target = Target {
+            res: secrets,
+            namespace: Some("kube-system".into()),
+            name: Some(password_secret_name(&node)),
+            sub: None,
+        };
+        if self.get_object(&target).is_err() {
+            return Err(ApiError::forbidden(format!(
+                "node {node:?} is no longer a member of the cluster (it was deleted): join it again with the token"
+            )));
+        }
+        let (_, body) = super::http::read_body_limited(req, MAX_JOIN_BODY).await?;
+        let body: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the renewal request is not JSON: {e}")))?;
+        let request = body["certificateRequest"].as_str().ok_or_else(|| {
+            ApiError::bad_request("certificateRequest must hold a PEM certificate request (CSR) for the new key")
+        })?;
+        let cert = join.pki.sign_node_request(&node, request, join.node_cert_lifetime).map_err(|e| {
+            ApiError::bad_request(format!("certificateRequest is not a valid, self-signed certificate request: {e}"))
+        })?;
+        tracing::info!(node = %node, "renewed a node certificate");
+        Ok(json!({"certificate": cert, "ca": join.pki.ca.cert_pem}))
     }
 
     /// Keeps the first password a node name joins with, and refuses any other after it.
@@ -323,7 +374,7 @@ mod tests {
     #[test]
     fn tokens_need_the_secret_and_the_right_ca() {
         let dir = std::env::temp_dir().join(format!("bramble-join-test-{}", std::process::id()));
-        let pki = Pki::load_or_create(&dir, &["127.0.0.1".into()]);
+        let pki = Pki::load_or_create(&dir, &["127.0.0.1".into()], crate::pki::LEAF_LIFETIME);
         std::fs::remove_dir_all(&dir).ok();
         let pki = Arc::new(pki.unwrap());
         let j = Join::new("s3cret".into(), pki.clone());

@@ -261,6 +261,12 @@ impl Api {
             }
             _ => {}
         }
+        if path == "/v1-bramble/node-certificate"
+            && req.method() == hyper::Method::POST
+            && let Some(j) = &self.opts.join
+        {
+            return Ok(json_response(200, &self.renew_node_certificate(j, cert_user.as_ref(), req).await?));
+        }
         let user = self.authenticate(cert_user, req.headers())?;
         let user = access::implied_groups(auth::impersonated(user, req.headers())?);
         if let Some(doc) = self.oidc_document(&path) {

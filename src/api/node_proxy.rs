@@ -4,8 +4,8 @@
 //! runs).
 
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Response;
@@ -20,14 +20,22 @@ use super::http::Body;
 use super::status::ApiError;
 use crate::pki::{AnyServerCert, Pki};
 
-/// The TLS configuration for calls to nodes, made once.
+/// How long the API server's client certificate for nodes is used before a new one is
+/// issued (it lasts [`crate::pki::LEAF_LIFETIME`], and lives only in memory).
+const REISSUE_AFTER: Duration = Duration::from_secs(30 * 86_400);
+
+/// The TLS configuration for calls to nodes, made on first use and again every
+/// [`REISSUE_AFTER`], so a server that runs for years never presents a lapsed certificate.
 fn client_config(pki: &Pki) -> Result<Arc<rustls::ClientConfig>, ApiError> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    if let Some(c) = CONFIG.get() {
+    static CONFIG: Mutex<Option<(Instant, Arc<rustls::ClientConfig>)>> = Mutex::new(None);
+    let mut cached = CONFIG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((made, c)) = cached.as_ref()
+        && made.elapsed() < REISSUE_AFTER
+    {
         return Ok(c.clone());
     }
     let pair = pki
-        .issue("kube-apiserver-kubelet-client", &["system:masters"], &[], false)
+        .issue("kube-apiserver-kubelet-client", &["system:masters"], &[], false, crate::pki::LEAF_LIFETIME)
         .map_err(|e| ApiError::internal(format!("issuing the node client certificate: {e}")))?;
     let certs = rustls_pemfile::certs(&mut pair.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -44,7 +52,9 @@ fn client_config(pki: &Pki) -> Result<Arc<rustls::ClientConfig>, ApiError> {
         .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
         .with_client_auth_cert(certs, key)
         .map_err(|e| ApiError::internal(format!("node client certificate: {e}")))?;
-    Ok(CONFIG.get_or_init(|| Arc::new(config)).clone())
+    let config = Arc::new(config);
+    *cached = Some((Instant::now(), config.clone()));
+    Ok(config)
 }
 
 /// Picks the container a `log` request means, with upstream's messages when it cannot.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -17,15 +17,13 @@ use super::Api;
 use super::auth::user_from_cert;
 use super::join::PeerAddr;
 
-/// Builds the TLS configuration from PEM strings.
-pub fn tls_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<rustls::ServerConfig, String> {
+/// The API server's TLS configuration: its certificate from `cert` (swapped live when
+/// renewed), client certificates checked against the CA `ca_pem` when presented.
+pub fn tls_config(
+    cert: Arc<dyn rustls::server::ResolvesServerCert>,
+    ca_pem: &str,
+) -> Result<rustls::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("serving certificate: {e}"))?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .map_err(|e| format!("serving key: {e}"))?
-        .ok_or("serving key: no key in PEM")?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(ca.map_err(|e| format!("CA certificate: {e}"))?).map_err(|e| format!("CA certificate: {e}"))?;
@@ -38,8 +36,7 @@ pub fn tls_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<rustls:
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("serving certificate: {e}"))?;
+        .with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }

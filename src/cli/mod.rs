@@ -2,6 +2,8 @@
 //! once it exists); flags mirror k3s's names where the idea is the same. `bramble kubectl`
 //! is the built-in client.
 
+mod certificate;
+mod check_config;
 mod config_file;
 mod logging;
 mod server;
@@ -33,6 +35,11 @@ enum Command {
     Kubectl(crate::kubectl::KubectlArgs),
     /// Manage the keys Secrets are encrypted with at rest (k3s's verbs), through the API.
     SecretsEncrypt(SecretsEncryptArgs),
+    /// Whether this machine can run a node: kernel, cgroups, namespaces, overlayfs,
+    /// nftables, disk and clock, each with the fix when it cannot.
+    CheckConfig(check_config::CheckConfigArgs),
+    /// This node's certificates: days left (`check`), renewal now (`rotate`).
+    Certificate(certificate::CertificateArgs),
     /// Make kubeconfigs for people: a client certificate from the cluster CA (run on a server).
     Kubeconfig(KubeconfigArgs),
     /// Stop every container of this node and remove its pods' mounts, namespaces and cgroups.
@@ -307,6 +314,22 @@ pub struct CommonArgs {
     /// (`info,bramble::agent=debug`); `BRAMBLE_LOG` or `RUST_LOG` win when set.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// How long new serving, admin and node certificates last (tests shorten it).
+    #[arg(long, default_value = "8760h", value_parser = parse_duration, hide = true)]
+    pub certificate_lifetime: std::time::Duration,
+    /// How much validity must be left: less, and the running server or agent renews.
+    #[arg(long, default_value = "2160h", value_parser = parse_duration, hide = true)]
+    pub certificate_renew_before: std::time::Duration,
+}
+
+impl CommonArgs {
+    /// The certificate lifetimes these flags ask for.
+    pub fn certificate_lifetimes(&self) -> crate::pki::renewal::Lifetimes {
+        crate::pki::renewal::Lifetimes {
+            lifetime: self.certificate_lifetime.max(std::time::Duration::from_secs(10)),
+            renew_before: self.certificate_renew_before,
+        }
+    }
 }
 
 /// How this node runs pods (both `bramble server` and `bramble agent`).
@@ -520,6 +543,13 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         server: false,
         runtime: args.runtime.clone().into(),
     };
+    certificate::write_pid_file(&args.data_dir);
+    let renewal = crate::pki::renewal::NodeCert {
+        kubeconfig: opts.kubeconfig.clone(),
+        dir: args.data_dir.join("agent"),
+        lifetimes: args.common.certificate_lifetimes(),
+    };
+    tokio::spawn(renewal.run(stop_rx.clone()));
     let agent = tokio::spawn(crate::agent::run(opts, stop_rx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
@@ -551,6 +581,8 @@ pub fn run() -> ExitCode {
     let cli = match cli.command {
         Command::Shim(args) => return crate::runtime::shim::run(args),
         Command::ExecIn(args) => return crate::runtime::exec::run(args),
+        Command::Certificate(args) => return certificate::run(args),
+        Command::CheckConfig(args) => return check_config::run(args),
         Command::SystemdUnit { role } => {
             print!("{}", if role == "agent" { AGENT_UNIT } else { SERVER_UNIT });
             return ExitCode::SUCCESS;
@@ -581,6 +613,8 @@ pub fn run() -> ExitCode {
         | Command::ExecIn(_)
         | Command::Kubeconfig(_)
         | Command::SystemdUnit { .. }
+        | Command::Certificate(_)
+        | Command::CheckConfig(_)
         | Command::Killall { .. } => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build(),
     };
     let rt = match rt {
@@ -600,7 +634,9 @@ pub fn run() -> ExitCode {
         | Command::ExecIn(_)
         | Command::Killall { .. }
         | Command::Kubeconfig(_)
-        | Command::SystemdUnit { .. } => {
+        | Command::SystemdUnit { .. }
+        | Command::Certificate(_)
+        | Command::CheckConfig(_) => {
             return ExitCode::FAILURE;
         }
     };

@@ -100,8 +100,12 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         sans.push(ip.to_string());
     }
     sans.extend(args.tls_san.iter().cloned());
-    let pki = Arc::new(Pki::load_or_create(&server_dir.join("tls"), &sans).context("preparing certificates")?);
-    let admin = pki.admin().context("issuing the admin certificate")?;
+    super::certificate::write_pid_file(&args.data_dir);
+    let lifetimes = args.common.certificate_lifetimes();
+    let pki = Arc::new(
+        Pki::load_or_create(&server_dir.join("tls"), &sans, lifetimes.lifetime).context("preparing certificates")?,
+    );
+    let admin = pki.admin(lifetimes.lifetime).context("issuing the admin certificate")?;
 
     // The file holds the full k3s-style token (CA hash + secret) that agents join with.
     let token_path = server_dir.join("node-token");
@@ -178,7 +182,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             node_port_range: node_ports,
             cluster_dns,
             advertise: api_advertise,
-            join: Some(api::join::Join::new(secret, Arc::clone(&pki))),
+            join: Some(api::join::Join {
+                node_cert_lifetime: lifetimes.lifetime,
+                ..api::join::Join::new(secret, Arc::clone(&pki))
+            }),
             pod_security_default: args.pod_security_default,
             max_inflight_per_user: args.max_requests_inflight.max(1),
             max_watches_per_user: args.max_watches.max(1),
@@ -189,8 +196,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     crate::sys::systemd::status("waiting for the store's leader to create the system namespaces");
     api.bootstrap().await.map_err(|e| anyhow::anyhow!("creating the system namespaces: {}", e.message))?;
 
-    let tls = api::server::tls_config(&pki.serving.cert_pem, &pki.serving.key_pem, &pki.ca.cert_pem)
-        .map_err(anyhow::Error::msg)?;
+    let serving = Arc::new(
+        pki::live::LiveServerCert::new(&pki.serving.cert_pem, &pki.serving.key_pem).map_err(anyhow::Error::msg)?,
+    );
+    let tls = api::server::tls_config(serving.clone(), &pki.ca.cert_pem).map_err(anyhow::Error::msg)?;
     let listener =
         TcpListener::bind((args.bind_address.as_str(), args.https_listen_port)).await.with_context(|| {
             format!("listening on {}:{} (is another server running?)", args.bind_address, args.https_listen_port)
@@ -201,6 +210,16 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         header_timeout: std::time::Duration::from_secs(args.request_header_timeout.max(1)),
         ..api::server::Limits::default()
     };
+    tokio::spawn(
+        pki::renewal::ServerCerts {
+            pki: Arc::clone(&pki),
+            serving,
+            kubeconfig: args.write_kubeconfig.clone(),
+            api_url: format!("https://{advertise}"),
+            lifetimes,
+        }
+        .run(stop_rx.clone()),
+    );
     let serving = tokio::spawn(api::server::serve(Arc::clone(&api), listener, tls, limits, stop_rx.clone()));
     let controllers = {
         let opts = crate::control::ControlOptions {

@@ -19,7 +19,7 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -136,6 +136,20 @@ fn kubeconfig_path(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The client certificate and key (PEM) of the kubeconfig's current context (or
+/// `context`), when its user has them.
+fn user_pair(path: &Path, context: Option<&str>) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let raw = std::fs::read(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let kc: Kubeconfig =
+        serde_yaml::from_slice(&raw).with_context(|| format!("parsing kubeconfig {}", path.display()))?;
+    let ctx_name = context.unwrap_or(&kc.current_context);
+    let Some(ctx) = kc.contexts.iter().find(|c| c.name == ctx_name) else { return Ok(None) };
+    let Some(user) = kc.users.iter().find(|u| u.name == ctx.context.user).map(|u| &u.user) else { return Ok(None) };
+    let cert = inline_or_file("client-certificate", &user.cert_data, &user.cert_file)?;
+    let key = inline_or_file("client-key", &user.key_data, &user.key_file)?;
+    Ok(cert.zip(key))
+}
+
 impl Client {
     /// Builds a client from the kubeconfig's current context (or `context`).
     pub fn from_kubeconfig(flag: Option<&Path>, context: Option<&str>) -> anyhow::Result<Client> {
@@ -167,19 +181,23 @@ impl Client {
             roots.add(cert.context("reading the cluster CA")?).context("adding the cluster CA")?;
         }
         let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-        let cert = inline_or_file("client-certificate", &user.cert_data, &user.cert_file)?;
-        let key = inline_or_file("client-key", &user.key_data, &user.key_file)?;
-        let config = match (cert, key) {
-            (Some(cert), Some(key)) => {
-                let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut BufReader::new(&cert[..]))
-                    .collect::<Result<_, _>>()
-                    .context("reading the client certificate")?;
-                let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut BufReader::new(&key[..]))
-                    .context("reading the client key")?
-                    .ok_or_else(|| anyhow!("the client key holds no private key"))?;
-                builder.with_client_auth_cert(certs, key).context("loading the client certificate")?
+        let config = match user_pair(&path, context)? {
+            Some(_) => {
+                // Read again whenever the kubeconfig (or a file it names) changes: renewed
+                // certificates are used without rebuilding the clients that hold this one.
+                let mut files = vec![path.clone()];
+                files.extend(user.cert_file.iter().chain(&user.key_file).cloned());
+                let (file, context) = (path.clone(), context.map(str::to_string));
+                let load: crate::pki::live::Loader = Box::new(move || match user_pair(&file, context.as_deref()) {
+                    Ok(Some((cert, key))) => crate::pki::live::certified_key(&cert, &key),
+                    Ok(None) => Err("the kubeconfig no longer has a client certificate".into()),
+                    Err(e) => Err(format!("{e:#}")),
+                });
+                let resolver = crate::pki::live::ReloadingClientCert::new(files, load)
+                    .map_err(|e| anyhow!("loading the client certificate: {e}"))?;
+                builder.with_client_cert_resolver(Arc::new(resolver))
             }
-            _ => builder.with_no_client_auth(),
+            None => builder.with_no_client_auth(),
         };
 
         let uri: http::Uri = cluster.server.parse().with_context(|| format!("server URL {:?}", cluster.server))?;

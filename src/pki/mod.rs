@@ -1,9 +1,12 @@
-//! The cluster's certificates: a CA made on first start, the API serving certificate, and
-//! client certificates (the admin's now, agents' later), all with rcgen; plus the admin
-//! kubeconfig that points clients at them.
+//! The cluster's certificates: a CA made on first start (10 years), the API serving
+//! certificate and the client certificates of the admin and of nodes (a year each, renewed
+//! while running: [`renewal`]), all with rcgen; plus the kubeconfigs that carry them.
 //!
 //! Files live in `<data-dir>/server/tls/`; keys are written 0600. The serving certificate is
 //! re-issued when the wanted subject alternative names change (new `--tls-san`, new address).
+
+pub mod live;
+pub mod renewal;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -78,23 +81,39 @@ fn name(cn: &str, orgs: &[&str]) -> DistinguishedName {
     dn
 }
 
-/// How long a node's client certificate lasts: a stolen board's identity expires within a
-/// year (renewal is the agent's job before then).
-pub const NODE_CERT_DAYS: i64 = 365;
+/// How long the CA lasts.
+const CA_DAYS: i64 = 3650;
 
-/// How long the CA, the serving and the admin certificates last.
-const LONG_LIVED_DAYS: i64 = 3650;
+/// How long the serving, admin and node certificates last unless told otherwise
+/// (`--certificate-lifetime`): a stolen board's identity expires within a year, and the
+/// running server and agents renew theirs before then.
+pub const LEAF_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 
-fn validity(params: &mut CertificateParams, days: i64) {
+fn validity(params: &mut CertificateParams, lifetime: std::time::Duration) {
     let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(days);
+    // Clocks of boards without a battery-backed clock lag a little after boot.
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::seconds(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX / 2));
+}
+
+/// When a PEM certificate stops being valid, in Unix seconds (None when it does not parse).
+pub fn not_after(cert_pem: &str) -> Option<i64> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// The subject of a PEM certificate as text (for `bramble certificate check`).
+pub fn subject(cert_pem: &str) -> Option<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.subject().to_string())
 }
 
 impl Pki {
     /// Loads the CA and serving certificate from `dir`, making whatever is missing; the
     /// serving certificate covers `sans` (DNS names or IP addresses).
-    pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
+    pub fn load_or_create(dir: &Path, sans: &[String], lifetime: std::time::Duration) -> Result<Pki, PkiError> {
         let ca = match read_pair(&dir.join("ca.crt"), &dir.join("ca.key"))? {
             Some(p) => p,
             None => {
@@ -104,7 +123,7 @@ impl Pki {
                 params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
                 params.key_usages =
                     vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-                validity(&mut params, LONG_LIVED_DAYS);
+                validity(&mut params, std::time::Duration::from_secs(CA_DAYS as u64 * 86_400));
                 let cert = params.self_signed(&key)?;
                 let pair = CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
                 write_private(&dir.join("ca.key"), pair.key_pem.as_bytes(), 0o600)?;
@@ -126,11 +145,8 @@ impl Pki {
                     ca,
                     serving: CertPair { cert_pem: String::new(), key_pem: String::new() },
                 };
-                let pair = pki.issue("bramble-apiserver", &[], &want, true)?;
-                write_private(&dir.join("serving.key"), pair.key_pem.as_bytes(), 0o600)?;
-                write_private(&dir.join("serving.crt"), pair.cert_pem.as_bytes(), 0o644)?;
                 write_private(&sans_file, want.join("\n").as_bytes(), 0o644)?;
-                pki.serving = pair;
+                pki.serving = pki.renew_serving(lifetime)?;
                 return Ok(pki);
             }
         };
@@ -151,34 +167,46 @@ impl Pki {
 
     /// A person's client certificate: CN the user name, O the groups, valid for `days`.
     pub fn issue_user(&self, user: &str, groups: &[&str], days: i64) -> Result<CertPair, PkiError> {
-        self.issue_for_days(user, groups, &[], false, days)
+        let lifetime = std::time::Duration::from_secs(u64::try_from(days).unwrap_or(1) * 86_400);
+        self.issue(user, groups, &[], false, lifetime)
+    }
+
+    /// A node's client certificate (`system:node:<name>` in `system:nodes`).
+    pub fn issue_node(&self, node: &str, lifetime: std::time::Duration) -> Result<CertPair, PkiError> {
+        self.issue(&format!("system:node:{node}"), &["system:nodes"], &[], false, lifetime)
+    }
+
+    /// Signs a node's certificate request with the identity the node authenticated as: only
+    /// the request's public key (proven by its signature) is taken from it, never its
+    /// subject or extensions, so a node can renew itself and nobody else.
+    pub fn sign_node_request(
+        &self,
+        node: &str,
+        request_pem: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<String, PkiError> {
+        let mut request = rcgen::CertificateSigningRequestParams::from_pem(request_pem)?;
+        request.params = client_params(&format!("system:node:{node}"), &["system:nodes"], lifetime)?;
+        Ok(request.signed_by(&self.issuer()?)?.pem())
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+        let ca_key = KeyPair::from_pem(&self.ca.key_pem)?;
+        Ok(Issuer::from_ca_cert_pem(&self.ca.cert_pem, ca_key)?)
     }
 
     /// Issues a certificate signed by the CA: a server certificate for `sans`, or a client
     /// certificate whose CN is the user and whose O entries are the groups.
-    pub fn issue(&self, cn: &str, orgs: &[&str], sans: &[String], server: bool) -> Result<CertPair, PkiError> {
-        self.issue_for_days(cn, orgs, sans, server, LONG_LIVED_DAYS)
-    }
-
-    /// A node's client certificate (`system:node:<name>` in `system:nodes`), valid for
-    /// [`NODE_CERT_DAYS`].
-    pub fn issue_node(&self, node: &str) -> Result<CertPair, PkiError> {
-        self.issue_for_days(&format!("system:node:{node}"), &["system:nodes"], &[], false, NODE_CERT_DAYS)
-    }
-
-    fn issue_for_days(
+    pub fn issue(
         &self,
         cn: &str,
         orgs: &[&str],
         sans: &[String],
         server: bool,
-        days: i64,
+        lifetime: std::time::Duration,
     ) -> Result<CertPair, PkiError> {
-        let ca_key = KeyPair::from_pem(&self.ca.key_pem)?;
-        let issuer = Issuer::from_ca_cert_pem(&self.ca.cert_pem, ca_key)?;
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = name(cn, orgs);
+        let mut params = client_params(cn, orgs, lifetime)?;
         params.subject_alt_names = sans
             .iter()
             .map(|s| match s.parse::<std::net::IpAddr>() {
@@ -186,25 +214,54 @@ impl Pki {
                 Err(_) => Ok(SanType::DnsName(s.as_str().try_into()?)),
             })
             .collect::<Result<_, rcgen::Error>>()?;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages =
-            vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
-        validity(&mut params, days);
-        let cert = params.signed_by(&key, &issuer)?;
+        if server {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        }
+        let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
-    /// The admin client certificate (O=system:masters), made once and kept.
-    pub fn admin(&self) -> Result<CertPair, PkiError> {
-        let (c, k) = (self.dir.join("client-admin.crt"), self.dir.join("client-admin.key"));
-        if let Some(p) = read_pair(&c, &k)? {
-            return Ok(p);
+    /// The admin client certificate (O=system:masters), made once and kept until renewed.
+    pub fn admin(&self, lifetime: std::time::Duration) -> Result<CertPair, PkiError> {
+        match read_pair(&self.dir.join("client-admin.crt"), &self.dir.join("client-admin.key"))? {
+            Some(p) => Ok(p),
+            None => self.renew_admin(lifetime),
         }
-        let pair = self.issue("system:admin", &["system:masters"], &[], false)?;
-        write_private(&k, pair.key_pem.as_bytes(), 0o600)?;
-        write_private(&c, pair.cert_pem.as_bytes(), 0o644)?;
+    }
+
+    /// A new admin certificate, written over the old one.
+    pub fn renew_admin(&self, lifetime: std::time::Duration) -> Result<CertPair, PkiError> {
+        let pair = self.issue("system:admin", &["system:masters"], &[], false, lifetime)?;
+        write_private(&self.dir.join("client-admin.key"), pair.key_pem.as_bytes(), 0o600)?;
+        write_private(&self.dir.join("client-admin.crt"), pair.cert_pem.as_bytes(), 0o644)?;
         Ok(pair)
     }
+
+    /// A new serving certificate for the names in `serving.sans`, written over the old one.
+    pub fn renew_serving(&self, lifetime: std::time::Duration) -> Result<CertPair, PkiError> {
+        let sans_file = self.dir.join("serving.sans");
+        let sans = std::fs::read_to_string(&sans_file).map_err(io(format!("reading {}", sans_file.display())))?;
+        let sans: Vec<String> = sans.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+        let pair = self.issue("bramble-apiserver", &[], &sans, true, lifetime)?;
+        write_private(&self.dir.join("serving.key"), pair.key_pem.as_bytes(), 0o600)?;
+        write_private(&self.dir.join("serving.crt"), pair.cert_pem.as_bytes(), 0o644)?;
+        Ok(pair)
+    }
+
+    /// The directory the files live in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A client certificate's parameters: CN the user, O the groups.
+fn client_params(cn: &str, orgs: &[&str], lifetime: std::time::Duration) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = name(cn, orgs);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut params, lifetime);
+    Ok(params)
 }
 
 /// A kubeconfig for `server` authenticating with a client certificate.

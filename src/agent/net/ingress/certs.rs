@@ -37,16 +37,7 @@ pub fn parse_secret(secret: &Value) -> anyhow::Result<Arc<CertifiedKey>> {
 
 /// A serving key from PEM certificate chain and private key.
 pub fn certified_key(crt_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Arc<CertifiedKey>> {
-    let chain: Vec<_> = rustls_pemfile::certs(&mut &crt_pem[..])
-        .collect::<Result<_, _>>()
-        .context("tls.crt is not a PEM certificate chain")?;
-    anyhow::ensure!(!chain.is_empty(), "tls.crt holds no certificate");
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .context("tls.key is not a PEM private key")?
-        .context("tls.key holds no private key")?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| anyhow::anyhow!("tls.key is not a usable key: {e}"))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signer)))
+    crate::pki::live::certified_key(crt_pem, key_pem).map_err(|e| anyhow::anyhow!("tls.crt and tls.key: {e}"))
 }
 
 /// The default certificate: self-signed, made at start, for names no Secret covers.
