@@ -75,11 +75,19 @@ fn parse_pod_security_level(s: &str) -> Result<crate::api::pod_security::Level, 
         .ok_or_else(|| format!("{s:?} is not a PodSecurity level: use privileged, baseline or restricted"))
 }
 
-/// `bramble kubeconfig` arguments.
+/// `bramble kubeconfig` arguments: alone, the admin kubeconfig for another machine.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct KubeconfigArgs {
     #[command(subcommand)]
-    verb: KubeconfigVerb,
+    verb: Option<KubeconfigVerb>,
+    /// The API address written into the admin kubeconfig (default: this machine's
+    /// address, port 6443), e.g. `https://192.168.1.20:6443` to use it from a laptop.
+    #[arg(long)]
+    server: Option<String>,
+    /// The server's data directory (the admin certificate is in `server/tls` there).
+    #[arg(long, short = 'd', default_value = "/var/lib/bramble")]
+    data_dir: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,7 +118,18 @@ enum KubeconfigVerb {
 
 /// Writes a person's kubeconfig (see [`KubeconfigVerb::Create`]).
 fn run_kubeconfig(args: KubeconfigArgs) -> anyhow::Result<()> {
-    let KubeconfigVerb::Create { user, groups, days, data_dir, server, output } = args.verb;
+    let server_or_here = |server: Option<String>| {
+        server.unwrap_or_else(|| format!("https://{}:6443", server::primary_ip().unwrap_or_else(|| "127.0.0.1".into())))
+    };
+    let Some(KubeconfigVerb::Create { user, groups, days, data_dir, server, output }) = args.verb else {
+        // The admin's own, pointed at an address other machines reach (the serving
+        // certificate covers this machine's addresses and every --tls-san).
+        let tls = args.data_dir.join("server").join("tls");
+        let pki = crate::pki::Pki::open_ca(&tls)?;
+        let admin = pki.admin_pair().context("reading the admin certificate (run this on a server, as root)")?;
+        print!("{}", crate::pki::kubeconfig(&server_or_here(args.server), &pki.ca.cert_pem, &admin));
+        return Ok(());
+    };
     if user.trim().is_empty() {
         anyhow::bail!("--user must name someone");
     }
@@ -120,11 +139,7 @@ fn run_kubeconfig(args: KubeconfigArgs) -> anyhow::Result<()> {
     let pki = crate::pki::Pki::open_ca(&data_dir.join("server").join("tls"))?;
     let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
     let pair = pki.issue_user(&user, &groups, days)?;
-    let server = match server {
-        Some(s) => s,
-        None => format!("https://{}:6443", server::primary_ip().unwrap_or_else(|| "127.0.0.1".into())),
-    };
-    let config = crate::pki::kubeconfig(&server, &pki.ca.cert_pem, &pair);
+    let config = crate::pki::kubeconfig(&server_or_here(server), &pki.ca.cert_pem, &pair);
     match output {
         Some(path) => crate::pki::write_private(&path, config.as_bytes(), 0o600)
             .with_context(|| format!("writing {}", path.display()))?,

@@ -141,7 +141,15 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         None => host.clone(),
     };
     let api_advertise = format!("{service_host}:{}", args.https_listen_port);
-    let kubeconfig = pki::kubeconfig(&format!("https://{advertise}"), &pki.ca.cert_pem, &admin);
+    let kubeconfig_header = format!(
+        "# The admin kubeconfig of bramble on {node_name}. For another machine (a laptop), run on\n\
+         # this one: sudo bramble kubeconfig --server https://<this machine's LAN address>:{}\n\
+         # and save what it prints as ~/.kube/config there. The certificate inside is renewed\n\
+         # yearly; copies elsewhere then need the command again.\n",
+        args.https_listen_port,
+    );
+    let kubeconfig =
+        format!("{kubeconfig_header}{}", pki::kubeconfig(&format!("https://{advertise}"), &pki.ca.cert_pem, &admin));
     pki::write_private(&args.write_kubeconfig, kubeconfig.as_bytes(), 0o600).with_context(|| {
         format!(
             "writing the kubeconfig to {} (choose another place with --write-kubeconfig)",
@@ -215,6 +223,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             pki: Arc::clone(&pki),
             serving,
             kubeconfig: args.write_kubeconfig.clone(),
+            kubeconfig_header,
             api_url: format!("https://{advertise}"),
             lifetimes,
         }

@@ -229,6 +229,14 @@ impl Pki {
         }
     }
 
+    /// The admin certificate as the server last wrote it (never made here).
+    pub fn admin_pair(&self) -> Result<CertPair, PkiError> {
+        let crt = self.dir.join("client-admin.crt");
+        read_pair(&crt, &self.dir.join("client-admin.key"))?.ok_or_else(|| {
+            PkiError::Io(format!("reading {}", crt.display()), std::io::Error::from(std::io::ErrorKind::NotFound))
+        })
+    }
+
     /// A new admin certificate, written over the old one.
     pub fn renew_admin(&self, lifetime: std::time::Duration) -> Result<CertPair, PkiError> {
         let pair = self.issue("system:admin", &["system:masters"], &[], false, lifetime)?;

@@ -73,8 +73,9 @@ fn done(dir: &Path) {
 pub struct ServerCerts {
     pub pki: Arc<Pki>,
     pub serving: Arc<LiveServerCert>,
-    /// The admin kubeconfig and the API URL written in it.
+    /// The admin kubeconfig, the comment it starts with, and the API URL written in it.
     pub kubeconfig: PathBuf,
+    pub kubeconfig_header: String,
     pub api_url: String,
     pub lifetimes: Lifetimes,
 }
@@ -97,7 +98,7 @@ impl ServerCerts {
         if force || self.lifetimes.due(&admin, now) {
             let pair = self.pki.renew_admin(self.lifetimes.lifetime)?;
             let text = super::kubeconfig(&self.api_url, &self.pki.ca.cert_pem, &pair);
-            super::write_private(&self.kubeconfig, text.as_bytes(), 0o600)?;
+            super::write_private(&self.kubeconfig, format!("{}{text}", self.kubeconfig_header).as_bytes(), 0o600)?;
             renewed.push("admin");
         }
         Ok(renewed)
@@ -273,6 +274,7 @@ mod tests {
             pki: pki.clone(),
             serving,
             kubeconfig: dir.join("admin.yaml"),
+            kubeconfig_header: "# admin\n".into(),
             api_url: "https://127.0.0.1:6443".into(),
             lifetimes: short,
         };

@@ -23,7 +23,12 @@ from conftest import BIN, ROOT, drop_busybox, wait_for
 
 CACHE = os.environ.get("BRAMBLE_TEST_CACHE", "/var/cache/bramble-tests")
 PACKAGES = "systemd,systemd-sysv,dbus,iproute2,nftables,libseccomp2,procps,kmod"
-HOST_IP, NODE_IP = "10.251.0.1", "10.251.0.2"
+# A subnet of this run's own (the multi-node tests use 10.251.0.0/16).
+SUBNET = 1 + os.getpid() % 250
+HOST_IP, NODE_IP = f"10.252.{SUBNET}.1", f"10.252.{SUBNET}.2"
+# Where systemd-nspawn makes its `payload` and `supervisor` groups (v1: the named systemd
+# hierarchy and the unified one beside it; v2: the root).
+NSPAWN_HIERARCHIES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 
 
 def rootfs_tarball():
@@ -58,6 +63,7 @@ class Machine:
         self.host_if = f"brinst{os.getpid() % 100000}"
         self.root = tempfile.mkdtemp(prefix="bramble-machine-", dir="/var/tmp")
         self.cgroup = None
+        self.nspawn_groups = []
         self.proc = None
         self.log = os.path.join(self.root + ".log")
 
@@ -77,6 +83,8 @@ class Machine:
                     ["ip", "-n", self.netns, "route", "add", "default", "via", HOST_IP]):
             subprocess.run(cmd, check=True)
         self.cgroup = cgroup_of_our_own(f"bramble-install-test-{os.getpid()}")
+        self.nspawn_groups = [os.path.join(base, g) for base in NSPAWN_HIERARCHIES for g in ("payload", "supervisor")
+                              if os.path.isdir(base) and not os.path.exists(os.path.join(base, g))]
         procs = os.path.join(self.cgroup, "cgroup.procs")
 
         def enter_cgroup():
@@ -122,14 +130,24 @@ class Machine:
 
     def shutdown(self):
         if self.proc and self.proc.poll() is None:
-            if self.init_pid():
+            init = self.init_pid()
+            if init:
                 self.sh("/usr/local/bin/bramble-killall.sh", check=False, timeout=120)
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
+                # The machine's init, not nspawn: killing it ends every process of the
+                # machine (its PID namespace), and nspawn with it. Killing nspawn alone
+                # would leave the machine running, holding its network namespace.
+                os.kill(int(init), signal.SIGKILL)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
-        if self.cgroup:
-            # Children first: whatever the machine made below its cgroup.
-            for dirpath, _, _ in sorted(os.walk(self.cgroup), key=lambda w: -len(w[0])):
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+        # Children first: whatever the machine made below its cgroup, and the `payload` and
+        # `supervisor` groups nspawn makes on cgroup v1 when they were not there before.
+        for top in [self.cgroup] + self.nspawn_groups:
+            for dirpath, _, _ in sorted(os.walk(top) if top else [], key=lambda w: -len(w[0])):
                 try:
                     os.rmdir(dirpath)
                 except OSError:
@@ -189,6 +207,17 @@ def test_install_runs_a_server_that_systemd_and_journald_understand(machine):
 
     # The node registers and goes Ready; the kubectl link is the built-in kubectl.
     wait_for(lambda: " Ready" in machine.sh("kubectl get nodes", check=False).stdout, timeout=90)
+
+    # From another machine (here, the host with the real kubectl), with the kubeconfig the
+    # board prints for its LAN address: the serving certificate covers that address.
+    assert "bramble kubeconfig --server" in machine.sh("cat /etc/bramble/bramble.yaml").stdout
+    remote = machine.sh(f"bramble kubeconfig --server https://{NODE_IP}:6443").stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(remote)
+        f.flush()
+        out = subprocess.run(["kubectl", "--kubeconfig", f.name, "get", "nodes"], capture_output=True, text=True,
+                             timeout=30)
+    assert out.returncode == 0 and "Ready" in out.stdout, out.stderr
 
 
 def test_config_yaml_and_drop_ins_reach_the_server(machine):
