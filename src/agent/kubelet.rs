@@ -1,8 +1,12 @@
 //! The node's HTTPS endpoint, where the API server fetches container logs (as it does from
 //! a kubelet on port 10250): `GET /containerLogs/<namespace>/<pod>/<container>` with the
-//! `kubectl logs` options. Callers must present a client certificate from the cluster CA in
-//! the `system:masters` group; the serving certificate is self-signed, and, as upstream by
-//! default, the API server does not verify it.
+//! `kubectl logs` options, exec and port-forward streams, and the node's resource usage for
+//! `kubectl top` ([`super::stats`]: `GET /stats/summary` and `GET /metrics/resource`). Callers must
+//! present a client certificate from the cluster CA in the `system:masters` group; the
+//! serving certificate is self-signed, and, as upstream by default, the API server does not
+//! verify it.
+
+// Declared here rather than in `agent/mod.rs`: the endpoint is its only user.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -58,6 +62,7 @@ pub async fn serve(
         .await
         .with_context(|| format!("listening on port {} (--kubelet-port)", opts.runtime.kubelet_port))?;
     let acceptor = TlsAcceptor::from(Arc::new(config));
+    let latest = super::stats::start(&ctx, stop.clone());
     Ok(async move {
         loop {
             let tcp = tokio::select! {
@@ -67,7 +72,7 @@ pub async fn serve(
                 },
                 _ = stop.changed() => return,
             };
-            let (acceptor, ctx) = (acceptor.clone(), ctx.clone());
+            let (acceptor, ctx, latest) = (acceptor.clone(), ctx.clone(), latest.clone());
             tokio::spawn(async move {
                 let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
                     return;
@@ -80,8 +85,8 @@ pub async fn serve(
                     .and_then(|c| crate::api::auth::user_from_cert(c))
                     .is_some_and(|u| u.is_admin());
                 let service = service_fn(move |req| {
-                    let ctx = ctx.clone();
-                    async move { Ok::<_, Infallible>(handle(&ctx, admin, req).await) }
+                    let (ctx, latest) = (ctx.clone(), latest.clone());
+                    async move { Ok::<_, Infallible>(handle(&ctx, &latest, admin, req).await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(tls), service)
@@ -99,7 +104,7 @@ fn text(code: u16, msg: &str) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(full(Bytes::new())))
 }
 
-async fn handle(ctx: &Arc<Ctx>, admin: bool, req: Request<Incoming>) -> Response<Body> {
+async fn handle(ctx: &Arc<Ctx>, latest: &super::stats::Latest, admin: bool, req: Request<Incoming>) -> Response<Body> {
     if !admin {
         return text(403, "Forbidden: the node's endpoint serves the API server only");
     }
@@ -118,8 +123,32 @@ async fn handle(ctx: &Arc<Ctx>, admin: bool, req: Request<Incoming>) -> Response
         }
         ["attach", ..] => text(400, "attach is not supported by this node yet: use kubectl logs -f and kubectl exec"),
         ["containerLogs", ns, pod, container] => logs(ctx, ns, pod, container, &q).await,
+        ["stats", "summary"] => summary(latest),
+        ["metrics", "resource"] => resource_metrics(latest),
         _ => text(404, &format!("{path} not found")),
     }
+}
+
+/// The answer when the sampler has not taken its first sample yet.
+fn no_sample_yet() -> Response<Body> {
+    let secs = super::stats::SAMPLE_EVERY.as_secs();
+    text(503, &format!("no sample yet: this node samples its CPU and memory every {secs} s, retry shortly"))
+}
+
+/// `GET /stats/summary`: the kubelet Summary API (CPU and memory; `only_cpu_and_memory` is
+/// what there is either way).
+fn summary(latest: &super::stats::Latest) -> Response<Body> {
+    let Some(sample) = latest.get() else { return no_sample_yet() };
+    match serde_json::to_vec(&sample.summary) {
+        Ok(json) => crate::api::http::json_bytes_response(200, json),
+        Err(e) => text(500, &format!("encoding the summary: {e}")),
+    }
+}
+
+/// `GET /metrics/resource`: the same sample as Prometheus text, as the kubelet serves it.
+fn resource_metrics(latest: &super::stats::Latest) -> Response<Body> {
+    let Some(sample) = latest.get() else { return no_sample_yet() };
+    crate::api::http::bytes_response("text/plain; version=0.0.4", super::stats::prometheus(&sample).into_bytes())
 }
 
 async fn logs(ctx: &Ctx, ns: &str, pod: &str, container: &str, q: &Query) -> Response<Body> {

@@ -18,6 +18,7 @@ pub mod net;
 pub mod pods;
 pub mod registries;
 pub mod spdy;
+pub mod stats;
 pub mod streams;
 
 use std::path::PathBuf;

@@ -27,8 +27,16 @@ pub fn core_versions(addr: &str) -> Value {
     json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": addr}]})
 }
 
+/// Every group-version served: the stored resources' and `metrics.k8s.io`, which is
+/// answered from the nodes ([`super::metrics`]).
+fn all_group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut all = group_versions();
+    all.push((super::metrics::GROUP, super::metrics::VERSION));
+    all
+}
+
 fn group_entry(group: &str) -> Value {
-    let versions: Vec<Value> = group_versions()
+    let versions: Vec<Value> = all_group_versions()
         .into_iter()
         .filter(|(g, _)| *g == group)
         .map(|(g, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
@@ -37,13 +45,13 @@ fn group_entry(group: &str) -> Value {
 }
 
 pub fn group_list() -> Value {
-    let mut groups: Vec<&str> = group_versions().into_iter().map(|(g, _)| g).filter(|g| !g.is_empty()).collect();
+    let mut groups: Vec<&str> = all_group_versions().into_iter().map(|(g, _)| g).filter(|g| !g.is_empty()).collect();
     groups.dedup();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups.iter().map(|g| group_entry(g)).collect::<Vec<_>>()})
 }
 
 pub fn group(group: &str) -> Option<Value> {
-    if !group_versions().iter().any(|(g, _)| *g == group && !g.is_empty()) {
+    if !all_group_versions().iter().any(|(g, _)| *g == group && !g.is_empty()) {
         return None;
     }
     let mut v = group_entry(group);
@@ -54,6 +62,9 @@ pub fn group(group: &str) -> Option<Value> {
 
 /// The `APIResourceList` of one group-version, subresources included.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == (super::metrics::GROUP, super::metrics::VERSION) {
+        return Some(super::metrics::resource_list());
+    }
     let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
     let mut list = Vec::new();
     for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {

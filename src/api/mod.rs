@@ -19,6 +19,7 @@ pub mod fuzz;
 pub mod http;
 pub mod join;
 mod kinds;
+mod metrics;
 mod node_graph;
 pub mod node_proxy;
 mod objects;
@@ -96,6 +97,8 @@ pub struct Api {
     inflight: slots::Slots<String>,
     /// Watches each identity has open.
     watches: slots::Slots<String>,
+    /// Nodes' recent summaries, for `metrics.k8s.io`.
+    metrics_cache: metrics::SummaryCache,
 }
 
 /// One open watch counted against its identity until the watch ends.
@@ -153,6 +156,7 @@ impl Api {
             continue_key,
             inflight: slots::Slots::default(),
             watches: slots::Slots::default(),
+            metrics_cache: metrics::SummaryCache::default(),
         })
     }
 
@@ -324,6 +328,9 @@ impl Api {
                     .ok_or_else(|| ApiError::not_found_path(&path));
             }
             _ => {}
+        }
+        if let ["apis", metrics::GROUP, metrics::VERSION, rest @ ..] = segs.as_slice() {
+            return self.metrics(&user, rest, &req).await;
         }
         let (group, version, rest) = match segs.as_slice() {
             ["api", "v1", rest @ ..] => ("", "v1", rest),

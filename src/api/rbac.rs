@@ -924,7 +924,8 @@ fn aggregate_to_view_rules() -> Vec<PolicyRule> {
 
 /// Upstream's default ClusterRoles and ClusterRoleBindings that a cluster's users rely on
 /// (`cluster-admin`, `admin`/`edit`/`view` and their aggregate-to roles, basic-user,
-/// discovery, public-info-viewer, service-account-issuer-discovery), each labelled
+/// discovery, public-info-viewer, service-account-issuer-discovery), and metrics-server's
+/// `system:aggregated-metrics-reader` for the built-in metrics API, each labelled
 /// `kubernetes.io/bootstrapping: rbac-defaults` and annotated autoupdate `"true"`: roles
 /// first, then bindings. The server writes each through [`reconcile_bootstrap`] at start.
 pub fn bootstrap_objects() -> Vec<Value> {
@@ -945,6 +946,12 @@ pub fn bootstrap_objects() -> Vec<Value> {
         ),
         default_cluster_role("system:aggregate-to-edit", &[(TO_EDIT, "true")], &aggregate_to_edit_rules()),
         default_cluster_role("system:aggregate-to-view", &[(TO_VIEW, "true")], &aggregate_to_view_rules()),
+        // As metrics-server ships it: whoever may view may run `kubectl top`.
+        default_cluster_role(
+            "system:aggregated-metrics-reader",
+            &[(TO_VIEW, "true"), (TO_EDIT, "true"), (TO_ADMIN, "true")],
+            &[r(READ, &["metrics.k8s.io"], &["nodes", "pods"])],
+        ),
         default_cluster_role(
             "system:basic-user",
             &[],
@@ -1785,6 +1792,7 @@ mod tests {
             "ClusterRole/system:aggregate-to-admin",
             "ClusterRole/system:aggregate-to-edit",
             "ClusterRole/system:aggregate-to-view",
+            "ClusterRole/system:aggregated-metrics-reader",
             "ClusterRole/system:basic-user",
             "ClusterRole/system:discovery",
             "ClusterRole/system:public-info-viewer",
@@ -1797,9 +1805,9 @@ mod tests {
         ] {
             assert!(names.contains(&want.to_string()), "{want}");
         }
-        assert_eq!(names.len(), 16);
+        assert_eq!(names.len(), 17);
         let snap = bootstrap_snapshot(&[]);
-        for (name, n) in [("admin", 27), ("edit", 25), ("view", 11)] {
+        for (name, n) in [("admin", 28), ("edit", 26), ("view", 12)] {
             assert_eq!(snap.aggregated_rules(name).map(|r| r.len()), Some(n), "{name}");
         }
     }
@@ -1824,6 +1832,15 @@ mod tests {
         assert!(!ok("viewer", res("list", "", "secrets", None, t, None)));
         assert!(!ok("viewer", res("create", "", "pods", None, t, None)));
         assert!(!ok("viewer", res("create", "", "pods", Some("exec"), t, Some("p"))));
+        // `kubectl top pods`, through system:aggregated-metrics-reader.
+        assert!(ok("viewer", res("list", "metrics.k8s.io", "pods", None, t, None)));
+        assert!(ok("viewer", res("get", "metrics.k8s.io", "pods", None, t, Some("p"))));
+        assert!(!ok("viewer", res("list", "metrics.k8s.io", "pods", None, Some("other"), None)));
+        assert!(
+            !ok("viewer", res("list", "metrics.k8s.io", "nodes", None, None, None)),
+            "nodes need a cluster binding"
+        );
+        assert!(ok("owner", res("list", "metrics.k8s.io", "pods", None, t, None)));
         // edit: view plus writes and secrets, but not roles or bindings.
         assert!(ok("editor", res("create", "apps", "deployments", None, t, None)));
         assert!(ok("editor", res("patch", "apps", "deployments", Some("scale"), t, Some("web"))));

@@ -295,7 +295,55 @@ impl Client {
         }
         Ok(resp.into_body())
     }
+
+    /// Upgrades `path` to a WebSocket offering `protocols` in order (exec and port-forward,
+    /// as kubectl 1.30+ and the Python client do), over the same TLS and credentials as every
+    /// other call. Returns the socket and the subprotocol the server chose; a refusal is the
+    /// server's Status as a [`ClientError`].
+    pub async fn websocket(&self, path: &str, protocols: &[&str]) -> anyhow::Result<(WebSocket, String)> {
+        use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+        let transport = |what: String| ClientError::Transport(what);
+        let tcp =
+            TcpStream::connect(&self.addr).await.map_err(|e| transport(format!("connecting to {}: {e}", self.addr)))?;
+        let tls = self
+            .tls
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| transport(format!("TLS handshake with {}: {e}", self.addr)))?;
+        let mut req = format!("wss://{}{path}", self.authority)
+            .into_client_request()
+            .with_context(|| format!("building the WebSocket request for {path}"))?;
+        let headers = req.headers_mut();
+        headers.insert("sec-websocket-protocol", protocols.join(", ").parse().context("WebSocket subprotocols")?);
+        headers.insert(
+            "user-agent",
+            http::HeaderValue::from_static(concat!("bramble-kubectl/", env!("CARGO_PKG_VERSION"))),
+        );
+        if let Some(t) = &self.token {
+            headers.insert("authorization", format!("Bearer {t}").parse().context("the bearer token")?);
+        }
+        match tokio_tungstenite::client_async(req, tls).await {
+            Ok((ws, resp)) => {
+                let chosen = resp
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                Ok((ws, chosen))
+            }
+            Err(tungstenite::Error::Http(resp)) => {
+                let body = resp.body().as_deref().unwrap_or_default();
+                let retry_after = error::retry_after_header(resp.headers());
+                Err(ClientError::from_answer(resp.status().as_u16(), retry_after, body).into())
+            }
+            Err(e) => Err(transport(format!("WebSocket upgrade of {path} at {}: {e}", self.addr)).into()),
+        }
+    }
 }
+
+/// A WebSocket to the API server, from [`Client::websocket`].
+pub type WebSocket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Reads newline-delimited JSON values from a streaming body (a connection's, or the
 /// in-process API's).

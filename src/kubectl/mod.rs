@@ -5,14 +5,29 @@
 //!
 //! `apply` is server-side apply (field manager `kubectl`): the server keeps the managed
 //! fields, so no last-applied annotation is needed and removals work as users expect.
+//!
+//! The operating verbs follow kubectl's flags and words: `logs` and `exec` stream (exec and
+//! `port-forward` over the WebSocket protocols of `client::Client::websocket`), `rollout`,
+//! `wait` and `drain` watch objects through `follow`, `top` reads `metrics.k8s.io`.
 
 mod describe;
 mod discovery;
+mod exec;
+mod follow;
 mod get;
 mod jsonpath;
+mod logs;
 mod manifest;
 mod modify;
+mod node;
+mod pods;
+mod portforward;
+mod rollout;
+mod stdio;
 mod table;
+mod top;
+mod tty;
+mod wait;
 mod write;
 
 use std::path::PathBuf;
@@ -70,6 +85,24 @@ enum Verb {
     Annotate(modify::MetaArgs),
     /// Set the replica count of a deployment, replica set or stateful set.
     Scale(modify::ScaleArgs),
+    /// Print a container's logs; `-f` follows them.
+    Logs(logs::LogsArgs),
+    /// Run a command in a container: `exec POD [-c C] [-i] [-t] -- CMD...`.
+    Exec(exec::ExecArgs),
+    /// Forward local ports to a pod: `port-forward POD|svc/NAME LOCAL:REMOTE...`.
+    PortForward(portforward::PortForwardArgs),
+    /// Follow, list, undo or restart the rollout of a deployment, stateful set or daemon set.
+    Rollout(rollout::RolloutArgs),
+    /// Show CPU and memory use of nodes or pods (needs the metrics.k8s.io API).
+    Top(top::TopArgs),
+    /// Mark a node unschedulable.
+    Cordon(node::NodeArgs),
+    /// Mark a node schedulable again.
+    Uncordon(node::NodeArgs),
+    /// Cordon a node and evict its pods.
+    Drain(node::DrainArgs),
+    /// Wait for a condition, a JSONPath value, or deletion of objects.
+    Wait(wait::WaitArgs),
     /// List the resource types the server serves.
     ApiResources,
     /// Print the client and server versions.
@@ -157,6 +190,15 @@ async fn run_verb(global: Global, verb: Verb) -> anyhow::Result<()> {
         Verb::Label(a) => modify::label(&ctx, a, "labels").await,
         Verb::Annotate(a) => modify::label(&ctx, a, "annotations").await,
         Verb::Scale(a) => modify::scale(&ctx, a).await,
+        Verb::Logs(a) => logs::run(&ctx, a).await,
+        Verb::Exec(a) => exec::run(&ctx, a).await,
+        Verb::PortForward(a) => portforward::run(&ctx, a).await,
+        Verb::Rollout(a) => rollout::run(&ctx, a).await,
+        Verb::Top(a) => top::run(&ctx, a).await,
+        Verb::Cordon(a) => node::cordon(&ctx, a, true).await,
+        Verb::Uncordon(a) => node::cordon(&ctx, a, false).await,
+        Verb::Drain(a) => node::drain(&ctx, a).await,
+        Verb::Wait(a) => wait::run(&ctx, a).await,
         Verb::ApiResources => {
             let rows = ctx
                 .discovery
@@ -180,6 +222,12 @@ async fn run_verb(global: Global, verb: Verb) -> anyhow::Result<()> {
     }
 }
 
+/// A failure the verb has already explained on stderr in kubectl's own words: the command
+/// exits 1 without printing more.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Reported(String);
+
 /// Runs one kubectl command line and returns the process exit code, printing errors the
 /// way kubectl does (`Error from server (NotFound): ...` or `error: ...`).
 pub fn run(rt: &tokio::runtime::Runtime, args: KubectlArgs) -> u8 {
@@ -192,6 +240,14 @@ pub fn run(rt: &tokio::runtime::Runtime, args: KubectlArgs) -> u8 {
     match rt.block_on(run_verb(args.global, args.verb)) {
         Ok(()) => 0,
         Err(e) => {
+            if e.downcast_ref::<Reported>().is_some() {
+                return 1;
+            }
+            // `exec` ends with the command's own exit code, and kubectl's words for it.
+            if let Some(exec::ExecError::ExitCode(code)) = e.downcast_ref::<exec::ExecError>() {
+                eprintln!("command terminated with exit code {code}");
+                return u8::try_from(*code).ok().filter(|c| *c != 0).unwrap_or(1);
+            }
             match e.downcast_ref::<crate::client::ClientError>().and_then(crate::client::ClientError::status) {
                 Some(s) => eprintln!("{s}"),
                 None => eprintln!("error: {e:#}"),

@@ -56,7 +56,7 @@ pub struct ScaleArgs {
 }
 
 /// Resolves the one object the arguments name.
-fn one<'a>(ctx: &'a Ctx, args: &[String]) -> anyhow::Result<(&'a Resource, String)> {
+pub(super) fn one<'a>(ctx: &'a Ctx, args: &[String]) -> anyhow::Result<(&'a Resource, String)> {
     let ts = targets(&ctx.discovery, args)?;
     match ts.as_slice() {
         [t] if t.names.len() == 1 => Ok((t.resource, t.names[0].clone())),
