@@ -16,6 +16,7 @@ mod encryption;
 pub mod fields;
 #[doc(hidden)]
 pub mod fuzz;
+mod heartbeats;
 pub mod http;
 pub mod join;
 mod kinds;
@@ -99,6 +100,8 @@ pub struct Api {
     watches: slots::Slots<String>,
     /// Nodes' recent summaries, for `metrics.k8s.io`.
     metrics_cache: metrics::SummaryCache,
+    /// Node Lease renewals kept off the disk.
+    heartbeats: heartbeats::Heartbeats,
 }
 
 /// One open watch counted against its identity until the watch ends.
@@ -157,6 +160,7 @@ impl Api {
             inflight: slots::Slots::default(),
             watches: slots::Slots::default(),
             metrics_cache: metrics::SummaryCache::default(),
+            heartbeats: heartbeats::Heartbeats::default(),
         })
     }
 
@@ -221,6 +225,12 @@ impl Api {
     }
 
     /// Answers one request from `user` (None: no credentials presented).
+    /// When the node `name` last renewed its Lease, if that renewal was kept in memory only
+    /// (the node lifecycle controller's heartbeat; see `heartbeats`).
+    pub fn lease_renewal(&self, name: &str) -> Option<String> {
+        self.heartbeats.renewed(name)
+    }
+
     pub async fn handle(self: Arc<Self>, cert_user: Option<User>, req: Request<RequestBody>) -> Response<Body> {
         let method = req.method().as_str().to_string();
         let path = req.uri().path().to_string();

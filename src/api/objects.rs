@@ -73,6 +73,11 @@ fn rfc3339_in(secs: i64) -> String {
 }
 
 /// A stored record as the object clients see (resourceVersion filled in).
+/// Whether `t` names node Leases, whose renewals may live in memory (`heartbeats`).
+fn is_node_lease(t: &Target) -> bool {
+    t.res.plural == "leases" && t.namespace.as_deref() == Some(super::heartbeats::NODE_LEASE_NAMESPACE)
+}
+
 pub fn to_object(rec: &Record) -> Result<Value, ApiError> {
     object_at(&rec.value, rec.mod_rev)
 }
@@ -470,7 +475,11 @@ impl Api {
 
     pub fn get_object(&self, t: &Target) -> Result<Value, ApiError> {
         let rec = self.store.get(&t.key())?.ok_or_else(|| t.not_found())?;
-        to_object(&rec)
+        let mut obj = to_object(&rec)?;
+        if is_node_lease(t) {
+            self.heartbeats.overlay(&mut obj);
+        }
+        Ok(obj)
     }
 
     /// GET a collection, as a list or a Table.
@@ -547,6 +556,9 @@ impl Api {
             if exhausted {
                 break;
             }
+        }
+        if is_node_lease(t) {
+            items.iter_mut().for_each(|lease| self.heartbeats.overlay(lease));
         }
         Ok(self.list_body(t, items, at.unwrap_or(0), next, q, as_table))
     }
@@ -791,6 +803,18 @@ impl Api {
                 patch::apply(ptype, &old, &patch_body, res.kind == "Service")?
             };
             let (new, _) = self.admit_body(t, patched, &Query::default(), res.kind, &res.api_version())?;
+            // A heartbeat: answered as written, kept in memory (see `heartbeats`).
+            if is_node_lease(t)
+                && !is_apply
+                && pinned.is_none()
+                && !q.dry_run()
+                && !status_only
+                && self.heartbeats.absorb(t.name(), &old, &new)
+            {
+                let mut answer = old;
+                answer["spec"]["renewTime"] = new["spec"]["renewTime"].clone();
+                return Ok((200, answer));
+            }
             match self.write_update(t, &current, new, q, status_only, is_apply).await {
                 Err(e) if e.reason == "Conflict" && pinned.is_none() => continue,
                 r => return r.map(|v| (200, v)),

@@ -100,7 +100,6 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         sans.push(ip.to_string());
     }
     sans.extend(args.tls_san.iter().cloned());
-    super::certificate::write_pid_file(&args.data_dir);
     let lifetimes = args.common.certificate_lifetimes();
     let pki = Arc::new(
         Pki::load_or_create(&server_dir.join("tls"), &sans, lifetimes.lifetime).context("preparing certificates")?,
@@ -254,6 +253,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         tokio::spawn(async move { crate::agent::run(opts, stop_rx).await.map_err(|e| format!("{e:#}")) })
     });
     tracing::info!(node = %node_name, addr = %advertise, kubeconfig = %args.write_kubeconfig.display(), agent = !args.disable_agent, "bramble server is ready");
+    // Only a server that runs says where it is (a refused start leaves the data dir as it was).
+    super::certificate::write_pid_file(&args.data_dir);
     crate::sys::systemd::ready(&format!("serving the API on port {}", args.https_listen_port));
     crate::sys::systemd::spawn_watchdog();
 

@@ -219,6 +219,17 @@ impl Client {
         })
     }
 
+    /// A TLS connection to the server, with this client's certificate (if any).
+    async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+        let transport = |what: String| ClientError::Transport(what);
+        let tcp =
+            TcpStream::connect(&self.addr).await.map_err(|e| transport(format!("connecting to {}: {e}", self.addr)))?;
+        self.tls
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| transport(format!("TLS handshake with {}: {e}", self.addr)))
+    }
+
     async fn open(
         &self,
         method: &str,
@@ -228,13 +239,7 @@ impl Client {
         body: Bytes,
     ) -> anyhow::Result<hyper::Response<Incoming>> {
         let transport = |what: String| ClientError::Transport(what);
-        let tcp =
-            TcpStream::connect(&self.addr).await.map_err(|e| transport(format!("connecting to {}: {e}", self.addr)))?;
-        let tls = self
-            .tls
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(|e| transport(format!("TLS handshake with {}: {e}", self.addr)))?;
+        let tls = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
             .map_err(|e| transport(format!("HTTP handshake with {}: {e}", self.addr)))?;
@@ -303,13 +308,7 @@ impl Client {
     pub async fn websocket(&self, path: &str, protocols: &[&str]) -> anyhow::Result<(WebSocket, String)> {
         use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
         let transport = |what: String| ClientError::Transport(what);
-        let tcp =
-            TcpStream::connect(&self.addr).await.map_err(|e| transport(format!("connecting to {}: {e}", self.addr)))?;
-        let tls = self
-            .tls
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(|e| transport(format!("TLS handshake with {}: {e}", self.addr)))?;
+        let tls = self.connect().await?;
         let mut req = format!("wss://{}{path}", self.authority)
             .into_client_request()
             .with_context(|| format!("building the WebSocket request for {path}"))?;

@@ -33,6 +33,12 @@ pub fn revision(obj: &Value) -> u64 {
 }
 
 impl ApiConn {
+    /// The node `name`'s latest Lease renewal the API kept in memory (not in the store, so
+    /// no watch event carried it).
+    pub fn lease_renewal(&self, name: &str) -> Option<String> {
+        self.api.lease_renewal(name)
+    }
+
     /// The same API reached as `user` (each control loop acts as its own identity).
     pub fn as_user(&self, user: User) -> ApiConn {
         ApiConn { api: self.api.clone(), user }

@@ -103,10 +103,17 @@ pub fn start(ctx: &Arc<Ctx>, grace: Duration) -> Vec<tokio::task::JoinHandle<()>
     tasks
 }
 
+/// When this process started watching nodes: silence is counted from then at the earliest,
+/// since the Lease renewals kept in memory before a restart are gone (see the API's
+/// `heartbeats`), and the stored ones may be minutes old.
+static WATCHING_SINCE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+
 fn last_heartbeat(ctx: &Ctx, node: &Value) -> Option<i64> {
     let name = s(node, "/metadata/name");
-    let renewed = ctx.leases.get(&format!("kube-node-lease/{name}")).and_then(|l| epoch_secs(s(&l, "/spec/renewTime")));
-    heartbeat(node, renewed)
+    let stored = ctx.leases.get(&format!("kube-node-lease/{name}")).and_then(|l| epoch_secs(s(&l, "/spec/renewTime")));
+    let in_memory = ctx.conn.lease_renewal(name).and_then(|t| epoch_secs(&t));
+    let since = *WATCHING_SINCE.get_or_init(now_secs);
+    heartbeat(node, stored.max(in_memory)).map(|t| t.max(since))
 }
 
 /// When the node last showed it was alive: its Lease renewal (`renewed`) or its Ready

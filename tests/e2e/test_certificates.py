@@ -19,7 +19,7 @@ import yaml
 from kubernetes import client, config
 
 from conftest import BIN, Server, wait_for
-from test_multinode import remote_node  # noqa: F401 (a fixture)
+from test_multinode import remote_node, stop_agent  # noqa: F401 (remote_node: a fixture)
 
 SHORT = ["--certificate-lifetime", "40s", "--certificate-renew-before", "30s"]
 
@@ -173,15 +173,7 @@ def test_an_agent_renews_its_node_certificate_through_the_api(remote_node):  # n
         wait_for(lambda: renew(server.port, host_ip, pair=node_pair, csr=csr)[0] == 403, timeout=10)
         assert "no longer a member" in renew(server.port, host_ip, pair=node_pair, csr=csr)[1]["message"]
     finally:
-        if agent:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
-        subprocess.run(["nsenter", f"--net=/run/netns/{ns}", BIN, "killall", "--data-dir", agent_dir,
-                        "--pod-log-dir", os.path.join(server.dir, "wl")], capture_output=True, timeout=60)
+        stop_agent(agent, ns, agent_dir, os.path.join(server.dir, "wl"))
         server.cleanup()
 
 

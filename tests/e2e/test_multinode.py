@@ -44,6 +44,20 @@ def remote_node():
 
 
 
+def stop_agent(agent, ns, agent_dir, pod_log_dir):
+    """Stops an agent started in `ns` (if still running), then removes its pods: a pod bound
+    to it keeps its sandbox after the agent stops."""
+    if agent and agent.poll() is None:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
+    subprocess.run(["nsenter", f"--net=/run/netns/{ns}", BIN, "killall", "--data-dir", agent_dir,
+                    "--pod-log-dir", pod_log_dir], capture_output=True, timeout=60)
+
+
 def test_agent_joins_from_its_own_network_namespace(remote_node):
     ns, host_ip, node_ip = remote_node
     server = Server(extra_args=["--tls-san", host_ip, "--node-name", "server-1"], agent=True, bind="0.0.0.0").start()
@@ -108,15 +122,7 @@ def test_agent_joins_from_its_own_network_namespace(remote_node):
             assert e.value.status == 403
     finally:
         if agent:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
-            # The pod bound to the worker keeps its sandbox after the agent stops.
-            subprocess.run(["nsenter", f"--net=/run/netns/{ns}", BIN, "killall", "--data-dir", agent_dir,
-                            "--pod-log-dir", worker_logs], capture_output=True, timeout=60)
+            stop_agent(agent, ns, agent_dir, worker_logs)
         server.cleanup()
 
 
