@@ -11,6 +11,7 @@
 //! conditions, and a Warning Event is posted on the Node when one of them turns True.
 
 pub mod board;
+pub mod certs;
 pub mod facts;
 pub mod join;
 pub mod kubelet;

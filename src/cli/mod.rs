@@ -559,7 +559,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         runtime: args.runtime.clone().into(),
     };
     certificate::write_pid_file(&args.data_dir);
-    let renewal = crate::pki::renewal::NodeCert {
+    let renewal = crate::agent::certs::NodeCert {
         kubeconfig: opts.kubeconfig.clone(),
         dir: args.data_dir.join("agent"),
         lifetimes: args.common.certificate_lifetimes(),

@@ -1,6 +1,6 @@
 //! Certificates that never expire on a running cluster: the server renews its serving and
 //! admin certificates, and each agent its node certificate (through the API, with the
-//! identity it still has), once less than `renew_before` is left. The check runs at start,
+//! identity it still has: `agent::certs`), once less than `renew_before` is left. The check runs at start,
 //! then daily while running (k3s checks only at start, so a server that is never restarted
 //! lets them lapse), and at once on SIGHUP or `bramble certificate rotate`. Nothing is
 //! restarted: the API server's resolver and the clients' reloading resolvers take the new
@@ -10,12 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use base64::Engine;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::live::LiveServerCert;
-use super::{CertPair, Pki, PkiError};
+use super::{Pki, PkiError};
 
 /// The file `bramble certificate rotate` leaves in a certificate directory: renew now,
 /// whatever is left.
@@ -50,17 +49,18 @@ impl Lifetimes {
     }
 }
 
-fn now_unix() -> i64 {
+/// Now, in Unix seconds.
+pub fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Whether someone asked for renewal now (the marker stays until it is done).
-fn asked(dir: &Path) -> bool {
+pub fn asked(dir: &Path) -> bool {
     dir.join(ROTATE_MARKER).exists()
 }
 
 /// Says the asked-for renewal is done.
-fn done(dir: &Path) {
+pub fn done(dir: &Path) {
     if let Err(e) = std::fs::remove_file(dir.join(ROTATE_MARKER))
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -130,7 +130,8 @@ impl ServerCerts {
     }
 }
 
-fn hangups() -> Option<tokio::signal::unix::Signal> {
+/// SIGHUP, the signal to check certificates now (None, said in the log, when it cannot be had).
+pub fn hangups() -> Option<tokio::signal::unix::Signal> {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -140,7 +141,8 @@ fn hangups() -> Option<tokio::signal::unix::Signal> {
     }
 }
 
-async fn next_hangup(s: &mut Option<tokio::signal::unix::Signal>) {
+/// The next SIGHUP (never, without a handler).
+pub async fn next_hangup(s: &mut Option<tokio::signal::unix::Signal>) {
     match s {
         Some(s) => {
             s.recv().await;
@@ -171,78 +173,6 @@ pub fn kubeconfig_parts(text: &str) -> Option<(String, String, String)> {
 pub fn lapsed(kubeconfig: &Path) -> bool {
     let text = std::fs::read_to_string(kubeconfig).unwrap_or_default();
     kubeconfig_parts(&text).and_then(|(_, _, cert)| super::not_after(&cert)).is_none_or(|end| end <= now_unix())
-}
-
-/// An agent's node certificate, renewed through the API with the identity it still has:
-/// a new key made here, sent as a certificate request, signed by the server.
-pub struct NodeCert {
-    pub kubeconfig: PathBuf,
-    /// Where `bramble certificate rotate` leaves its marker.
-    pub dir: PathBuf,
-    pub lifetimes: Lifetimes,
-}
-
-impl NodeCert {
-    /// Renews the certificate when due (or `force`); whether it did.
-    pub async fn check(&self, force: bool) -> anyhow::Result<bool> {
-        let text = std::fs::read_to_string(&self.kubeconfig)
-            .with_context(|| format!("reading {}", self.kubeconfig.display()))?;
-        let (server, ca, cert) = kubeconfig_parts(&text).context("the node's kubeconfig has no client certificate")?;
-        if !force && !self.lifetimes.due(&cert, now_unix()) {
-            return Ok(false);
-        }
-        let key = rcgen::KeyPair::generate().context("making a key")?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).context("a certificate request")?;
-        let subject = super::subject(&cert).unwrap_or_default();
-        params.distinguished_name.push(rcgen::DnType::CommonName, subject);
-        let request = params.serialize_request(&key).context("a certificate request")?.pem().context("PEM")?;
-        let client = crate::client::Client::from_kubeconfig(Some(&self.kubeconfig), None)?;
-        let answer = client
-            .call(
-                "POST",
-                "/v1-bramble/node-certificate",
-                Some("application/json"),
-                "application/json",
-                Some(&json!({ "certificateRequest": request })),
-            )
-            .await
-            .context("asking the server to renew the node certificate")?;
-        let cert_pem = answer["certificate"].as_str().context("the server sent no certificate")?.to_string();
-        let pair = CertPair { cert_pem, key_pem: key.serialize_pem() };
-        let text = super::kubeconfig(&server, &ca, &pair);
-        super::write_private(&self.kubeconfig, text.as_bytes(), 0o600)?;
-        Ok(true)
-    }
-
-    /// Checks at start, then every [`Lifetimes::check_every`] and on SIGHUP, until `stop`;
-    /// a failed renewal is tried again after a minute at most.
-    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut hangup = hangups();
-        let mut wait = Duration::ZERO;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = next_hangup(&mut hangup) => tracing::info!("SIGHUP: checking the node certificate now"),
-                _ = stop.changed() => return,
-            }
-            let force = asked(&self.dir);
-            wait = match self.check(force).await {
-                Ok(renewed) => {
-                    if renewed {
-                        tracing::info!(kubeconfig = %self.kubeconfig.display(), "renewed the node certificate");
-                    }
-                    if force {
-                        done(&self.dir);
-                    }
-                    self.lifetimes.check_every()
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "renewing the node certificate (tried again soon)");
-                    self.lifetimes.check_every().min(Duration::from_secs(60))
-                }
-            };
-        }
-    }
 }
 
 #[cfg(test)]
