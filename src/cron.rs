@@ -46,10 +46,10 @@ impl Schedule {
     pub fn next_after_in(&self, after: jiff::Timestamp, tz: &str) -> Result<Option<jiff::Timestamp>, String> {
         let zone = jiff::tz::TimeZone::get(tz).map_err(|e| format!("unknown time zone {tz:?}: {e}"))?;
         // Walk the schedule in civil time (as if it were UTC), then place the result in the zone.
-        let civil = after.to_zoned_datetime(zone.clone()).datetime();
+        let civil = after.to_zoned(zone.clone()).datetime();
         let as_utc = jiff::tz::TimeZone::UTC.to_ambiguous_timestamp(civil).later().map_err(|e| e.to_string())?;
         let Some(next) = self.next_after(as_utc) else { return Ok(None) };
-        let next_civil = next.to_zoned_datetime(jiff::tz::TimeZone::UTC).datetime();
+        let next_civil = next.to_zoned(jiff::tz::TimeZone::UTC).datetime();
         let placed = zone.to_ambiguous_timestamp(next_civil).later().map_err(|e| e.to_string())?;
         Ok(Some(placed))
     }

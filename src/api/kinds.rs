@@ -19,7 +19,9 @@ macro_rules! typed_kinds {
             }
         }
 
-        /// Adds the schema of `kind` (and everything it uses) to `generator`.
+        /// Adds the schema of `kind` (and everything it uses) to `generator` (for the test
+        /// that writes the stored schemas: `schemars` is linked into tests only).
+        #[cfg(test)]
         pub fn add_schema(kind: &str, generator: &mut k8s_openapi::schemars::SchemaGenerator) -> bool {
             match kind {
                 $($kind => { generator.subschema_for::<$ty>(); true })*

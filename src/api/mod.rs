@@ -35,6 +35,7 @@ pub mod rbac_controllers;
 pub mod resources;
 mod sa_admission;
 pub mod sa_token;
+mod schemas;
 pub mod selector;
 pub mod server;
 mod slots;
@@ -330,10 +331,13 @@ impl Api {
                     if segs.as_slice() != ["openapi", "v2"] {
                         return Err(ApiError::not_acceptable(accept));
                     }
-                    let doc = openapi::serve(&segs[1..]).ok_or_else(|| ApiError::not_found_path(&path))?;
+                    let doc = openapi::serve(&segs[1..])
+                        .map_err(ApiError::internal)?
+                        .ok_or_else(|| ApiError::not_found_path(&path))?;
                     return Ok(http::bytes_response("application/octet-stream", openapi_pb::encode(&doc)));
                 }
                 return openapi::serve(&segs[1..])
+                    .map_err(ApiError::internal)?
                     .map(|v| json_response(200, &v))
                     .ok_or_else(|| ApiError::not_found_path(&path));
             }

@@ -1,19 +1,19 @@
 //! `/openapi/v2` and `/openapi/v3`: real schemas generated from the same `k8s-openapi`
-//! types we serve (through their `schemars` implementations), plus the operations of every
-//! served path. `kubectl apply`, `edit` and `explain` read them; each write operation lists
+//! types we serve (through their `schemars` implementations, at development time: see
+//! [`schemas`]), plus the operations of every served path. `kubectl apply`, `edit` and `explain` read them; each write operation lists
 //! `fieldValidation`, which tells kubectl the server validates fields itself.
 //!
 //! Documents are built per request and not cached: kubectl caches them on disk, and a board
 //! should not hold megabytes of schema in memory for a request made once.
 
-use k8s_openapi::schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-use super::kinds;
 use super::patch;
 use super::resources::{RESOURCES, Resource, group_versions};
+use super::schemas;
 
-fn def_name(r: &Resource) -> String {
+/// The definition name upstream gives a kind (`io.k8s.api.apps.v1.Deployment`).
+pub(super) fn def_name(r: &Resource) -> String {
     let pkg = match r.group {
         "" => "core",
         "coordination.k8s.io" => "coordination",
@@ -30,16 +30,12 @@ fn gvk(r: &Resource) -> Value {
     json!({"group": r.group, "version": r.version, "kind": r.kind})
 }
 
-/// The definitions of `resources` (and all they reference) under `path_prefix`, annotated
-/// with group-version-kinds and patch merge keys.
-fn definitions(resources: &[&Resource], v3: bool) -> Map<String, Value> {
-    let mut settings = if v3 { SchemaSettings::openapi3() } else { SchemaSettings::draft07() };
-    settings.meta_schema = None;
-    let mut generator = settings.into_generator();
-    for r in resources {
-        kinds::add_schema(r.kind, &mut generator);
-    }
-    let mut defs = generator.take_definitions(true);
+/// The definitions of `resources` (and all they reference), annotated with
+/// group-version-kinds and patch merge keys.
+fn definitions(resources: &[&Resource], v3: bool) -> Result<Map<String, Value>, String> {
+    let all = schemas::load(v3)?;
+    let roots: Vec<String> = resources.iter().map(|r| def_name(r)).collect();
+    let mut defs = schemas::closure(&all, &roots);
     for r in resources {
         if let Some(d) = defs.get_mut(&def_name(r)).and_then(Value::as_object_mut) {
             d.insert("x-kubernetes-group-version-kind".into(), json!([gvk(r)]));
@@ -48,7 +44,7 @@ fn definitions(resources: &[&Resource], v3: bool) -> Map<String, Value> {
     for (name, def) in defs.iter_mut() {
         annotate_lists(def, patch::atomic_lists(name));
     }
-    defs
+    Ok(defs)
 }
 
 /// Marks list properties that merge by key, as upstream's `patchMergeKey`/`listMapKeys`,
@@ -137,45 +133,46 @@ fn paths_for(r: &Resource, v3: bool) -> Map<String, Value> {
     m
 }
 
-fn document(resources: &[&Resource], v3: bool) -> Value {
+fn document(resources: &[&Resource], v3: bool) -> Result<Value, String> {
     let mut paths = Map::new();
     for r in resources {
         paths.extend(paths_for(r, v3));
     }
     let info = json!({"title": "Kubernetes", "version": format!("v1.33.0+bramble.{}", env!("CARGO_PKG_VERSION"))});
-    let defs = definitions(resources, v3);
-    if v3 {
+    let defs = definitions(resources, v3)?;
+    Ok(if v3 {
         json!({"openapi": "3.0.0", "info": info, "paths": paths, "components": {"schemas": defs}})
     } else {
         // Swagger 2.0 has no `nullable`.
         let mut doc = json!({"swagger": "2.0", "info": info, "paths": paths, "definitions": defs});
         strip_key(&mut doc, "nullable");
         doc
-    }
+    })
 }
 
-/// The document at `/openapi/<rest...>`, if there is one.
-pub fn serve(rest: &[&str]) -> Option<Value> {
+/// The document at `/openapi/<rest...>`, if there is one (an error when the stored
+/// schemas cannot be read, which a test rules out).
+pub fn serve(rest: &[&str]) -> Result<Option<Value>, String> {
     match rest {
-        ["v2"] => Some(document(&RESOURCES.iter().collect::<Vec<_>>(), false)),
+        ["v2"] => document(&RESOURCES.iter().collect::<Vec<_>>(), false).map(Some),
         ["v3"] => {
             let mut paths = Map::new();
             for (g, v) in group_versions() {
                 let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
                 paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash=bramble{}", env!("CARGO_PKG_VERSION"))}));
             }
-            Some(json!({"paths": paths}))
+            Ok(Some(json!({"paths": paths})))
         }
         ["v3", tail @ ..] => {
             let (g, v) = match tail {
                 ["api", v] => ("", *v),
                 ["apis", g, v] => (*g, *v),
-                _ => return None,
+                _ => return Ok(None),
             };
             let resources: Vec<&Resource> = RESOURCES.iter().filter(|r| r.group == g && r.version == v).collect();
-            (!resources.is_empty()).then(|| document(&resources, true))
+            if resources.is_empty() { Ok(None) } else { document(&resources, true).map(Some) }
         }
-        _ => None,
+        _ => Ok(None),
     }
 }
 
@@ -185,7 +182,7 @@ mod tests {
 
     #[test]
     fn v3_documents_have_real_schemas_and_merge_keys() {
-        let doc = serve(&["v3", "apis", "apps", "v1"]).unwrap();
+        let doc = serve(&["v3", "apis", "apps", "v1"]).unwrap().unwrap();
         let dep = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
         assert_eq!(dep["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
         assert_eq!(
@@ -197,7 +194,7 @@ mod tests {
         let patch_params =
             doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"]["parameters"].to_string();
         assert!(patch_params.contains("fieldValidation"));
-        let doc = serve(&["v3", "apis", "discovery.k8s.io", "v1"]).unwrap();
+        let doc = serve(&["v3", "apis", "discovery.k8s.io", "v1"]).unwrap().unwrap();
         let slice = &doc["components"]["schemas"]["io.k8s.api.discovery.v1.EndpointSlice"];
         assert_eq!(slice["x-kubernetes-group-version-kind"][0]["kind"], "EndpointSlice");
         assert_eq!(slice["properties"]["ports"]["x-kubernetes-list-type"], "atomic");
@@ -206,7 +203,7 @@ mod tests {
 
     #[test]
     fn v2_uses_definitions() {
-        let doc = serve(&["v2"]).unwrap();
+        let doc = serve(&["v2"]).unwrap().unwrap();
         let pod = &doc["definitions"]["io.k8s.api.core.v1.Pod"];
         let spec = pod["properties"]["spec"].to_string();
         assert!(spec.contains("#/definitions/io.k8s.api.core.v1.PodSpec"), "{spec}");

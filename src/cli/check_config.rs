@@ -141,7 +141,10 @@ fn check(host: &Host, data_dir: &Path) -> Report {
         }),
         memory(host),
         host.live_only("page size", || {
-            page_size_finding(nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten())
+            // `c_long`: 32 bits on 32-bit ARM.
+            #[allow(clippy::useless_conversion, reason = "i32 on 32-bit targets")]
+            let bytes = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map(i64::from);
+            page_size_finding(bytes)
         }),
     ];
     findings.extend(cgroups(host));

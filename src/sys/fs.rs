@@ -620,6 +620,12 @@ fn timespec(time: SystemTime) -> TimeSpec {
             if nanos == 0 { (secs, 0) } else { (secs - 1, 1_000_000_000 - nanos) }
         }
     };
+    // `time_t` is 32 bits on 32-bit ARM (Debian bookworm's armhf): times past 2038 there
+    // are clamped rather than wrapped.
+    #[allow(clippy::useless_conversion, reason = "i32 on 32-bit targets")]
+    let secs = libc::time_t::try_from(secs).unwrap_or(if secs < 0 { libc::time_t::MIN } else { libc::time_t::MAX });
+    #[allow(clippy::useless_conversion, reason = "i32 on 32-bit targets")]
+    let nanos = libc::c_long::try_from(nanos).unwrap_or(0);
     TimeSpec::new(secs, nanos)
 }
 
