@@ -75,8 +75,8 @@ impl SpaceGuard {
             return free;
         }
         let free = match nix::sys::statvfs::statvfs(&self.dir) {
-            // Widened first: on 32-bit ARM both are 32 bits, and their product overflows
-            // at 4 GiB.
+            // Widened first: on 32-bit ARM both are 32 bits, and their product would
+            // saturate at 4 GiB.
             #[allow(clippy::unnecessary_cast, reason = "u32 on 32-bit targets")]
             Ok(s) => (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64),
             Err(e) => {
