@@ -1,7 +1,8 @@
 //! `/openapi/v2` and `/openapi/v3`: real schemas generated from the same `k8s-openapi`
 //! types we serve (through their `schemars` implementations, at development time: see
-//! [`schemas`]), plus the operations of every served path. `kubectl apply`, `edit` and `explain` read them; each write operation lists
-//! `fieldValidation`, which tells kubectl the server validates fields itself.
+//! [`schemas`]), plus the operations of every served path. `kubectl apply`, `edit` and
+//! `explain` read them; each write operation lists `fieldValidation`, which tells kubectl
+//! the server validates fields itself.
 //!
 //! Documents are built per request and not cached: kubectl caches them on disk, and a board
 //! should not hold megabytes of schema in memory for a request made once.

@@ -42,8 +42,10 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(75);
 /// in pieces this big instead of each connection keeping hyper's default 400 KiB.
 pub const MAX_BUF: usize = 64 * 1024;
 /// The same for backend connections, smaller: they outlive requests in the pool, each
-/// keeping its buffer at the size the largest response grew it to (16 KiB, twice nginx's
-/// `proxy_buffer_size`, still streams 1 MB bodies faster than nginx in the benchmark).
+/// keeping its buffer at the size the largest response grew it to. 16 KiB (four times
+/// nginx's default `proxy_buffer_size` of a page) still streams 1 MB bodies faster than
+/// nginx in the benchmark; it also bounds a backend's response head (nginx: its 4 KiB
+/// buffer, "upstream sent too big header"), answered 502.
 const BACKEND_MAX_BUF: usize = 16 * 1024;
 /// How long a backend connection may sit idle in the pool.
 const POOL_IDLE: Duration = Duration::from_secs(60);
