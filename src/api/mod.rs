@@ -225,13 +225,13 @@ impl Api {
         })
     }
 
-    /// Answers one request from `user` (None: no credentials presented).
     /// When the node `name` last renewed its Lease, if that renewal was kept in memory only
     /// (the node lifecycle controller's heartbeat; see `heartbeats`).
     pub fn lease_renewal(&self, name: &str) -> Option<String> {
         self.heartbeats.renewed(name)
     }
 
+    /// Answers one request from `user` (None: no credentials presented).
     pub async fn handle(self: Arc<Self>, cert_user: Option<User>, req: Request<RequestBody>) -> Response<Body> {
         let method = req.method().as_str().to_string();
         let path = req.uri().path().to_string();

@@ -72,12 +72,12 @@ fn rfc3339_in(secs: i64) -> String {
         .unwrap_or_else(|_| now_rfc3339())
 }
 
-/// A stored record as the object clients see (resourceVersion filled in).
 /// Whether `t` names node Leases, whose renewals may live in memory (`heartbeats`).
 fn is_node_lease(t: &Target) -> bool {
     t.res.plural == "leases" && t.namespace.as_deref() == Some(super::heartbeats::NODE_LEASE_NAMESPACE)
 }
 
+/// A stored record as the object clients see (resourceVersion filled in).
 pub fn to_object(rec: &Record) -> Result<Value, ApiError> {
     object_at(&rec.value, rec.mod_rev)
 }

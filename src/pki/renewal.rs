@@ -1,10 +1,10 @@
 //! Certificates that never expire on a running cluster: the server renews its serving and
 //! admin certificates, and each agent its node certificate (through the API, with the
-//! identity it still has: `agent::certs`), once less than `renew_before` is left. The check runs at start,
-//! then daily while running (k3s checks only at start, so a server that is never restarted
-//! lets them lapse), and at once on SIGHUP or `bramble certificate rotate`. Nothing is
-//! restarted: the API server's resolver and the clients' reloading resolvers take the new
-//! pair at their next handshake ([`super::live`]).
+//! identity it still has: `agent::certs`), once less than `renew_before` is left. The check
+//! runs at start, then daily while running (k3s checks only at start, so a server that is
+//! never restarted lets them lapse), and at once on SIGHUP or `bramble certificate rotate`.
+//! Nothing is restarted: the API server's resolver and the clients' reloading resolvers take
+//! the new pair at their next handshake ([`super::live`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
