@@ -6,6 +6,7 @@
 //! `--disable ingress`), so another controller can have the ports.
 
 pub mod certs;
+mod pool;
 pub mod proxy;
 pub mod routes;
 
@@ -49,6 +50,8 @@ const MAX_CONNECTIONS: usize = 4096;
 /// HTTP/2 connections are pinged this often, and closed when a ping goes unanswered.
 const H2_PING_EVERY: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often each proxy thread closes the backend connections idle past their time.
+const POOL_SWEEP_EVERY: Duration = Duration::from_secs(15);
 
 /// Starts the Ingress proxy of this node: follows Ingresses and classes (Services and
 /// EndpointSlices come from the node network's caches) until `stop`.
@@ -191,6 +194,19 @@ impl Follower {
                 };
                 rt.block_on(async move {
                     let proxy = Arc::new(proxy::Proxy::new(config, https_port));
+                    // Idle backend connections past their time go even with no traffic.
+                    let sweeping = Arc::downgrade(&proxy);
+                    tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(POOL_SWEEP_EVERY);
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            tick.tick().await;
+                            match sweeping.upgrade() {
+                                Some(p) => p.sweep_idle(),
+                                None => return,
+                            }
+                        }
+                    });
                     let limit = (MAX_CONNECTIONS / threads).max(1);
                     // This thread's connections, both ports together.
                     let slots = Arc::new(tokio::sync::Semaphore::new(limit));

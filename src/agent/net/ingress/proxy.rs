@@ -24,7 +24,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
 use super::Config;
-use super::routes::BackendProtocol;
+use super::pool::Http1Pool;
+use super::routes::{BackendProtocol, Options};
 
 /// Any body error, boxed: bodies from clients, backends and ourselves mix.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -132,9 +133,19 @@ fn make_client(proto: BackendProtocol, connect: Duration) -> Result<BackendClien
     Ok(b.build(connector))
 }
 
-/// The proxy's shared state.
+/// Why one try at a backend failed.
+struct Failed {
+    /// Nothing reached the endpoint (it may be skipped, the request tried elsewhere).
+    connect: bool,
+    error: BoxError,
+}
+
+/// The proxy's shared state (one per proxy thread).
 pub struct Proxy {
     config: watch::Receiver<Arc<Config>>,
+    /// Keep-alive connections to plain-HTTP backends.
+    http1: Arc<Http1Pool>,
+    /// Pooled clients for TLS and gRPC backends.
     clients: Clients,
     next: AtomicUsize,
     failed: Mutex<HashMap<SocketAddr, Instant>>,
@@ -148,12 +159,18 @@ impl Proxy {
     pub fn new(config: watch::Receiver<Arc<Config>>, https_port: u16) -> Proxy {
         Proxy {
             config,
+            http1: Http1Pool::new(BACKEND_MAX_BUF, POOL_IDLE),
             clients: Clients::default(),
             next: AtomicUsize::new(0),
             failed: Mutex::default(),
             failures: AtomicUsize::new(0),
             https_port,
         }
+    }
+
+    /// Closes backend connections idle past their time (run now and then).
+    pub fn sweep_idle(&self) {
+        self.http1.sweep();
     }
 
     /// Answers one request (never fails: errors are answered with their status).
@@ -254,23 +271,15 @@ impl Proxy {
             .and_then(|c| cookie_value(&parts.headers, &c.name))
             .and_then(|v| endpoints.iter().copied().find(|e| endpoint_token(*e) == v));
         let order = self.order(endpoints, pinned);
-        let client = match self.clients.get(o.backend_protocol, o.connect_timeout.min(MAX_CONNECT_TIMEOUT)) {
-            Ok(c) => c,
-            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("no client for the backend: {e}\n")),
-        };
         let timeout = o.connect_timeout + o.read_timeout.max(o.send_timeout);
+        let grpc = matches!(o.backend_protocol, BackendProtocol::Grpc | BackendProtocol::Grpcs);
+        let origin_form: Uri = match format!("{rewritten}{query}").parse() {
+            Ok(u) => u,
+            Err(_) => return text(StatusCode::BAD_REQUEST, "the rewritten path is not a valid URI path\n"),
+        };
         let mut last_error = String::new();
         for (attempt, ep) in order.iter().take(if retryable { MAX_TRIES } else { 1 }).enumerate() {
-            let scheme = match o.backend_protocol {
-                BackendProtocol::Https | BackendProtocol::Grpcs => "https",
-                BackendProtocol::Http | BackendProtocol::Grpc => "http",
-            };
-            let uri: Uri = match format!("{scheme}://{ep}{rewritten}{query}").parse() {
-                Ok(u) => u,
-                Err(_) => return text(StatusCode::BAD_REQUEST, "the rewritten path is not a valid URI path\n"),
-            };
-            let grpc = matches!(o.backend_protocol, BackendProtocol::Grpc | BackendProtocol::Grpcs);
-            let mut up = Request::builder().method(parts.method.clone()).uri(uri);
+            let mut up = Request::builder().method(parts.method.clone()).uri(origin_form.clone());
             if let Some(h) = up.headers_mut() {
                 *h = forwarded_headers(&parts.headers, &authority, &host, conn, upgrade.is_some());
                 if grpc && parts.headers.get(header::TE).is_some_and(|te| te == "trailers") {
@@ -287,7 +296,7 @@ impl Proxy {
                 Ok(r) => r,
                 Err(e) => return text(StatusCode::BAD_REQUEST, &format!("the request cannot be passed on: {e}\n")),
             };
-            let sent = tokio::time::timeout(timeout, client.request(up)).await;
+            let sent = tokio::time::timeout(timeout, self.send(&o, *ep, up)).await;
             match sent {
                 Err(_) => {
                     return text(
@@ -308,21 +317,21 @@ impl Proxy {
                     let set_cookie = cookie.filter(|_| pinned != Some(*ep)).map(|c| c.set_cookie(&endpoint_token(*ep)));
                     return self.respond(resp, set_cookie, client_version, o.read_timeout);
                 }
-                Ok(Err(e)) => {
-                    let connect = e.is_connect();
-                    let too_large = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-                        .any(|e| e.is::<http_body_util::LengthLimitError>());
+                Ok(Err(failed)) => {
+                    let too_large =
+                        std::iter::successors(Some(&*failed.error as &dyn std::error::Error), |e| e.source())
+                            .any(|e| e.is::<http_body_util::LengthLimitError>());
                     if too_large {
                         return text(StatusCode::PAYLOAD_TOO_LARGE, "413 request entity too large (proxy-body-size)\n");
                     }
-                    last_error = format!("{e}");
-                    if let Some(source) = std::error::Error::source(&e) {
+                    last_error = format!("{}", failed.error);
+                    if let Some(source) = failed.error.source() {
                         last_error = format!("{last_error}: {source}");
                     }
-                    if connect {
+                    if failed.connect {
                         self.remember_failure(*ep);
                     }
-                    if !(connect && retryable) {
+                    if !(failed.connect && retryable) {
                         break;
                     }
                     tracing::debug!(endpoint = %ep, attempt, error = %last_error, "Ingress backend refused; trying another");
@@ -332,10 +341,44 @@ impl Proxy {
         text(StatusCode::BAD_GATEWAY, &format!("502 bad gateway: {last_error}\n"))
     }
 
+    /// Sends one request to one endpoint: plain HTTP over this thread's own keep-alive
+    /// connections (the common case), TLS and gRPC over hyper's pooled client.
+    async fn send(
+        &self,
+        o: &Options,
+        ep: SocketAddr,
+        mut up: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, Failed> {
+        let connect = o.connect_timeout.min(MAX_CONNECT_TIMEOUT);
+        if o.backend_protocol == BackendProtocol::Http {
+            return self
+                .http1
+                .send(ep, up, connect)
+                .await
+                .map_err(|e| Failed { connect: e.is_connect(), error: Box::new(e) });
+        }
+        let client = self
+            .clients
+            .get(o.backend_protocol, connect)
+            .map_err(|e| Failed { connect: false, error: format!("no client for the backend: {e}").into() })?;
+        let scheme = match o.backend_protocol {
+            BackendProtocol::Https | BackendProtocol::Grpcs => "https",
+            BackendProtocol::Http | BackendProtocol::Grpc => "http",
+        };
+        let path = up.uri().path_and_query().map_or("/", |p| p.as_str());
+        *up.uri_mut() = format!("{scheme}://{ep}{path}")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| Failed { connect: false, error: Box::new(e) })?;
+        match client.request(up).await {
+            Ok(resp) => Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+            Err(e) => Err(Failed { connect: e.is_connect(), error: Box::new(e) }),
+        }
+    }
+
     /// The backend's response with its hop-by-hop headers removed.
     fn respond(
         &self,
-        resp: Response<Incoming>,
+        resp: Response<ProxyBody>,
         set_cookie: Option<String>,
         client: Version,
         read_timeout: Duration,
@@ -346,7 +389,6 @@ impl Proxy {
             parts.headers.append(header::SET_COOKIE, c);
         }
         parts.version = client;
-        let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
         Response::from_parts(parts, IdleTimeout::wrap(body, read_timeout, "proxy-read-timeout"))
     }
 
