@@ -248,6 +248,7 @@ mod tests {
                         }
                         Ok::<_, std::convert::Infallible>(resp)
                     });
+                    // A connection the pool closed mid-body ends in an error here: expected.
                     let _ =
                         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
                 });
