@@ -36,6 +36,7 @@ pub enum SendError {
         #[source]
         source: std::io::Error,
     },
+    /// No connection within the `proxy-connect-timeout`: as [`SendError::Connect`].
     #[error("connecting to {0}: timed out")]
     ConnectTimeout(SocketAddr),
     /// The request failed on an open connection (it may have been partly sent).
@@ -50,6 +51,7 @@ impl SendError {
     }
 }
 
+/// A connection waiting in the pool, and since when.
 struct Idle {
     sender: SendRequest<ProxyBody>,
     since: Instant,
@@ -63,6 +65,8 @@ pub struct Http1Pool {
 }
 
 impl Http1Pool {
+    /// A pool whose connections read at most `max_buf` ahead and stay idle at most
+    /// `keep_idle`.
     pub fn new(max_buf: usize, keep_idle: Duration) -> Arc<Http1Pool> {
         Arc::new(Http1Pool { idle: Mutex::default(), max_buf, keep_idle })
     }
@@ -72,8 +76,8 @@ impl Http1Pool {
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// An idle connection to `ep` that can take a request now, the newest first (the
-    /// likeliest to be still open at the backend's end).
+    /// An idle connection to `ep` not known to be closed, the newest first (the likeliest
+    /// to be still open at the backend's end).
     fn take_idle(&self, ep: SocketAddr) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.idle();
         let list = idle.get_mut(&ep)?;
