@@ -17,10 +17,23 @@ fn filter(level: Option<&str>) -> (Targets, Option<String>) {
     let from_env =
         ["BRAMBLE_LOG", "RUST_LOG"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()));
     let wanted = from_env.unwrap_or_else(|| format!("{},{QUIET}", level.unwrap_or("info")));
-    match wanted.parse::<Targets>() {
+    match parse_targets(&wanted) {
         Ok(f) => (f, None),
         Err(e) => (quiet_info(), Some(format!("the log level {wanted:?} is not understood ({e}): logging at info"))),
     }
+}
+
+/// Directives as `EnvFilter` took them (pieces trimmed, empty ones skipped), refusing the
+/// span and field filters `Targets` would read as target names that never match.
+fn parse_targets(wanted: &str) -> Result<Targets, String> {
+    let pieces: Vec<&str> = wanted.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    if let Some(p) = pieces.iter().find(|p| p.contains(['[', '{', ' ', '\t'])) {
+        return Err(format!("{p:?}: span and field filters are not taken, only target=level"));
+    }
+    if pieces.is_empty() {
+        return Err("no directive".to_string());
+    }
+    pieces.join(",").parse::<Targets>().map_err(|e| e.to_string())
 }
 
 /// `info`, with the libraries' chatter down to warnings.
@@ -109,5 +122,14 @@ mod tests {
         assert!(f.would_enable("bramble", &tracing::Level::INFO));
         assert!(!f.would_enable("bramble", &tracing::Level::DEBUG));
         assert!(!f.would_enable("sled::tree", &tracing::Level::INFO));
+        // Written loosely, as EnvFilter took them.
+        let (f, complaint) = filter(Some("debug, bramble::store=trace,"));
+        assert!(complaint.is_none());
+        assert!(f.would_enable("bramble::store", &tracing::Level::TRACE));
+        assert!(f.would_enable("bramble::agent", &tracing::Level::DEBUG));
+        // What Targets would misread is refused, with the reason.
+        let (f, complaint) = filter(Some("bramble[raft]=debug"));
+        assert!(complaint.is_some_and(|c| c.contains("span and field filters")));
+        assert!(f.would_enable("bramble", &tracing::Level::INFO));
     }
 }

@@ -76,14 +76,14 @@ impl Http1Pool {
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// An idle connection to `ep` not known to be closed, the newest first (the likeliest
-    /// to be still open at the backend's end).
+    /// An idle connection to `ep` ready for a request, the newest first (the likeliest to
+    /// be still open at the backend's end).
     fn take_idle(&self, ep: SocketAddr) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.idle();
         let list = idle.get_mut(&ep)?;
         let now = Instant::now();
         while let Some(c) = list.pop() {
-            if !c.sender.is_closed() && now.duration_since(c.since) < self.keep_idle {
+            if c.sender.is_ready() && now.duration_since(c.since) < self.keep_idle {
                 return Some(c.sender);
             }
             // Closed by the backend or idle too long: dropping the sender closes it.
@@ -91,10 +91,30 @@ impl Http1Pool {
         None
     }
 
-    fn give_back(&self, ep: SocketAddr, sender: SendRequest<ProxyBody>) {
+    /// Keeps a connection whose response has ended. It is ready for the next request at
+    /// once, unless its request body is still going out (a backend may answer a large
+    /// upload early, 401 or 413, and keep reading): then it joins the pool only once that
+    /// ends, so no other request waits behind it.
+    fn give_back(self: &Arc<Self>, ep: SocketAddr, mut sender: SendRequest<ProxyBody>) {
+        if sender.is_ready() {
+            self.keep(ep, sender);
+            return;
+        }
         if sender.is_closed() {
             return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (pool, keep_idle) = (Arc::downgrade(self), self.keep_idle);
+        runtime.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(keep_idle, sender.ready()).await
+                && let Some(pool) = pool.upgrade()
+            {
+                pool.keep(ep, sender);
+            }
+        });
+    }
+
+    fn keep(&self, ep: SocketAddr, sender: SendRequest<ProxyBody>) {
         let mut idle = self.idle();
         let list = idle.entry(ep).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
@@ -108,7 +128,7 @@ impl Http1Pool {
         let now = Instant::now();
         let mut idle = self.idle();
         idle.retain(|_, list| {
-            list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.keep_idle);
+            list.retain(|c| c.sender.is_ready() && now.duration_since(c.since) < self.keep_idle);
             !list.is_empty()
         });
     }
@@ -147,18 +167,13 @@ impl Http1Pool {
         connect_timeout: Duration,
     ) -> Result<Response<ProxyBody>, SendError> {
         if let Some(mut sender) = self.take_idle(ep) {
-            // Ready at once in practice: the connection went idle before its last
-            // response body ended here. An error means the backend closed it meanwhile.
-            if sender.ready().await.is_ok() {
-                match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok(self.returning(ep, sender, resp)),
-                    Err(mut e) => match e.take_message() {
-                        // Closed before any of the request went out: a new connection
-                        // takes it.
-                        Some(unsent) => req = unsent,
-                        None => return Err(SendError::Http(e.into_error())),
-                    },
-                }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.returning(ep, sender, resp)),
+                Err(mut e) => match e.take_message() {
+                    // Closed before any of the request went out: a new connection takes it.
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Http(e.into_error())),
+                },
             }
         }
         let mut sender = self.connect(ep, connect_timeout).await?;
@@ -331,5 +346,72 @@ mod tests {
         // And a request after that opens a new one.
         assert_eq!(read(pool.send(addr, get("/"), CONNECT).await.unwrap()).await, 2);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+    /// A request body fed by hand.
+    struct Fed(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = super::super::proxy::BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_uploading_waits_outside_the_pool() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A backend that answers as soon as it has the head (as one refusing an upload
+        // with 401 or 413 may), then reads whatever comes.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                    while let Ok(n) = tcp.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = Http1Pool::new(16 * 1024, Duration::from_secs(60));
+        let (feed, fed) = tokio::sync::mpsc::channel(1);
+        let upload =
+            Request::post("/upload").header(http::header::HOST, "backend").body(Fed(fed).boxed_unsync()).unwrap();
+        feed.send(Bytes::from_static(b"part one")).await.unwrap();
+        let resp = pool.send(addr, upload, CONNECT).await.unwrap();
+        assert_eq!(read(resp).await, 2);
+        assert_eq!(pool.idle_count(), 0, "a connection still sending its request body is not idle");
+        // Another request does not wait for the upload: it gets a connection of its own.
+        let other = tokio::time::timeout(Duration::from_secs(5), pool.send(addr, get("/"), CONNECT)).await;
+        assert_eq!(read(other.expect("the second request waited behind the upload").unwrap()).await, 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // Once the upload ends, its connection joins the pool too.
+        drop(feed);
+        for _ in 0..100 {
+            if pool.idle_count() == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the uploading connection never came back: {} idle", pool.idle_count());
     }
 }
