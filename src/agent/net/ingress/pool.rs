@@ -246,10 +246,13 @@ mod tests {
     use http_body_util::{BodyExt, Empty, Full};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A backend on loopback that answers `/big` with 1 MiB and anything else with "ok",
-    /// closing each connection after one response when `close` is set; counts the
-    /// connections it accepted.
-    async fn backend(close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    /// A listener on loopback that counts the connections it accepts and hands each to
+    /// `serve` on a task of its own.
+    async fn listen<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -258,22 +261,28 @@ mod tests {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                        let body = if req.uri().path() == "/big" { vec![b'x'; 1 << 20] } else { b"ok".to_vec() };
-                        let mut resp = Response::new(Full::new(Bytes::from(body)));
-                        if close {
-                            resp.headers_mut().insert(http::header::CONNECTION, "close".parse().unwrap());
-                        }
-                        Ok::<_, std::convert::Infallible>(resp)
-                    });
-                    // A connection the pool closed mid-body ends in an error here: expected.
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
-                });
+                tokio::spawn(serve(tcp));
             }
         });
         (addr, accepted)
+    }
+
+    /// A backend that answers `/big` with 1 MiB and anything else with "ok", closing each
+    /// connection after one response when `close` is set.
+    async fn backend(close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        listen(move |tcp| async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                let body = if req.uri().path() == "/big" { vec![b'x'; 1 << 20] } else { b"ok".to_vec() };
+                let mut resp = Response::new(Full::new(Bytes::from(body)));
+                if close {
+                    resp.headers_mut().insert(http::header::CONNECTION, "close".parse().unwrap());
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            // A connection the pool closed mid-body ends in an error here: expected.
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+        })
+        .await
     }
 
     fn get(path: &str) -> Request<ProxyBody> {
@@ -366,32 +375,23 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // A backend that answers as soon as it has the head (as one refusing an upload
         // with 401 or 413 may), then reads whatever comes.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut tcp, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
-                    while let Ok(n) = tcp.read(&mut buf).await {
-                        if n == 0 {
-                            return;
-                        }
-                    }
-                });
+        let (addr, accepted) = listen(|mut tcp| async move {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
             }
-        });
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            while let Ok(n) = tcp.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+            }
+        })
+        .await;
         let pool = Http1Pool::new(16 * 1024, Duration::from_secs(60));
         let (feed, fed) = tokio::sync::mpsc::channel(1);
         let upload =
